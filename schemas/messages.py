@@ -1,0 +1,265 @@
+"""Wire messages: the single source of truth for every public payload.
+
+Field names are camelCase on the wire (the seed pilot's ``tenantId``,
+``modelId``), snake_case in Python. Models a client sends are strict and
+forbid unknown fields, so a typo is an ``invalid_request`` naming the field
+rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic.alias_generators import to_camel
+
+from tether.errors import InvalidRequest
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s*>]+$")]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class _Internal(_Wire):
+    """Messages between Tether's own processes: tolerant of fields added by newer versions."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", strict=False)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class ChatMessage(_Wire):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+Input = (
+    Annotated[str, StringConstraints(min_length=1)]
+    | Annotated[list[ChatMessage], Field(min_length=1)]
+    | Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+)
+
+
+class InferParams(_Wire):
+    """Generation and embedding knobs; every field optional."""
+
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    stop: list[str] | None = Field(default=None, max_length=16)
+    chat: bool | None = None
+    normalize: bool | None = None
+    timeout_s: float | None = Field(default=None, gt=0.0)
+
+
+class InferRequest(_Wire):
+    """Client -> gateway on ``tether.infer`` (and the body of HTTP ``POST /infer``)."""
+
+    tenant_id: Name
+    model_id: Name
+    version: Name = "1"
+    input: Input
+    params: InferParams | None = None
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+
+class JobSubmission(_Wire):
+    """The payload on ``tether.jobs.<tenant>.<model>.<version>`` (JetStream ``JOBS``).
+
+    Tenant, model and version come from the subject. ``jobId`` is optional: the
+    ``Nats-Msg-Id`` header, or failing that a generated id, takes its place.
+    """
+
+    job_id: JobId | None = None
+    input: Input
+    params: InferParams | None = None
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    submitted_at: float | None = None
+
+
+class ErrorInfo(_Internal):
+    code: str
+    message: str
+    retryable: bool = False
+    job_id: str | None = None
+    field: str | None = None
+
+
+class ErrorReply(_Internal):
+    error: ErrorInfo
+
+
+class Usage(_Internal):
+    tokens_in: int = 0
+    tokens_out: int = 0
+    finish_reason: str = "stop"
+
+
+class InferReply(_Internal):
+    """Gateway -> client: the one final answer."""
+
+    job_id: str
+    result: Any
+    model_id: str
+    version: str
+    worker_id: str
+    attempts: int = 1
+    usage: Usage | None = None
+    latency_ms: float | None = None
+
+
+class ResultStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class ResultMessage(_Internal):
+    """The one final result on ``tether.results.<job>`` (JetStream ``RESULTS``, replayable)."""
+
+    job_id: str
+    status: ResultStatus
+    tenant_id: str
+    model_id: str
+    version: str
+    result: Any = None
+    error: ErrorInfo | None = None
+    worker_id: str | None = None
+    attempts: int = 1
+    usage: Usage | None = None
+    started_at: float | None = None
+    finished_at: float
+
+
+class ModelState(StrEnum):
+    WARM = "warm"
+    LOADING = "loading"
+    EVICTED = "evicted"
+    FAILED = "failed"
+
+
+class ServedModel(_Internal):
+    model_id: str
+    version: str
+    task: str
+    state: ModelState
+
+
+class Presence(_Internal):
+    """Worker -> schedulers every T seconds on ``tether.presence.<region>.<worker>``."""
+
+    worker_id: str
+    region: str
+    device_class: str
+    capacity: int
+    queue_depth: int
+    models: list[ServedModel]
+    heartbeat_s: float
+    started_at: float
+    seq: int
+    ts: float
+    cpu_percent: float | None = None
+    mem_percent: float | None = None
+    draining: bool = False
+
+
+class ModelAnnouncement(_Internal):
+    """Worker -> schedulers on ``tether.models.<model>.<version>.<region>``."""
+
+    worker_id: str
+    model_id: str
+    version: str
+    region: str
+    task: str
+    state: ModelState
+    ts: float
+    detail: str | None = None
+
+
+class Dispatch(_Internal):
+    """Scheduler -> worker on ``tether.dispatch.<worker>`` (request; the reply is a DispatchAck)."""
+
+    job_id: str
+    attempt: int
+    retry_token: str
+    tenant_id: str
+    model_id: str
+    version: str
+    input: Any
+    params: dict[str, Any] = Field(default_factory=dict)
+    report_to: str
+    scheduler_id: str
+    deadline: float
+
+
+class DispatchAck(_Internal):
+    accepted: bool
+    worker_id: str
+    error: ErrorInfo | None = None
+
+
+class AttemptReport(_Internal):
+    """Worker -> the dispatching scheduler: how an attempt ended."""
+
+    job_id: str
+    attempt: int
+    worker_id: str
+    ok: bool
+    error: ErrorInfo | None = None
+    started_at: float
+    finished_at: float
+
+
+def parse(model: type[_M], data: Any) -> _M:
+    """Validate ``data`` as ``model``; failures become ``InvalidRequest`` naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            f"expected an object for {model.__name__}, got {type(data).__name__}", field="body"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc), field=_field_of(exc)) from None
+
+
+def _field_of(exc: ValidationError) -> str:
+    loc = exc.errors()[0]["loc"]
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "-" in p))) or "body"
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors()
+    field = _field_of(exc)
+    first = errors[0]
+    kind = first["type"]
+    if kind == "missing":
+        return f"field {field!r} is required"
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}"
+    if field == "input" or field.startswith("input."):
+        return "field 'input' must be a non-empty string, a non-empty list of strings, or a list of chat messages"
+    return f"field {field!r}: {first['msg']}"
+
+
+PUBLIC_MESSAGES: dict[str, type[BaseModel]] = {
+    "infer_request": InferRequest,
+    "infer_reply": InferReply,
+    "error_reply": ErrorReply,
+    "job_submission": JobSubmission,
+    "result_message": ResultMessage,
+    "presence": Presence,
+    "model_announcement": ModelAnnouncement,
+    "dispatch": Dispatch,
+    "dispatch_ack": DispatchAck,
+    "attempt_report": AttemptReport,
+}

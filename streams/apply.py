@@ -1,0 +1,27 @@
+"""Create or update the declared streams and consumers (idempotent)."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from streams.definitions import Topology
+
+log = logging.getLogger(__name__)
+
+
+async def apply(js: JetStreamContext, topo: Topology) -> None:
+    for cfg in topo.streams:
+        assert cfg.name is not None
+        try:
+            await js.stream_info(cfg.name)
+        except NotFoundError:
+            await js.add_stream(cfg)
+            log.info("stream created", extra={"stream": cfg.name})
+        else:
+            await js.update_stream(cfg)
+    for stream, ccfg in topo.consumers:
+        # add_consumer creates, or updates a durable with the same name.
+        await js.add_consumer(stream, ccfg)

@@ -1,0 +1,93 @@
+"""JetStream streams and consumers Tether needs, declared as data.
+
+``apply`` (streams/apply.py) creates each one, or updates it when it exists, at
+the start of every role; declaring twice is harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from tether import subjects
+from tether.settings import Settings
+
+JOBS = "JOBS"
+RESULTS = "RESULTS"
+DLQ = "DLQ"
+PRESENCE = "PRESENCE"
+SCHEDULER_CONSUMER = "schedulers"
+#: JetStream redelivers a job a scheduler holds unacknowledged after this long;
+#: a live scheduler keeps extending it (``in_progress``) while the job runs.
+SCHEDULER_ACK_WAIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    streams: tuple[StreamConfig, ...]
+    consumers: tuple[tuple[str, ConsumerConfig], ...]
+
+
+def topology(settings: Settings) -> Topology:
+    r = max(1, settings.replicas)
+    jobs = StreamConfig(
+        name=JOBS,
+        subjects=[subjects.JOBS_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=r,
+        duplicate_window=settings.jobs_dedupe_s,
+        max_msg_size=settings.max_payload + 4096,
+        discard=DiscardPolicy.NEW,
+        description="Accepted jobs; one durable consumer shared by every scheduler",
+    )
+    results = StreamConfig(
+        name=RESULTS,
+        subjects=[subjects.RESULTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=r,
+        max_age=settings.results_max_age_s,
+        duplicate_window=settings.results_dedupe_s,
+        allow_direct=True,
+        description="The one final result per job, kept for replay",
+    )
+    dlq = StreamConfig(
+        name=DLQ,
+        subjects=[subjects.DLQ_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=r,
+        allow_direct=True,
+        description="Jobs that could not run, with their attempt history",
+    )
+    presence = StreamConfig(
+        name=PRESENCE,
+        subjects=[subjects.PRESENCE_ALL, subjects.MODELS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=r,
+        max_msgs_per_subject=1,
+        max_age=max(60.0, settings.heartbeat_s * 12),
+        allow_direct=True,
+        description="Last heartbeat per worker and last announcement per model, to rebuild fleet views at start",
+    )
+    schedulers = ConsumerConfig(
+        durable_name=SCHEDULER_CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=SCHEDULER_ACK_WAIT_S,
+        max_deliver=-1,  # attempts are counted in the store; JetStream never drops a job
+        max_ack_pending=max(settings.max_inflight * 4, 20_000),
+        filter_subject=subjects.JOBS_ALL,
+    )
+    return Topology(streams=(jobs, results, dlq, presence), consumers=((JOBS, schedulers),))

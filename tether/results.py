@@ -1,0 +1,77 @@
+"""The one final result per job: publish it into RESULTS exactly once, read it back.
+
+Every publisher of a final result (the worker on success, the scheduler on a
+final error or dead letter) goes through ``publish_final``: the
+``Nats-Msg-Id`` header ``result:<job>`` makes JetStream keep only the first
+final result for a job inside the duplicate window, so two attempts racing to
+finish still leave one result in the stream.
+"""
+
+from __future__ import annotations
+
+import time
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from schemas import ResultMessage
+from streams import RESULTS
+from tether import codec, subjects
+
+DEDUPE_PREFIX = "result:"
+
+
+async def publish_final(
+    js: JetStreamContext, result: ResultMessage, headers: dict[str, str], *, budget_s: float = 30.0
+) -> bool:
+    """Store ``result`` in RESULTS, retrying through brief outages. False when one was already there."""
+    hdrs = {**headers, codec.CONTENT_TYPE: codec.JSON, "Nats-Msg-Id": DEDUPE_PREFIX + result.job_id}
+    payload = codec.encode(result.wire())
+    subject = subjects.result_subject(result.job_id)
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(budget_s),
+        wait=wait_exponential_jitter(initial=0.05, max=2.0),
+        retry=retry_if_exception_type(Exception),
+        reraise=True,
+    ):
+        with attempt:
+            ack = await js.publish(subject, payload, stream=RESULTS, headers=dict(hdrs))
+    return not ack.duplicate
+
+
+async def fetch_final(js: JetStreamContext, job_id: str) -> ResultMessage | None:
+    """The stored final result of ``job_id``, or None (direct get: any replica answers)."""
+    try:
+        raw = await js.get_last_msg(RESULTS, subjects.result_subject(job_id), direct=True)
+    except NotFoundError:
+        return None
+    if not raw.data:
+        return None
+    return ResultMessage.model_validate(codec.decode(raw.data, codec.content_type_of(raw.headers)))
+
+
+def error_result(
+    *,
+    job_id: str,
+    tenant_id: str,
+    model_id: str,
+    version: str,
+    error: dict[str, object],
+    status: str,
+    attempts: int = 0,
+    worker_id: str | None = None,
+) -> ResultMessage:
+    return ResultMessage.model_validate(
+        {
+            "jobId": job_id,
+            "status": status,
+            "tenantId": tenant_id,
+            "modelId": model_id,
+            "version": version,
+            "error": {**error, "jobId": job_id},
+            "workerId": worker_id,
+            "attempts": attempts,
+            "finishedAt": time.time(),
+        }
+    )

@@ -1,0 +1,89 @@
+"""Settings: keyword-only dataclasses read from ``TETHER_*`` environment variables.
+
+Every knob is listed in the README's configuration table; the defaults here are
+the documented defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_NATS_PORT = 4222
+DEFAULT_HEARTBEAT_S = 5.0
+DEFAULT_MAX_PAYLOAD = 1_048_576  # bytes accepted in one request (input + params)
+DEFAULT_MAX_NEW_TOKENS = 2048
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(slots=True, kw_only=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(".tether"))
+    nats_url: str | None = None  # None: `tether up` starts its own server
+    nats_port: int = DEFAULT_NATS_PORT
+    store: str = ""  # "" -> sqlite file under home; "sqlite:///path" or "rqlite://host:4001"
+    region: str = "local"
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    replicas: int = 1  # JetStream stream replicas; 3 in a 3-node cluster
+    results_max_age_s: float = 7 * 24 * 3600.0
+    results_dedupe_s: float = 24 * 3600.0
+    jobs_dedupe_s: float = 600.0
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    request_timeout_s: float = 300.0  # how long the gateway waits for a final result
+    dispatch_ack_s: float = 5.0  # a worker must accept an assignment within this
+    exec_timeout_base_s: float = 30.0  # execution timeout = base + per_token * max_new_tokens
+    exec_timeout_per_token_s: float = 0.5
+    exec_timeout_cap_s: float = 900.0
+    max_attempts: int = 3
+    queue_wait_s: float = 120.0  # a job waits at most this long for a worker serving its model
+    scheduler_batch: int = 256  # jobs fetched from JOBS per pull
+    max_inflight: int = 4096  # jobs one scheduler holds at once (JOBS ack pending)
+    worker_concurrency: int = 256  # jobs one worker runs at once (echo); heavy runtimes serialise
+    models: list[str] = field(default_factory=lambda: ["echo"])
+    http_port: int = 8080
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        s = cls(
+            home=Path(_env("TETHER_HOME", ".tether")),
+            nats_url=os.environ.get("TETHER_NATS_URL") or None,
+            nats_port=_int("TETHER_NATS_PORT", DEFAULT_NATS_PORT),
+            store=_env("TETHER_STORE", ""),
+            region=_env("TETHER_REGION", "local"),
+            heartbeat_s=_float("TETHER_HEARTBEAT_S", DEFAULT_HEARTBEAT_S),
+            replicas=_int("TETHER_REPLICAS", 1),
+            results_max_age_s=_float("TETHER_RESULTS_MAX_AGE_S", 7 * 24 * 3600.0),
+            max_payload=_int("TETHER_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD),
+            max_new_tokens=_int("TETHER_MAX_NEW_TOKENS", DEFAULT_MAX_NEW_TOKENS),
+            request_timeout_s=_float("TETHER_REQUEST_TIMEOUT_S", 300.0),
+            dispatch_ack_s=_float("TETHER_DISPATCH_ACK_S", 5.0),
+            max_attempts=_int("TETHER_MAX_ATTEMPTS", 3),
+            queue_wait_s=_float("TETHER_QUEUE_WAIT_S", 120.0),
+            models=[m for m in _env("TETHER_MODELS", "echo").split(",") if m.strip()],
+            http_port=_int("TETHER_HTTP_PORT", 8080),
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(s, key, value)
+        return s
+
+    @property
+    def url(self) -> str:
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.home / 'tether.db'}"

@@ -1,0 +1,91 @@
+"""Versioned migrations. Each entry runs once, in order, inside one transaction."""
+
+from __future__ import annotations
+
+from tether.store.backend import SqlBackend, Stmt
+
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "jobs, attempts, reservations",
+        (
+            """CREATE TABLE IF NOT EXISTS jobs (
+                job_id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL,
+                model_id TEXT NOT NULL,
+                version TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                correlation_id TEXT,
+                idempotency_key TEXT,
+                scheduler_id TEXT,
+                lease_until REAL,
+                worker_id TEXT,
+                placement TEXT,
+                error_code TEXT,
+                error_message TEXT,
+                created_at REAL NOT NULL,
+                queued_at REAL,
+                reserved_at REAL,
+                started_at REAL,
+                finished_at REAL,
+                updated_at REAL NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, updated_at)",
+            "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs(created_at)",
+            """CREATE TABLE IF NOT EXISTS attempts (
+                job_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                worker_id TEXT,
+                scheduler_id TEXT,
+                status TEXT NOT NULL,
+                error_code TEXT,
+                error_message TEXT,
+                reserved_at REAL NOT NULL,
+                started_at REAL,
+                finished_at REAL,
+                PRIMARY KEY (job_id, attempt)
+            )""",
+            """CREATE TABLE IF NOT EXISTS reservations (
+                correlation_id TEXT NOT NULL,
+                retry_token TEXT NOT NULL,
+                job_id TEXT NOT NULL,
+                worker_id TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                expires_at REAL NOT NULL,
+                released_at REAL,
+                PRIMARY KEY (correlation_id, retry_token)
+            )""",
+            "CREATE INDEX IF NOT EXISTS reservations_open ON reservations(worker_id, released_at)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1][0]
+
+
+async def migrate(backend: SqlBackend) -> int:
+    """Apply pending migrations; returns the schema version now in force."""
+    await backend.transaction(
+        [
+            Stmt(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
+            )
+        ]
+    )
+    rows = await backend.query("SELECT MAX(version) AS v FROM schema_migrations", consistency="strong")
+    current = int(rows[0]["v"] or 0) if rows else 0
+    for version, name, statements in MIGRATIONS:
+        if version <= current:
+            continue
+        await backend.transaction(
+            [Stmt(sql) for sql in statements]
+            + [
+                Stmt(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%s','now'))",
+                    (version, name),
+                )
+            ]
+        )
+        current = version
+    return current

@@ -1,0 +1,115 @@
+"""The subject map, in one place.
+
+Model ids, versions and job ids may contain characters NATS subjects cannot
+carry in one token (``.``, ``*``, ``>``, whitespace) or that we reserve
+(``/``, ``:``). ``encode_token`` maps a string to one subject-safe token by a
+reversible rule: every byte outside ``[A-Za-z0-9_-]`` becomes ``~XX`` (two
+upper-case hex digits of its UTF-8 byte), so ``Qwen/Qwen2.5-0.5B`` becomes
+``Qwen~2FQwen2~2E5-0~2E5B`` and ``echo`` stays ``echo``. ``decode_token``
+inverts it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tether.errors import InvalidRequest
+
+PREFIX = "tether"
+INFER = f"{PREFIX}.infer"
+JOBS_ALL = f"{PREFIX}.jobs.>"
+RESULTS_ALL = f"{PREFIX}.results.*"
+CHUNKS_ALL = f"{PREFIX}.results.*.chunks"
+PRESENCE_ALL = f"{PREFIX}.presence.>"
+MODELS_ALL = f"{PREFIX}.models.>"
+DLQ_ALL = f"{PREFIX}.dlq.>"
+CONTROL_ALL = f"{PREFIX}.control.>"
+EVENTS_ALL = f"{PREFIX}.events.>"
+
+_SAFE = re.compile(rb"[A-Za-z0-9_-]")
+_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+_TOKEN_OK = re.compile(r"^[A-Za-z0-9_~-]+$")
+
+
+def encode_token(value: str) -> str:
+    if not value:
+        raise InvalidRequest("empty subject token")
+    out: list[str] = []
+    for b in value.encode():
+        ch = bytes((b,))
+        out.append(ch.decode() if _SAFE.fullmatch(ch) else f"~{b:02X}")
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    if not _TOKEN_OK.match(token):
+        raise InvalidRequest(f"not an encoded subject token: {token!r}")
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "~":
+            m = _ESCAPE.match(token, i)
+            if not m:
+                raise InvalidRequest(f"bad escape in subject token: {token!r}")
+            raw.append(int(m.group(1), 16))
+            i += 3
+        else:
+            raw.extend(token[i].encode())
+            i += 1
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"subject token is not UTF-8: {token!r}") from None
+
+
+def job_subject(tenant: str, model: str, version: str) -> str:
+    return f"{PREFIX}.jobs.{encode_token(tenant)}.{encode_token(model)}.{encode_token(version)}"
+
+
+def parse_job_subject(subject: str) -> tuple[str, str, str]:
+    """``tether.jobs.<tenant>.<model>.<version>`` -> (tenant, model, version)."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "jobs":
+        raise InvalidRequest(f"job subject must be tether.jobs.<tenant>.<model>.<version>, got {subject!r}")
+    return decode_token(parts[2]), decode_token(parts[3]), decode_token(parts[4])
+
+
+def result_subject(job_id: str) -> str:
+    return f"{PREFIX}.results.{encode_token(job_id)}"
+
+
+def job_id_from_result_subject(subject: str) -> str:
+    return decode_token(subject.split(".")[2])
+
+
+def chunks_subject(job_id: str) -> str:
+    return f"{result_subject(job_id)}.chunks"
+
+
+def presence_subject(region: str, worker_id: str) -> str:
+    return f"{PREFIX}.presence.{encode_token(region)}.{encode_token(worker_id)}"
+
+
+def model_subject(model: str, version: str, region: str) -> str:
+    return f"{PREFIX}.models.{encode_token(model)}.{encode_token(version)}.{encode_token(region)}"
+
+
+def dispatch_subject(worker_id: str) -> str:
+    return f"{PREFIX}.dispatch.{encode_token(worker_id)}"
+
+
+def report_subject(scheduler_id: str) -> str:
+    """Where workers report attempt outcomes to the scheduler that dispatched them (core NATS)."""
+    return f"{PREFIX}.reports.{encode_token(scheduler_id)}"
+
+
+def dlq_subject(model: str, version: str) -> str:
+    return f"{PREFIX}.dlq.{encode_token(model)}.{encode_token(version)}"
+
+
+def control_subject(action: str, target: str = "all") -> str:
+    return f"{PREFIX}.control.{action}.{encode_token(target)}"
+
+
+def event_subject(kind: str, state: str) -> str:
+    return f"{PREFIX}.events.{kind}.{state}"

@@ -1,0 +1,196 @@
+"""``tether up``: the whole system on one machine, for development and the demo.
+
+Starts nats-server (unless ``TETHER_NATS_URL`` points at one), then a
+scheduler, a worker and a gateway as child processes, waits until the models
+are warm, prints where everything listens with a working example, asks the
+demo question, and supervises the children (a crashed child is restarted)
+until Ctrl-C / SIGTERM, when it stops the children in order and then the
+server: no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.natsserver import NatsServer
+from tether.settings import Settings
+
+DEMO_MODELS = ["echo", "smollm2-135m-instruct", "all-minilm-l6-v2"]
+DEMO_QUESTION = "What is the capital of France?"
+ROLES = ("scheduler", "worker", "gateway")
+
+
+@dataclass(slots=True)
+class Child:
+    role: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started: float = field(default=0.0)
+
+
+def _spawn(child: Child, env: dict[str, str]) -> None:
+    out = open(child.log, "ab")
+    child.proc = subprocess.Popen(
+        [sys.executable, "-m", "tether.cli", child.role],
+        env=env,
+        stdout=out,
+        stderr=out,
+        start_new_session=True,
+    )
+    child.started = time.monotonic()
+
+
+def _stop(child: Child, grace: float) -> None:
+    proc = child.proc
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 600.0) -> int:
+    home = settings.home.resolve()
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["TETHER_HOME"] = str(home)
+    env.setdefault("TETHER_MODELS", ",".join(DEMO_MODELS))
+    models = [m for m in env["TETHER_MODELS"].split(",") if m]
+
+    server: NatsServer | None = None
+    if settings.nats_url is None:
+        server = NatsServer(
+            store_dir=home / "jetstream", port=settings.nats_port, log_file=logs / "nats-server.log"
+        )
+        server.start()
+        print(f"nats-server   {server.url}   (JetStream data in {home / 'jetstream'})", flush=True)
+    url = server.url if server else settings.url
+    env["TETHER_NATS_URL"] = url
+
+    children = [Child(role, logs / f"{role}.log") for role in ROLES]
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        for child in children:
+            _spawn(child, env)
+            print(
+                f"{child.role:<13} pid {child.proc.pid if child.proc else '?'}   log {child.log}", flush=True
+            )
+        ready = asyncio.create_task(_wait_ready(url, models, ready_timeout))
+        while not stopping.is_set():
+            if ready.done():
+                if ready.exception() is not None:
+                    print(f"not ready: {ready.exception()}", flush=True)
+                    return 1
+                await _announce(url, models, settings, demo)
+                ready = None  # type: ignore[assignment]
+                break
+            _supervise(children, env)
+            await asyncio.sleep(0.2)
+        while not stopping.is_set():
+            _supervise(children, env)
+            try:
+                await asyncio.wait_for(stopping.wait(), 0.5)
+            except TimeoutError:
+                pass
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        for role in ("gateway", "scheduler", "worker"):
+            for child in children:
+                if child.role == role:
+                    _stop(child, grace=35.0)
+        if server is not None:
+            server.stop()
+        print("stopped: no process left behind", flush=True)
+
+
+def _supervise(children: list[Child], env: dict[str, str]) -> None:
+    for child in children:
+        if child.proc is not None and child.proc.poll() is not None:
+            code = child.proc.returncode
+            child.restarts += 1
+            print(
+                f"{child.role} exited with {code}; restarting (#{child.restarts}), see {child.log}",
+                flush=True,
+            )
+            _spawn(child, env)
+
+
+async def _wait_ready(url: str, models: list[str], timeout: float) -> None:
+    """Until a worker announces every model warm and the gateway answers an echo request."""
+    from services.worker.runtimes.catalog import parse_model_spec
+    from tether import client
+    from tether.connection import connect
+    from tether.fleet import FleetView
+
+    wanted = {(s.model_id, s.version) for s in (parse_model_spec(m) for m in models)}
+    nc = await connect(url, name="tether-up")
+    try:
+        fleet = FleetView(heartbeat_s=5.0)
+        await fleet.start(nc, nc.jetstream())
+        deadline = time.monotonic() + timeout
+        while True:
+            warm = {(m, v) for m, v in wanted if fleet.candidates(m, v)}
+            if warm == wanted:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models not warm after {timeout:.0f}s: {sorted(wanted - warm)}")
+            await asyncio.sleep(0.2)
+        while True:
+            try:
+                await client.infer(nc, model="echo", input="ready?", timeout=2.0)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def _announce(url: str, models: list[str], settings: Settings, demo: bool) -> None:
+    from tether import client
+    from tether.connection import connect
+
+    print(
+        f"\nTether is up. Models: {', '.join(models)}\n"
+        f"  NATS    {url}   request subject: tether.infer\n"
+        f'  try     tether infer "{DEMO_QUESTION}" --model smollm2-135m-instruct\n'
+        f"  or      nats --server {url} request tether.infer "
+        '\'{"tenantId":"demo","modelId":"echo","version":"1","input":"hello"}\'\n'
+        f"  status  tether status\n",
+        flush=True,
+    )
+    if not demo or "smollm2-135m-instruct" not in ",".join(models):
+        return
+    nc = await connect(url, name="tether-up-demo")
+    try:
+        t0 = time.perf_counter()
+        reply = await client.infer(
+            nc, model="smollm2-135m-instruct", input=DEMO_QUESTION, params={"maxNewTokens": 32}, timeout=120
+        )
+        dt = time.perf_counter() - t0
+        print(
+            f"demo  Q: {DEMO_QUESTION}\n      A: {reply['result'].strip()}   "
+            f"({reply['workerId']}, {dt:.2f}s)\n\nCtrl-C stops everything.",
+            flush=True,
+        )
+    except Exception as exc:
+        print(f"demo request failed: {exc}", flush=True)
+    finally:
+        await nc.close()
