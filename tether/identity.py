@@ -107,7 +107,7 @@ class Identity:
 
     signing_key: SigningKey = field(repr=False)
     role: Role
-    public_key: bytes = field(init=False)
+    public_key: bytes = field(init=False, repr=False)
     node_id: str = field(init=False)
 
     def __post_init__(self) -> None:

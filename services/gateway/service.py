@@ -32,6 +32,7 @@ from tether.jobids import idempotent_job_id, new_job_id
 from tether.limits import check_params, check_size
 from tether.results import fetch_final
 from tether.settings import Settings
+from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Gateway:
         self._pending: dict[str, list[asyncio.Future[ResultMessage]]] = {}
         self.stats: Counter[str] = Counter()
         self._closed = False
+        self._requests = TaskGroup(f"gateway:{self.gateway_id}")
 
     async def start(self, nc: Client | None = None) -> None:
         if nc is None:
@@ -69,6 +71,8 @@ class Gateway:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        await self._requests.wait(timeout=5.0)
+        await self._requests.close()
         await self.fleet.stop()
         for futs in self._pending.values():
             for f in futs:
@@ -87,6 +91,10 @@ class Gateway:
     # ---- NATS request/reply -------------------------------------------------------------------
 
     async def _on_infer(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one after another: answer each request in its own task.
+        self._requests.spawn(self._answer(msg), name="infer")
+
+    async def _answer(self, msg: Msg) -> None:
         ctype = codec.JSON
         try:
             ctype = codec.content_type_of(msg.headers)
@@ -116,7 +124,8 @@ class Gateway:
         check_params(req.params, self.settings)
         if not self.fleet.knows_model(req.model_id, req.version):
             raise ModelUnknown(
-                f"no worker serves model {req.model_id!r} version {req.version!r}", field="modelId"
+                f"modelId {req.model_id!r} version {req.version!r} is not served by any worker",
+                field="modelId",
             )
         job_id = (
             idempotent_job_id(req.tenant_id, req.idempotency_key) if req.idempotency_key else new_job_id()

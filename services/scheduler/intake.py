@@ -51,14 +51,13 @@ def read_ticket(msg: Msg, settings: Settings) -> Ticket:
 
     body: Any = None
     submission: JobSubmission | None = None
-    if error is None:
-        try:
-            check_size(len(msg.data), settings)
-            body = codec.decode(msg.data, codec.content_type_of(headers))
-            submission = parse(JobSubmission, body)
-            check_params(submission.params, settings)
-        except TetherError as exc:
-            error = exc
+    try:
+        check_size(len(msg.data), settings)
+        body = codec.decode(msg.data, codec.content_type_of(headers))
+        submission = parse(JobSubmission, body)
+        check_params(submission.params, settings)
+    except TetherError as exc:
+        error = error or exc
 
     job_id = _job_id(submission, body, headers, seq)
     correlation_id = headers.get(telemetry.CORRELATION_ID) or job_id

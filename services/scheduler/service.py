@@ -30,11 +30,20 @@ from schemas import AttemptReport, Dispatch, DispatchAck, ErrorInfo, ResultMessa
 from services.scheduler.deadletter import dead_letter
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.placement import LeastLoaded, Placement
+from services.scheduler.pull import PullConsumer
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
 from streams.definitions import SCHEDULER_ACK_WAIT_S
 from tether import codec, subjects, telemetry
 from tether.connection import connect
-from tether.errors import DeadLettered, ModelUnknown, NoCapacity, TetherError, Timeout, WorkerFailed
+from tether.errors import (
+    DeadLettered,
+    ModelUnknown,
+    NoCapacity,
+    TetherError,
+    Timeout,
+    WorkerFailed,
+    error_from_wire,
+)
 from tether.fleet import FleetView
 from tether.results import error_result, fetch_final, publish_final
 from tether.settings import Settings
@@ -81,7 +90,7 @@ class Scheduler:
         self._held: dict[str, Msg] = {}
         self._reports: dict[tuple[str, int], asyncio.Future[AttemptReport]] = {}
         self._inflight_by_worker: Counter[str] = Counter()
-        self._room = asyncio.Event()
+        self._puller: PullConsumer | None = None
         self._started = 0.0
         self.stats: Counter[str] = Counter()
 
@@ -111,7 +120,8 @@ class Scheduler:
         if self.state is not SchedulerState.RUNNING:
             return
         self.state = SchedulerState.DRAINING
-        self._room.set()
+        if self._puller is not None:
+            self._puller.poke()
         if not await self._jobs.wait(grace_s):
             log.warning("drain grace expired; handing jobs back", extra={"left": len(self._jobs)})
         await self.close()
@@ -143,24 +153,16 @@ class Scheduler:
     # ---- the consumer loop --------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        assert self.js is not None
-        psub = await self.js.pull_subscribe_bind(durable=SCHEDULER_CONSUMER, stream=JOBS)
-        while self.state is SchedulerState.RUNNING:
-            room = self.settings.max_inflight - len(self._jobs)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                msgs = await psub.fetch(min(room, self.settings.scheduler_batch), timeout=1.0)
-            except (TimeoutError, NatsTimeout):
-                continue
-            except Exception as exc:  # server restarting: back off and keep going
-                log.warning("fetch failed", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                self._jobs.spawn(self._handle(msg), name="job")
+        assert self.nc is not None
+        self._puller = PullConsumer(
+            self.nc,
+            stream=JOBS,
+            durable=SCHEDULER_CONSUMER,
+            handler=lambda msg: self._jobs.spawn(self._handle(msg), name="job"),
+            room=lambda: self.settings.max_inflight - len(self._jobs),
+            batch=self.settings.scheduler_batch,
+        )
+        await self._puller.run(lambda: self.state is SchedulerState.RUNNING)
 
     async def _keepalive(self) -> None:
         """Tell JetStream (and the store) we still own the jobs we hold."""
@@ -196,8 +198,8 @@ class Scheduler:
             del exc
         finally:
             self._held.pop(ticket.job_id, None)
-            if len(self._jobs) <= self.settings.max_inflight:
-                self._room.set()
+            if self._puller is not None:
+                self._puller.poke()
 
     # ---- one job ------------------------------------------------------------------------------
 
@@ -212,7 +214,8 @@ class Scheduler:
                 t,
                 JobStatus.FAILED,
                 ModelUnknown(
-                    f"no worker serves model {key.model_id!r} version {key.version!r}", field="modelId"
+                    f"modelId {key.model_id!r} version {key.version!r} is not served by any worker",
+                    field="modelId",
                 ),
                 attempts=0,
             )
@@ -299,10 +302,12 @@ class Scheduler:
                 err = NoCapacity(f"worker {worker_id} refused: {info.message}")
                 await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
                 return err
-            await self.store.mark_running(key.job_id, attempt, time.time())
-            try:
+            running = asyncio.ensure_future(self.store.mark_running(key.job_id, attempt, time.time()))
+            report: AttemptReport | None = None
+            with contextlib.suppress(TimeoutError):
                 report = await asyncio.wait_for(fut, timeout=exec_timeout)
-            except TimeoutError:
+            await running  # queued before the outcome below, so rows change in lifecycle order
+            if report is None:
                 stored = await fetch_final(self.js, key.job_id) if self.js else None
                 if stored is not None:
                     await self._record_final(t, stored, attempt)
@@ -317,8 +322,7 @@ class Scheduler:
                 self.stats["completed"] += 1
                 return None
             info = report.error or ErrorInfo(code="worker_failed", message="unknown failure", retryable=True)
-            failure = TetherError(info.message, job_id=key.job_id)
-            failure.code, failure.retryable = info.code, info.retryable  # type: ignore[misc]
+            failure = error_from_wire(info.wire())
             await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
             return failure
         finally:

@@ -1,4 +1,16 @@
-"""SQLite through aiosqlite: the embedded default store backend."""
+"""SQLite: the embedded default store backend.
+
+Two connections to one WAL database:
+
+* writes (``transaction``) run on the event-loop thread on a plain ``sqlite3``
+  connection. They are short group-commit transactions (WAL,
+  ``synchronous=NORMAL``: no fsync per commit), well under a millisecond per
+  job, and running them inline avoids a thread hand-off per batch, which on a
+  2-core machine cost more in GIL contention than the SQL itself (measured:
+  92 jobs/s through aiosqlite's thread vs. the figures in the README inline);
+* queries (``query``) go through aiosqlite's thread, so a large listing never
+  stalls the event loop.
+"""
 
 from __future__ import annotations
 
@@ -12,45 +24,45 @@ import aiosqlite
 from tether.errors import StoreError
 from tether.store.backend import Consistency, Stmt, StmtResult
 
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000")
+
 
 class SqliteBackend:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._conn: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
 
     async def connect(self) -> None:
-        if self._conn is not None:
+        if self._writer is not None:
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA synchronous=NORMAL")
-            await self._conn.execute("PRAGMA busy_timeout=30000")
-            await self._conn.execute("PRAGMA foreign_keys=ON")
+            self._writer = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            for pragma in _PRAGMAS:
+                self._writer.execute(pragma)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
+            for pragma in _PRAGMAS[1:]:
+                await self._reader.execute(pragma)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
 
-    @property
-    def conn(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise StoreError("store is not connected")
-        return self._conn
-
     async def transaction(self, statements: Sequence[Stmt]) -> list[StmtResult]:
-        # One hop onto aiosqlite's connection thread for the whole transaction:
-        # aiosqlite's public API would cost one thread hop per statement.
+        if self._writer is None:
+            raise StoreError("store is not connected")
         try:
-            return await self.conn._execute(_run_transaction, self.conn._conn, list(statements))
+            return _run_transaction(self._writer, statements)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite transaction failed: {exc}") from exc
 
     async def query(
         self, sql: str, params: Sequence[Any] = (), *, consistency: Consistency = "weak"
     ) -> list[dict[str, Any]]:
+        if self._reader is None:
+            raise StoreError("store is not connected")
         try:
-            cur = await self.conn.execute(sql, tuple(params))
+            cur = await self._reader.execute(sql, tuple(params))
             cols = [d[0] for d in cur.description or ()]
             rows = await cur.fetchall()
             await cur.close()
@@ -59,12 +71,15 @@ class SqliteBackend:
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
 
-def _run_transaction(conn: sqlite3.Connection, statements: list[Stmt]) -> list[StmtResult]:
+def _run_transaction(conn: sqlite3.Connection, statements: Sequence[Stmt]) -> list[StmtResult]:
     out: list[StmtResult] = []
     conn.execute("BEGIN IMMEDIATE")
     try:

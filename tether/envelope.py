@@ -1,0 +1,427 @@
+"""Signed envelopes: Ed25519-signed, timestamped, nonce-carrying messages (PyNaCl).
+
+Wire format (msgpack): ``[body, signature]`` where
+
+- ``body`` = msgpack ``[1, purpose, public_key(32), timestamp(float, unix s), nonce(16), payload]``
+- ``signature`` = Ed25519 over ``CONTEXT + body`` (``CONTEXT = b"tether-envelope-v1\\x00"``).
+
+The signature covers the exact body bytes, so there is no re-encoding on the
+verifier side. ``CONTEXT`` keeps these signatures from being valid for any other
+use of the same key, and ``purpose`` (``presence``, ``model``, ``dispatch``,
+``manifest``, ...) keeps an envelope sealed for one purpose from being accepted
+for another.
+
+``Verifier.verify`` checks, in this order (cheap checks before the signature):
+malformed, wrong_purpose, denied_key, unknown_key, stale, id_mismatch,
+bad_signature, replayed. A nonce is remembered only after the signature
+verifies, so forged traffic cannot fill the nonce cache. Not thread-safe: use
+one Verifier per event loop / thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgpack
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from tether.errors import SignatureInvalid
+from tether.identity import (
+    PUBLIC_KEY_BYTES,
+    ROLE_PREFIX,
+    Identity,
+    decode_public_key,
+    encode_public_key,
+    worker_id_for,
+)
+
+log = logging.getLogger(__name__)
+
+VERSION: Final = 1
+CONTEXT: Final = b"tether-envelope-v1\x00"
+NONCE_BYTES: Final = 16
+SIGNATURE_BYTES: Final = 64
+
+PURPOSE_PRESENCE: Final = "presence"
+PURPOSE_MODEL: Final = "model"
+PURPOSE_DISPATCH: Final = "dispatch"
+PURPOSE_MANIFEST: Final = "manifest"
+_PURPOSE_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+
+REASONS: Final = (
+    "malformed",
+    "bad_signature",
+    "unknown_key",
+    "denied_key",
+    "stale",
+    "replayed",
+    "wrong_purpose",
+    "id_mismatch",
+)
+
+
+class EnvelopeRejected(SignatureInvalid):
+    """A ``signature_invalid`` error that says why (``reason`` is one of ``REASONS``)."""
+
+    def __init__(
+        self, reason: str, message: str, *, job_id: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(f"envelope rejected ({reason}): {message}", job_id=job_id, field=field)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Envelope:
+    """A parsed envelope. Trust it only when it came from ``Verifier.verify``.
+
+    (Not frozen: a frozen dataclass costs ~4x more to build on the verify hot path.)
+    """
+
+    version: int
+    purpose: str
+    public_key: bytes
+    timestamp: float
+    nonce: bytes
+    payload: bytes
+    signature: bytes
+
+    @property
+    def public_key_b64(self) -> str:
+        return encode_public_key(self.public_key)
+
+    def node_id(self, role: str = "worker") -> str:
+        """The signer's node id in ``role``."""
+        return worker_id_for(self.public_key, role)
+
+
+def _check_purpose(purpose: str) -> None:
+    if not isinstance(purpose, str) or not _PURPOSE_RE.match(purpose):
+        raise ValueError(f"invalid envelope purpose {purpose!r} (want [a-z][a-z0-9._-]{{0,63}})")
+
+
+def _packb(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def seal(identity: Identity, payload: bytes, purpose: str, *, timestamp: float | None = None) -> bytes:
+    """Sign ``payload`` for ``purpose`` as ``identity``; returns the wire bytes."""
+    _check_purpose(purpose)
+    ts = time.time() if timestamp is None else float(timestamp)
+    body = _packb([VERSION, purpose, identity.public_key, ts, os.urandom(NONCE_BYTES), bytes(payload)])
+    sig = identity.signing_key.sign(CONTEXT + body).signature
+    return _packb([body, sig])
+
+
+def _malformed(message: str) -> EnvelopeRejected:
+    return EnvelopeRejected("malformed", message)
+
+
+def _parse(data: bytes) -> tuple[Envelope, bytes]:
+    """Parse wire bytes into an Envelope and the signed body; EnvelopeRejected("malformed")."""
+    if type(data) is not bytes and not isinstance(data, bytearray | memoryview):
+        raise _malformed(f"expected bytes, got {type(data).__name__}")
+    try:
+        outer = msgpack.unpackb(data, raw=False, use_list=False)
+    except Exception as e:
+        raise _malformed(f"not msgpack: {type(e).__name__}") from None
+    if type(outer) is not tuple or len(outer) != 2:
+        raise _malformed("expected [body, signature]")
+    body, sig = outer
+    if type(body) is not bytes or type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
+        raise _malformed("body or signature has the wrong type or length")
+    try:
+        fields = msgpack.unpackb(body, raw=False, use_list=False)
+    except Exception as e:
+        raise _malformed(f"body is not msgpack: {type(e).__name__}") from None
+    if type(fields) is not tuple or len(fields) != 6:
+        raise _malformed("body must have 6 fields")
+    version, purpose, pk, ts, nonce, payload = fields
+    if type(version) is not int or version != VERSION:
+        raise _malformed(f"unsupported envelope version {version!r}")
+    if type(purpose) is not str or not _PURPOSE_RE.match(purpose):
+        raise _malformed("bad purpose field")
+    if type(pk) is not bytes or len(pk) != PUBLIC_KEY_BYTES:
+        raise _malformed("bad public key field")
+    if type(ts) not in (float, int) or not math.isfinite(ts):
+        raise _malformed("bad timestamp field")
+    if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+        raise _malformed("bad nonce field")
+    if type(payload) is not bytes:
+        raise _malformed("payload must be bytes")
+    return Envelope(version, purpose, pk, float(ts), nonce, payload, sig), body
+
+
+def open_envelope(data: bytes) -> Envelope:
+    """Parse wire bytes without verifying anything; EnvelopeRejected("malformed") on bad input."""
+    return _parse(data)[0]
+
+
+class NonceCache:
+    """Remembers (public key, nonce) pairs until they expire; O(1) amortised per message.
+
+    Entries expire at ``timestamp + skew`` (after that the envelope is stale anyway).
+    ``max_entries`` caps memory under flood: past it the oldest entries are dropped
+    (counted in ``evicted``), which could let a replay of a dropped nonce through.
+    """
+
+    __slots__ = ("_expiry", "_order", "evicted", "max_entries")
+
+    def __init__(self, max_entries: int = 2_000_000) -> None:
+        self._expiry: dict[bytes, float] = {}
+        self._order: deque[tuple[float, bytes]] = deque()
+        self.max_entries = max_entries
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._expiry
+
+    def expire(self, now: float) -> None:
+        """Drop entries whose expiry is before ``now`` (from the oldest insertion on)."""
+        order, expiry = self._order, self._expiry
+        while order and order[0][0] < now:
+            expiry.pop(order.popleft()[1], None)
+
+    def add(self, key: bytes, expires_at: float, now: float) -> bool:
+        """Record ``key``; False when it was already there (a replay)."""
+        self.expire(now)
+        if key in self._expiry:
+            return False
+        while len(self._expiry) >= self.max_entries and self._order:
+            self._expiry.pop(self._order.popleft()[1], None)
+            self.evicted += 1
+        self._expiry[key] = expires_at
+        self._order.append((expires_at, key))
+        return True
+
+
+def parse_allowlist(text: str, *, source: str = "<allowlist>") -> tuple[set[bytes], set[bytes]]:
+    """Parse allowlist text into (allowed, denied) key sets; ValueError names the bad line.
+
+    One key per line (urlsafe base64 or hex); ``#`` starts a comment; ``deny <key>``
+    puts a key on the denylist (``allow <key>`` is also accepted). Deny wins.
+    """
+    allowed: set[bytes] = set()
+    denied: set[bytes] = set()
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        tokens = raw.split("#", 1)[0].split()
+        if not tokens:
+            continue
+        target = allowed
+        if tokens[0] in ("deny", "allow"):
+            target = denied if tokens[0] == "deny" else allowed
+            tokens = tokens[1:]
+        if len(tokens) != 1:
+            raise ValueError(f"{source}:{lineno}: expected '[deny|allow] <public key>', got {raw.strip()!r}")
+        try:
+            target.add(decode_public_key(tokens[0]))
+        except ValueError as e:
+            raise ValueError(f"{source}:{lineno}: {e}") from None
+    return allowed, denied
+
+
+KeyLike = bytes | str
+_ID_PREFIXES: Final = frozenset(f"{p}-" for p in ROLE_PREFIX.values())
+
+
+def _key(key: KeyLike) -> bytes:
+    if isinstance(key, str):
+        return decode_public_key(key)
+    if len(key) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"public key must be {PUBLIC_KEY_BYTES} bytes, got {len(key)}")
+    return bytes(key)
+
+
+class Verifier:
+    """Checks envelopes against an allowlist, a denylist, a clock-skew window and a nonce cache.
+
+    ``allow_all=True`` (insecure/development mode) skips only the allowlist check;
+    the denylist, signature, skew and replay checks still apply.
+    """
+
+    def __init__(
+        self,
+        allowed: Iterable[KeyLike] = (),
+        denied: Iterable[KeyLike] = (),
+        *,
+        skew_s: float = 30.0,
+        allow_all: bool = False,
+        max_nonces: int = 2_000_000,
+        max_cached_keys: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.skew_s = float(skew_s)
+        self.allow_all = allow_all
+        self.clock = clock
+        self.nonces = NonceCache(max_nonces)
+        self.rejections: Counter[str] = Counter()
+        self.accepted = 0
+        self.path: Path | None = None
+        self._file_stat: tuple[int, int, int] | None = None
+        self._file_allowed: set[bytes] = set()
+        self._file_denied: set[bytes] = set()
+        self._extra_allowed: set[bytes] = {_key(k) for k in allowed}
+        self._extra_denied: set[bytes] = {_key(k) for k in denied}
+        self._allowed: frozenset[bytes] = frozenset()
+        self._denied: frozenset[bytes] = frozenset()
+        self._key_cache: dict[bytes, tuple[VerifyKey, str]] = {}
+        self._max_cached_keys = max_cached_keys
+        self._rebuild()
+
+    # -- key lists ---------------------------------------------------------
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        missing_ok: bool = False,
+        skew_s: float = 30.0,
+        allow_all: bool = False,
+        max_nonces: int = 2_000_000,
+        clock: Callable[[], float] = time.time,
+    ) -> Verifier:
+        """A Verifier whose lists come from an allowlist file (see ``parse_allowlist``).
+
+        Raises FileNotFoundError (unless ``missing_ok``) or ValueError for a bad file.
+        """
+        v = cls(skew_s=skew_s, allow_all=allow_all, max_nonces=max_nonces, clock=clock)
+        v.path = Path(path)
+        try:
+            st = os.stat(v.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+            return v
+        v._file_allowed, v._file_denied = parse_allowlist(v.path.read_text(), source=str(v.path))
+        v._file_stat = (st.st_mtime_ns, st.st_size, st.st_ino)
+        v._rebuild()
+        return v
+
+    def reload(self) -> bool:
+        """Re-read the allowlist file if it changed (one ``stat`` otherwise); True when reloaded.
+
+        A missing or unparsable file keeps the previous lists (and logs once per change).
+        Replace the file atomically (write + rename) so a half-written file is never read.
+        """
+        if self.path is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._file_stat is not None:
+                log.warning("allowlist %s disappeared; keeping the previous lists", self.path)
+                self._file_stat = None
+            return False
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if sig == self._file_stat:
+            return False
+        self._file_stat = sig
+        try:
+            allowed, denied = parse_allowlist(self.path.read_text(), source=str(self.path))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            log.error("allowlist %s not reloaded, keeping the previous lists: %s", self.path, e)
+            return False
+        self._file_allowed, self._file_denied = allowed, denied
+        self._rebuild()
+        log.info("allowlist %s reloaded: %d allowed, %d denied", self.path, len(allowed), len(denied))
+        return True
+
+    def add_allowed(self, key: KeyLike) -> None:
+        """Allow a key (kept across reloads). A denied key stays denied."""
+        self._extra_allowed.add(_key(key))
+        self._rebuild()
+
+    def deny(self, key: KeyLike) -> None:
+        """Deny a key (kept across reloads); deny wins over allow."""
+        self._extra_denied.add(_key(key))
+        self._rebuild()
+
+    @property
+    def allowed(self) -> frozenset[bytes]:
+        return self._allowed
+
+    @property
+    def denied(self) -> frozenset[bytes]:
+        return self._denied
+
+    def _rebuild(self) -> None:
+        self._allowed = frozenset(self._file_allowed | self._extra_allowed)
+        self._denied = frozenset(self._file_denied | self._extra_denied)
+
+    # -- verification ------------------------------------------------------
+
+    def _reject(self, reason: str, message: str) -> EnvelopeRejected:
+        self.rejections[reason] += 1
+        return EnvelopeRejected(reason, message)
+
+    def _cached_key(self, pk: bytes) -> tuple[VerifyKey, str]:
+        """(VerifyKey, node-id hash suffix) for a public key, cached (bounded)."""
+        entry = self._key_cache.get(pk)
+        if entry is None:
+            if len(self._key_cache) >= self._max_cached_keys:
+                self._key_cache.clear()
+            entry = self._key_cache[pk] = (VerifyKey(pk), worker_id_for(pk, "worker")[2:])
+        return entry
+
+    def verify(
+        self,
+        data: bytes,
+        *,
+        purpose: str,
+        now: float | None = None,
+        expect_node_id: str | None = None,
+    ) -> Envelope:
+        """Return the envelope if it is authentic, fresh, new and meant for ``purpose``.
+
+        ``expect_node_id`` (e.g. the worker token of the subject) must be the signer's
+        node id in the role its prefix names. Raises ``EnvelopeRejected`` (a
+        ``SignatureInvalid``) with ``reason`` set, and counts it in ``rejections``.
+        """
+        try:
+            env, body = _parse(data)
+        except EnvelopeRejected as e:
+            self.rejections[e.reason] += 1
+            raise
+        if env.purpose != purpose:
+            raise self._reject("wrong_purpose", f"sealed for {env.purpose!r}, expected {purpose!r}")
+        pk = env.public_key
+        if pk in self._denied:
+            raise self._reject("denied_key", f"key {env.public_key_b64} is denylisted")
+        if not self.allow_all and pk not in self._allowed:
+            raise self._reject("unknown_key", f"key {env.public_key_b64} is not allowlisted")
+        if now is None:
+            now = self.clock()
+        skew = self.skew_s
+        ts = env.timestamp
+        if ts < now - skew:
+            raise self._reject("stale", f"timestamp {now - ts:.1f}s old (skew window {skew:g}s)")
+        if ts > now + skew:
+            raise self._reject("stale", f"timestamp {ts - now:.1f}s in the future (skew window {skew:g}s)")
+        vk, id_suffix = self._cached_key(pk)
+        if expect_node_id is not None and (
+            expect_node_id[2:] != id_suffix or expect_node_id[:2] not in _ID_PREFIXES
+        ):
+            raise self._reject(
+                "id_mismatch", f"node id {expect_node_id!r} does not belong to the signing key"
+            )
+        try:
+            vk.verify(CONTEXT + body, env.signature)
+        except BadSignatureError:
+            raise self._reject("bad_signature", "signature does not verify") from None
+        if not self.nonces.add(pk + env.nonce, ts + skew, now):
+            raise self._reject("replayed", "nonce already seen")
+        self.accepted += 1
+        return env
