@@ -37,8 +37,21 @@ class Topology:
     consumers: tuple[tuple[str, ConsumerConfig], ...]
 
 
-def topology(settings: Settings) -> Topology:
-    r = max(1, settings.replicas)
+def cluster_replicas(server_info: dict[str, object], configured: int = 0) -> int:
+    """Stream replicas: the configured count, else the cluster size capped at 3 (1 on a single server).
+
+    A clustered server lists every member's client URL in ``connect_urls``.
+    """
+    if configured > 0:
+        return configured
+    if not server_info.get("cluster"):
+        return 1
+    urls = server_info.get("connect_urls") or []
+    return max(1, min(3, len(urls) if isinstance(urls, list) else 1))
+
+
+def topology(settings: Settings, server_info: dict[str, object] | None = None) -> Topology:
+    r = cluster_replicas(server_info or {}, settings.replicas)
     jobs = StreamConfig(
         name=JOBS,
         subjects=[subjects.JOBS_ALL],
@@ -57,7 +70,7 @@ def topology(settings: Settings) -> Topology:
         storage=StorageType.FILE,
         num_replicas=r,
         max_age=settings.results_max_age_s,
-        duplicate_window=settings.results_dedupe_s,
+        duplicate_window=min(settings.results_dedupe_s, settings.results_max_age_s),
         allow_direct=True,
         description="The one final result per job, kept for replay",
     )

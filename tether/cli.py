@@ -84,7 +84,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from tether import client, codec
+    from nats.errors import Error as NatsError
+    from nats.errors import NoRespondersError
+
+    from tether import client, codec, subjects
     from tether.connection import connect
     from tether.errors import TetherError
 
@@ -95,8 +98,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.temperature is not None:
         params["temperature"] = args.temperature
 
+    def fail(code: str, message: str) -> int:
+        error = {"code": code, "message": message, "retryable": True}
+        print(json.dumps({"error": error}) if args.json else f"error [{code}]: {message}", file=sys.stderr)
+        return 1
+
     async def go() -> int:
-        nc = await connect(s.url, name="tether-cli")
+        try:  # a one-shot command fails fast (nats-py: 0 would mean forever)
+            nc = await connect(s.url, name="tether-cli", max_reconnect_attempts=1)
+        except (OSError, NatsError) as exc:
+            return fail("unavailable", f"cannot reach NATS at {s.url}: {exc}")
         try:
             reply = await client.infer(
                 nc,
@@ -115,6 +126,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        except NoRespondersError:
+            return fail("unavailable", f"no gateway answers {subjects.INFER} on {s.url}")
+        except TimeoutError:
+            return fail("timeout", f"no reply within {args.timeout}s")
         finally:
             await nc.close()
         if args.json:

@@ -15,7 +15,7 @@ async def connect(url: str, *, name: str, **options: object) -> Client:
         log.warning("nats error", extra={"error": repr(exc), "conn": name})
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", extra={"conn": name})
+        log.info("nats disconnected", extra={"conn": name})
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"conn": name})

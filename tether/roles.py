@@ -46,7 +46,12 @@ async def run_worker(settings: Settings, *, worker_id: str, grace_s: float = 30.
     from services.worker.runtimes.catalog import parse_model_spec
     from services.worker.service import Worker
 
-    w = Worker(settings, worker_id=worker_id, specs=[parse_model_spec(m) for m in settings.models])
+    cache = str(settings.home / "cache" / "converted")  # GGUF converted once, reloaded in < 1 s after
+    w = Worker(
+        settings,
+        worker_id=worker_id,
+        specs=[parse_model_spec(m, convert_cache=cache) for m in settings.models],
+    )
 
     async def stop() -> None:
         await w.drain(grace_s)

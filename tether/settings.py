@@ -36,7 +36,7 @@ class Settings:
     store: str = ""  # "" -> sqlite file under home; "sqlite:///path" or "rqlite://host:4001"
     region: str = "local"
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
-    replicas: int = 1  # JetStream stream replicas; 3 in a 3-node cluster
+    replicas: int = 0  # JetStream stream replicas; 0: follow the cluster size (1 single node, 3 in a cluster)
     results_max_age_s: float = 7 * 24 * 3600.0
     results_dedupe_s: float = 24 * 3600.0
     jobs_dedupe_s: float = 600.0
@@ -64,7 +64,7 @@ class Settings:
             store=_env("TETHER_STORE", ""),
             region=_env("TETHER_REGION", "local"),
             heartbeat_s=_float("TETHER_HEARTBEAT_S", DEFAULT_HEARTBEAT_S),
-            replicas=_int("TETHER_REPLICAS", 1),
+            replicas=_int("TETHER_REPLICAS", 0),
             results_max_age_s=_float("TETHER_RESULTS_MAX_AGE_S", 7 * 24 * 3600.0),
             max_payload=_int("TETHER_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD),
             max_new_tokens=_int("TETHER_MAX_NEW_TOKENS", DEFAULT_MAX_NEW_TOKENS),

@@ -19,7 +19,7 @@ from tether.store import open_store
 
 
 async def snapshot(settings: Settings) -> dict[str, Any]:
-    nc = await connect(settings.url, name="tether-status")
+    nc = await connect(settings.url, name="tether-status", max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         fleet = FleetView(heartbeat_s=settings.heartbeat_s)
@@ -122,7 +122,7 @@ async def jobs_show(settings: Settings, job_id: str) -> int:
         attempts = await store.attempts(job_id)
     result = None
     try:
-        nc = await connect(settings.url, name="tether-jobs", max_reconnect_attempts=0)
+        nc = await connect(settings.url, name="tether-jobs", max_reconnect_attempts=1)
         try:
             stored = await fetch_final(nc.jetstream(), job_id)
             result = stored.wire() if stored else None

@@ -57,9 +57,12 @@ def decode_token(token: str) -> str:
             raw.extend(token[i].encode())
             i += 1
     try:
-        return raw.decode()
+        value = raw.decode()
     except UnicodeDecodeError:
         raise InvalidRequest(f"subject token is not UTF-8: {token!r}") from None
+    if encode_token(value) != token:  # one spelling per id: no escapes for characters that need none
+        raise InvalidRequest(f"subject token is not in canonical form: {token!r}")
+    return value
 
 
 def job_subject(tenant: str, model: str, version: str) -> str:

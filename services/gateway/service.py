@@ -58,7 +58,7 @@ class Gateway:
             nc = await connect(self.settings.url, name=f"tether-gateway-{self.gateway_id}")
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
-        await apply(self.js, topology(self.settings))
+        await apply(self.js, topology(self.settings, nc._server_info))
         await self.fleet.start(nc, self.js)
         self._subs.append(await nc.subscribe(subjects.RESULTS_ALL, cb=self._on_result))
         self._subs.append(await nc.subscribe(subjects.INFER, queue=QUEUE_GROUP, cb=self._on_infer))

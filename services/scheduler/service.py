@@ -53,6 +53,10 @@ from tether.tasks import TaskGroup
 log = logging.getLogger(__name__)
 
 
+#: A job still running this long after dispatch gets its RUNNING state written at once.
+RUNNING_WRITE_DELAY_S = 0.05
+
+
 class SchedulerState(StrEnum):
     NEW = "new"
     RUNNING = "running"
@@ -104,7 +108,7 @@ class Scheduler:
             nc = await connect(self.settings.url, name=f"tether-scheduler-{self.scheduler_id}")
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
-        await apply(self.js, topology(self.settings))
+        await apply(self.js, topology(self.settings, nc._server_info))
         await nc.subscribe(subjects.report_subject(self.scheduler_id), cb=self._on_report)
         await self.fleet.start(nc, self.js)
         self._started = time.time()
@@ -302,11 +306,7 @@ class Scheduler:
                 err = NoCapacity(f"worker {worker_id} refused: {info.message}")
                 await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
                 return err
-            running = asyncio.ensure_future(self.store.mark_running(key.job_id, attempt, time.time()))
-            report: AttemptReport | None = None
-            with contextlib.suppress(TimeoutError):
-                report = await asyncio.wait_for(fut, timeout=exec_timeout)
-            await running  # queued before the outcome below, so rows change in lifecycle order
+            report = await self._await_outcome(fut, key.job_id, attempt, exec_timeout)
             if report is None:
                 stored = await fetch_final(self.js, key.job_id) if self.js else None
                 if stored is not None:
@@ -317,7 +317,12 @@ class Scheduler:
                 return err
             if report.ok:
                 await self.store.finish(
-                    key, JobStatus.COMPLETED, time.time(), attempt=attempt, worker_id=worker_id
+                    key,
+                    JobStatus.COMPLETED,
+                    time.time(),
+                    attempt=attempt,
+                    worker_id=worker_id,
+                    started_at=report.started_at,
                 )
                 self.stats["completed"] += 1
                 return None
@@ -330,6 +335,25 @@ class Scheduler:
             self._inflight_by_worker[worker_id] -= 1
             if self._inflight_by_worker[worker_id] <= 0:
                 del self._inflight_by_worker[worker_id]
+
+    async def _await_outcome(
+        self, fut: asyncio.Future[AttemptReport], job_id: str, attempt: int, exec_timeout: float
+    ) -> AttemptReport | None:
+        """Wait for the worker's report; None on timeout.
+
+        RUNNING is written only when the job is still running after
+        ``RUNNING_WRITE_DELAY_S``: a job that finishes sooner gets its start time
+        from the report, in the same transaction as its final state.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=RUNNING_WRITE_DELAY_S)
+        except TimeoutError:
+            pass
+        await self.store.mark_running(job_id, attempt, time.time())
+        try:
+            return await asyncio.wait_for(fut, timeout=max(0.0, exec_timeout - RUNNING_WRITE_DELAY_S))
+        except TimeoutError:
+            return None
 
     async def _on_report(self, msg: Msg) -> None:
         try:

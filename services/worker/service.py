@@ -101,7 +101,7 @@ class Worker:
             nc = await connect(self.settings.url, name=f"tether-worker-{self.worker_id}")
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
-        await apply(self.js, topology(self.settings))
+        await apply(self.js, topology(self.settings, nc._server_info))
         self._sub = await nc.subscribe(subjects.dispatch_subject(self.worker_id), cb=self._on_dispatch)
         self.state = WorkerState.RUNNING
         await self._beat()
@@ -189,10 +189,14 @@ class Worker:
     async def _load(self, slot: ServedSlot) -> None:
         await self._announce(slot)
         t0 = time.perf_counter()
+        runtime: ModelRuntime | None = None
         try:
             runtime = build_runtime(slot.spec)
             await asyncio.to_thread(runtime.load)
         except Exception as exc:
+            if runtime is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(runtime.close)
             slot.state, slot.detail = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             log.error("model failed to load", extra={"model": slot.spec.model_id, "error": slot.detail})
         else:

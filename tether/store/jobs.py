@@ -190,13 +190,19 @@ class JobStore:
         worker_id: str | None = None,
         error_code: str | None = None,
         error_message: str | None = None,
+        started_at: float | None = None,
     ) -> bool:
-        """Move a job to a final state (creating the row if it never got one). False if already final."""
+        """Move a job to a final state (creating the row if it never got one). False if already final.
+
+        ``started_at`` (from the worker's report) fills in the start time when the
+        RUNNING transition was not written separately (jobs that finish quickly).
+        """
         stmts = [
             Stmt(
-                f"INSERT INTO jobs ({_INSERT_COLS}, worker_id, error_code, error_message, finished_at) "
-                "VALUES (?,?,?,?,?,0,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO jobs ({_INSERT_COLS}, worker_id, error_code, error_message, started_at, finished_at) "
+                "VALUES (?,?,?,?,?,0,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(job_id) DO UPDATE SET status=excluded.status, finished_at=excluded.finished_at, "
+                "started_at=COALESCE(jobs.started_at, excluded.started_at), "
                 "updated_at=excluded.updated_at, error_code=excluded.error_code, "
                 "error_message=excluded.error_message, worker_id=COALESCE(excluded.worker_id, jobs.worker_id), "
                 f"lease_until=NULL WHERE {_NOT_TERMINAL}",
@@ -214,13 +220,18 @@ class JobStore:
                     worker_id,
                     error_code,
                     error_message,
+                    started_at,
                     now,
                 ),
             )
         ]
         if attempt is not None:
             attempt_status = "COMPLETED" if status == JobStatus.COMPLETED else "FAILED"
-            stmts.extend(_close_attempt(job.job_id, attempt, attempt_status, error_code, error_message, now))
+            stmts.extend(
+                _close_attempt(
+                    job.job_id, attempt, attempt_status, error_code, error_message, now, started_at
+                )
+            )
         results = await self._batcher.submit(stmts)
         return results[0].rowcount > 0
 
@@ -275,13 +286,19 @@ def _key_values(job: JobKey) -> tuple[Any, ...]:
 
 
 def _close_attempt(
-    job_id: str, attempt: int, status: str, code: str | None, message: str | None, now: float
+    job_id: str,
+    attempt: int,
+    status: str,
+    code: str | None,
+    message: str | None,
+    now: float,
+    started_at: float | None = None,
 ) -> list[Stmt]:
     return [
         Stmt(
-            "UPDATE attempts SET status=?, error_code=?, error_message=?, finished_at=? "
-            "WHERE job_id=? AND attempt=? AND finished_at IS NULL",
-            (status, code, message, now, job_id, attempt),
+            "UPDATE attempts SET status=?, error_code=?, error_message=?, finished_at=?, "
+            "started_at=COALESCE(started_at, ?) WHERE job_id=? AND attempt=? AND finished_at IS NULL",
+            (status, code, message, now, started_at, job_id, attempt),
         ),
         Stmt(
             "UPDATE reservations SET released_at=? WHERE retry_token=? AND released_at IS NULL",
