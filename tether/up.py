@@ -80,6 +80,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
     env["TETHER_NATS_URL"] = url
 
     children = [Child(role, logs / f"{role}.log") for role in ROLES]
+    started = time.time()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,7 +91,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
             print(
                 f"{child.role:<13} pid {child.proc.pid if child.proc else '?'}   log {child.log}", flush=True
             )
-        ready = asyncio.create_task(_wait_ready(url, models, ready_timeout))
+        ready = asyncio.create_task(_wait_ready(url, models, ready_timeout, since=started))
         while not stopping.is_set():
             if ready.done():
                 if ready.exception() is not None:
@@ -131,8 +132,9 @@ def _supervise(children: list[Child], env: dict[str, str]) -> None:
             _spawn(child, env)
 
 
-async def _wait_ready(url: str, models: list[str], timeout: float) -> None:
+async def _wait_ready(url: str, models: list[str], timeout: float, *, since: float) -> None:
     """Until a worker announces every model warm and the gateway answers an echo request."""
+    from schemas import ModelState
     from services.worker.runtimes.catalog import parse_model_spec
     from tether import client
     from tether.connection import connect
@@ -145,7 +147,14 @@ async def _wait_ready(url: str, models: list[str], timeout: float) -> None:
         await fleet.start(nc, nc.jetstream())
         deadline = time.monotonic() + timeout
         while True:
-            warm = {(m, v) for m, v in wanted if fleet.candidates(m, v)}
+            current = [e for e in fleet.workers() if e.presence.started_at >= since]  # not a previous run's
+            states = {(m.model_id, m.version): m.state for e in current for m in e.presence.models}
+            failed = sorted(
+                f"{m}:{v}" for (m, v), st in states.items() if st == ModelState.FAILED and (m, v) in wanted
+            )
+            if failed:
+                raise RuntimeError(f"models failed to load: {failed} (see the worker log)")
+            warm = {key for key in wanted if states.get(key) == ModelState.WARM}
             if warm == wanted:
                 break
             if time.monotonic() > deadline:

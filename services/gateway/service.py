@@ -180,7 +180,6 @@ class Gateway:
     def _reply(self, result: ResultMessage, t0: float) -> InferReply:
         if result.error is not None or result.status != "completed":
             info = result.error.model_dump() if result.error else {"code": "internal", "message": "no result"}
-            info["jobId"] = result.job_id
             raise error_from_wire({**info, "jobId": result.job_id})
         self.stats["completed"] += 1
         return InferReply(

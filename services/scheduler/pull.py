@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Msg], Awaitable[None]]
 
 
 class PullConsumer:
@@ -76,8 +74,7 @@ class PullConsumer:
         self._wake.set()
 
     async def _pull(self, n: int) -> None:
-        req = {"batch": n, "expires": int(self._expires_s * 0.9 * 1e9), "idle_heartbeat": 0}
-        req.pop("idle_heartbeat")
+        req = {"batch": n, "expires": int(self._expires_s * 0.9 * 1e9)}
         self._outstanding += n
         try:
             await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._inbox)

@@ -91,6 +91,7 @@ class Worker:
         )
         self.completed = 0
         self.failed = 0
+        self._load_lock = asyncio.Lock()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -191,8 +192,10 @@ class Worker:
         t0 = time.perf_counter()
         runtime: ModelRuntime | None = None
         try:
-            runtime = build_runtime(slot.spec)
-            await asyncio.to_thread(runtime.load)
+            # One load at a time: bounded memory, and no racing lazy imports inside transformers.
+            async with self._load_lock:
+                runtime = build_runtime(slot.spec)
+                await asyncio.to_thread(runtime.load)
         except Exception as exc:
             if runtime is not None:
                 with contextlib.suppress(Exception):
