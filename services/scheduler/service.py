@@ -26,8 +26,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from schemas import AttemptReport, Dispatch, DispatchAck, ErrorInfo, ResultMessage, ResultStatus
-from services.scheduler.deadletter import dead_letter
+from schemas import AttemptReport, Dispatch, DispatchAck, ErrorInfo, ResultMessage
+from services.scheduler import outcomes
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.placement import LeastLoaded, Placement
 from services.scheduler.pull import PullConsumer
@@ -36,7 +36,6 @@ from streams.definitions import SCHEDULER_ACK_WAIT_S
 from tether import codec, subjects, telemetry
 from tether.connection import connect
 from tether.errors import (
-    DeadLettered,
     ModelUnknown,
     NoCapacity,
     TetherError,
@@ -45,7 +44,7 @@ from tether.errors import (
     error_from_wire,
 )
 from tether.fleet import FleetView
-from tether.results import error_result, fetch_final, publish_final
+from tether.results import fetch_final
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStatus, JobStore, open_store
 from tether.tasks import TaskGroup
@@ -390,63 +389,21 @@ class Scheduler:
         raise Requeue(max(1.0, float(row["lease_until"] or 0) - time.time()))
 
     async def _record_final(self, t: Ticket, stored: ResultMessage, attempt: int) -> None:
-        status = {
-            ResultStatus.COMPLETED: JobStatus.COMPLETED,
-            ResultStatus.FAILED: JobStatus.FAILED,
-            ResultStatus.DEAD_LETTERED: JobStatus.DEAD_LETTERED,
-        }[stored.status]
-        err = stored.error
-        await self.store.finish(
-            t.key,
-            status,
-            time.time(),
-            attempt=attempt,
-            worker_id=stored.worker_id,
-            error_code=err.code if err else None,
-            error_message=err.message if err else None,
-        )
+        await outcomes.record_final(self.store, t, stored, attempt)
 
     async def _finish_error(
         self, t: Ticket, status: JobStatus, err: TetherError, *, attempts: int, worker_id: str | None = None
     ) -> None:
         assert self.js is not None
-        err.job_id = t.job_id
-        result = error_result(
-            job_id=t.job_id,
-            tenant_id=t.key.tenant_id,
-            model_id=t.key.model_id,
-            version=t.key.version,
-            error=err.to_wire(),
-            status=str(ResultStatus(status.lower())),
-            attempts=attempts,
-            worker_id=worker_id,
-        )
-        stored_first = await publish_final(self.js, result, telemetry.child_headers(t.headers))
-        if not stored_first:  # a result was already there (an earlier attempt finished after all)
-            existing = await fetch_final(self.js, t.job_id)
-            if existing is not None:
-                await self._record_final(t, existing, attempts or 1)
-                return
-        await self.store.finish(
-            t.key,
-            status,
-            time.time(),
-            attempt=attempts or None,
-            worker_id=worker_id,
-            error_code=err.code,
-            error_message=err.message,
+        await outcomes.finish_error(
+            self.js, self.store, t, status, err, attempts=attempts, worker_id=worker_id
         )
         self.stats[str(status).lower()] += 1
 
     async def _dead_letter(self, t: Ticket, attempts: int, last: TetherError) -> None:
         assert self.js is not None
-        await dead_letter(self.js, self.store, t, attempts, last)
-        await self._finish_error(
-            t,
-            JobStatus.DEAD_LETTERED,
-            DeadLettered(f"gave up after {attempts} attempts: {last.code}: {last.message}"),
-            attempts=attempts,
-        )
+        await outcomes.dead_letter(self.js, self.store, t, attempts, last)
+        self.stats["dead_lettered"] += 1
 
     # ---- helpers ------------------------------------------------------------------------------
 
