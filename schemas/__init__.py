@@ -3,6 +3,7 @@
 from schemas.messages import (
     PUBLIC_MESSAGES,
     AttemptReport,
+    CancelRequest,
     ChatMessage,
     Dispatch,
     DispatchAck,
@@ -15,6 +16,7 @@ from schemas.messages import (
     ModelAnnouncement,
     ModelState,
     Presence,
+    ResultChunk,
     ResultMessage,
     ResultStatus,
     ServedModel,
@@ -25,6 +27,7 @@ from schemas.messages import (
 __all__ = [
     "PUBLIC_MESSAGES",
     "AttemptReport",
+    "CancelRequest",
     "ChatMessage",
     "Dispatch",
     "DispatchAck",
@@ -37,6 +40,7 @@ __all__ = [
     "ModelAnnouncement",
     "ModelState",
     "Presence",
+    "ResultChunk",
     "ResultMessage",
     "ResultStatus",
     "ServedModel",

@@ -220,6 +220,32 @@ class AttemptReport(_Internal):
     finished_at: float
 
 
+class ResultChunk(_Internal):
+    """Worker -> any subscriber on ``tether.results.<job>.chunks`` (core NATS, not persisted).
+
+    ``seq`` counts chunks of the job from 0 across attempts: a resumed attempt
+    continues the sequence after the prefix already delivered, so a client never
+    sees a gap or a repeat. ``offset`` is the number of generated tokens before
+    this chunk. The final result still arrives on ``tether.results.<job>``.
+    """
+
+    job_id: str
+    seq: int
+    text: str
+    offset: int = 0
+    token_ids: list[int] | None = None
+    attempt: int = 1
+    worker_id: str | None = None
+    ts: float | None = None
+
+
+class CancelRequest(_Internal):
+    """Anyone -> the fleet on ``tether.control.cancel.<job>``: stop the job within one decoding step."""
+
+    job_id: str
+    reason: str = "cancelled by client"
+
+
 def parse(model: type[_M], data: Any) -> _M:
     """Validate ``data`` as ``model``; failures become ``InvalidRequest`` naming the field."""
     if not isinstance(data, dict):
@@ -262,4 +288,6 @@ PUBLIC_MESSAGES: dict[str, type[BaseModel]] = {
     "dispatch": Dispatch,
     "dispatch_ack": DispatchAck,
     "attempt_report": AttemptReport,
+    "result_chunk": ResultChunk,
+    "cancel_request": CancelRequest,
 }
