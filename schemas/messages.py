@@ -153,6 +153,9 @@ class ServedModel(_Internal):
     version: str
     task: str
     state: ModelState
+    progress: float | None = None  # 0..1 while loading
+    size_mb: float | None = None  # measured once warm
+    pinned: bool = False
 
 
 class Presence(_Internal):
@@ -184,6 +187,8 @@ class ModelAnnouncement(_Internal):
     state: ModelState
     ts: float
     detail: str | None = None
+    progress: float | None = None  # 0..1 while loading
+    size_mb: float | None = None  # measured once warm
 
 
 class Dispatch(_Internal):

@@ -69,3 +69,19 @@ def build_tiny_gpt2(path: str | Path, *, chat: bool = False, seed: int = 0) -> P
     tok.save_pretrained(path)
     model.save_pretrained(path)
     return path
+
+
+def build_tiny_lora(base: str | Path, path: str | Path, *, seed: int = 1) -> Path:
+    """A LoRA adapter (peft) for a tiny GPT-2 at ``base``, with non-zero random weights."""
+    from peft import LoraConfig, get_peft_model
+
+    path = Path(path)
+    model = GPT2LMHeadModel.from_pretrained(base)
+    config = LoraConfig(
+        r=4, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(path)
+    return path

@@ -8,6 +8,7 @@
     ├── NoCapacity                   no_capacity       yes
     ├── Timeout                      timeout           yes
     ├── WorkerFailed                 worker_failed     yes
+    ├── Cancelled                    cancelled         no
     ├── DeadLettered                 dead_lettered     no
     ├── Unauthorized                 unauthorized      no
     │   └── SignatureInvalid         signature_invalid no
@@ -74,6 +75,12 @@ class Timeout(TetherError):
 class WorkerFailed(TetherError):
     code = "worker_failed"
     retryable = True
+
+
+class Cancelled(TetherError):
+    """The client (or an operator) cancelled the job; its decoding stopped."""
+
+    code = "cancelled"
 
 
 class DeadLettered(TetherError):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.worker.engine import EngineRuntime
 from services.worker.runtimes import (
     BUILTIN_IDS,
     EchoRuntime,
@@ -103,7 +104,7 @@ def test_build_runtime() -> None:
         "1",
         Task.ECHO,
     )
-    spec = parse_model_spec("smol:4=/m/smol;gguf=f.gguf;dtype=bfloat16;device=auto")
+    spec = parse_model_spec("smol:4=/m/smol;gguf=f.gguf;dtype=bfloat16;device=auto;engine=naive")
     runtime = build_runtime(spec)
     assert isinstance(runtime, TransformersRuntime)
     assert (runtime.model_id, runtime.version, runtime.task) == ("smol", "4", Task.GENERATE)
@@ -114,8 +115,21 @@ def test_build_runtime() -> None:
         "auto",
     )
     runtime.close()  # never loaded: closing just stops its thread
+    batched = build_runtime(parse_model_spec("smol:4=/m/smol;gguf=f.gguf"), max_batch=4, max_wait_s=0.01)
+    assert isinstance(batched, EngineRuntime) and isinstance(batched.inner, TransformersRuntime)
+    assert (batched.model_id, batched.max_batch, batched.max_wait_s) == ("smol", 4, 0.01)
+    batched.close()
     with pytest.raises(errors.InvalidRequest):
         build_runtime(parse_model_spec("bad:1=/m;dtype=float64"))
+
+
+def test_parse_engine_pin_and_builtin_options() -> None:
+    spec = parse_model_spec("smollm2-135m-instruct:1;pin=yes;engine=naive;dtype=bfloat16")
+    assert (spec.pin, spec.engine, spec.dtype, spec.gguf_file is not None) == (True, "naive", "bfloat16", True)
+    assert parse_model_spec("x:1=/m;pin=0").pin is False
+    for bad in ("echo;gguf=x.gguf", "x:1=/m;pin=maybe", "x:1=/m;engine=turbo", "smollm2-135m-instruct;task=embed"):
+        with pytest.raises(errors.InvalidRequest):
+            parse_model_spec(bad)
 
 
 def test_catalog_module_exports() -> None:

@@ -7,6 +7,7 @@ the event loop (heavy runtimes hand the work to their own executor thread).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -35,17 +36,53 @@ class GenerationParams:
 
 
 @dataclass(slots=True, kw_only=True)
+class Delta:
+    """A piece of streamed output: new text, the token ids behind it, and how many came before."""
+
+    text: str
+    token_ids: list[int]
+    offset: int  # generated tokens before this piece (a resumed prefix included)
+
+
+@dataclass(slots=True, kw_only=True)
+class Resume:
+    """What an earlier attempt already delivered to the client; generation continues after it."""
+
+    text: str
+    token_ids: list[int]
+
+
+class CancelToken:
+    """Set on the event loop, read by the runtime between decoding steps."""
+
+    __slots__ = ("cancelled", "reason")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.reason = ""
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        self.cancelled = True
+
+
+@dataclass(slots=True, kw_only=True)
 class RunRequest:
     """One unit of work for a runtime.
 
     ``input`` is a prompt string, a list of chat messages
     (``[{"role": "user", "content": "..."}]``) for generation, or a string /
-    list of strings for embeddings.
+    list of strings for embeddings. Runtimes that stream call ``on_delta`` on the
+    event loop, in order, for each new piece of text; runtimes that cannot stream
+    ignore it and ``resume``, and may ignore ``cancel``.
     """
 
     job_id: str
     input: Any
     params: GenerationParams = field(default_factory=GenerationParams)
+    on_delta: Callable[[Delta], None] | None = None
+    resume: Resume | None = None
+    cancel: CancelToken | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -54,6 +91,7 @@ class RunResult:
     tokens_in: int = 0
     tokens_out: int = 0
     finish_reason: str = "stop"  # "stop" | "length"
+    ttft_s: float | None = None  # time to first token (submitted -> first token), when measured
 
 
 @runtime_checkable

