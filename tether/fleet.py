@@ -7,7 +7,9 @@ keeps the last heartbeat per worker, so a new process knows the fleet at once
 instead of after a heartbeat period.
 
 Health by heartbeat age (T = heartbeat period): HEALTHY up to 2T, SUSPECT up
-to 3T, OFFLINE after.
+to 3T, OFFLINE after; ``sweep()`` reports transitions (the scheduler logs them
+and publishes ``tether.events.worker.<state>``). Workers are indexed by the
+models they serve, so finding candidates costs O(matches), not O(fleet).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from nats.aio.client import Client
@@ -44,10 +46,15 @@ class Health(StrEnum):
     OFFLINE = "OFFLINE"
 
 
+#: Model states a worker can take jobs for: warm now, or evicted from memory but loadable on demand.
+SERVABLE_STATES = (ModelState.WARM, ModelState.EVICTED)
+
+
 @dataclass(slots=True)
 class WorkerEntry:
     presence: Presence
     last_seen: float
+    served: dict[tuple[str, str], ModelState] = field(default_factory=dict)
 
     @property
     def worker_id(self) -> str:
@@ -66,12 +73,18 @@ class FleetView:
         self._decoder = decoder
         self._clock = clock
         self._workers: dict[str, WorkerEntry] = {}
+        self._by_model: dict[tuple[str, str], dict[str, WorkerEntry]] = {}
+        self._health: dict[str, Health] = {}
+        self.forget_after = 60  # heartbeat periods an OFFLINE worker stays listed
         self._models_seen: set[tuple[str, str]] = set()
         self._sub = None
         self.rejected = 0
         self.changed = asyncio.Event()
 
     # ---- pure state ---------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
 
     def observe(self, presence: Presence, *, seen_at: float | None = None) -> None:
         now = self._clock() if seen_at is None else seen_at
@@ -82,7 +95,19 @@ class FleetView:
             and presence.seq <= prev.presence.seq
         ):
             return  # out of order or duplicate
-        self._workers[presence.worker_id] = WorkerEntry(presence, now)
+        entry = WorkerEntry(presence, now)
+        self._workers[presence.worker_id] = entry
+        served = {
+            (m.model_id, m.version): m.state for m in presence.models if m.state in SERVABLE_STATES
+        }
+        old = prev.served if prev is not None else {}
+        entry.served = served
+        for key in old.keys() - served.keys():
+            index = self._by_model.get(key)
+            if index is not None:
+                index.pop(presence.worker_id, None)
+        for key in served:
+            self._by_model.setdefault(key, {})[presence.worker_id] = entry
         for m in presence.models:
             self._models_seen.add((m.model_id, m.version))
         self.changed.set()
@@ -95,26 +120,64 @@ class FleetView:
             return Health.SUSPECT
         return Health.OFFLINE
 
+    def sweep(self, now: float | None = None) -> list[tuple[WorkerEntry, Health | None, Health]]:
+        """Health transitions since the last sweep: ``(entry, old or None if new, new)``.
+
+        Workers OFFLINE for ``forget_after`` heartbeat periods are dropped from the view.
+        """
+        now = self._clock() if now is None else now
+        changes: list[tuple[WorkerEntry, Health | None, Health]] = []
+        for worker_id, entry in list(self._workers.items()):
+            state = self.health(entry, now)
+            old = self._health.get(worker_id)
+            if state is not old:
+                self._health[worker_id] = state
+                changes.append((entry, old, state))
+            if state is Health.OFFLINE and now - entry.last_seen > self.forget_after * self.heartbeat_s:
+                self.forget(worker_id)
+        return changes
+
+    def forget(self, worker_id: str) -> None:
+        entry = self._workers.pop(worker_id, None)
+        self._health.pop(worker_id, None)
+        if entry is not None:
+            for key in entry.served:
+                index = self._by_model.get(key)
+                if index is not None:
+                    index.pop(worker_id, None)
+
+    def mark_draining(self, worker_id: str) -> bool:
+        """A drain was ordered: stop placing on the worker now, before its next heartbeat says so."""
+        entry = self._workers.get(worker_id)
+        if entry is None:
+            return False
+        entry.presence = entry.presence.model_copy(update={"draining": True})
+        return True
+
     def workers(self) -> list[WorkerEntry]:
         return list(self._workers.values())
 
     def get(self, worker_id: str) -> WorkerEntry | None:
         return self._workers.get(worker_id)
 
+    def serving(self, model_id: str, version: str) -> list[WorkerEntry]:
+        """Every known worker that lists the model warm or loadable (health not checked: O(matches))."""
+        index = self._by_model.get((model_id, version))
+        return list(index.values()) if index else []
+
+    def model_state(self, entry: WorkerEntry, model_id: str, version: str) -> ModelState:
+        return entry.served.get((model_id, version), ModelState.FAILED)
+
     def candidates(self, model_id: str, version: str, now: float | None = None) -> list[WorkerEntry]:
         """Workers heard from within 3T, not draining, with the model warm."""
         now = self._clock() if now is None else now
-        out = []
-        for entry in self._workers.values():
-            p = entry.presence
-            if p.draining or self.health(entry, now) is Health.OFFLINE:
-                continue
-            if any(
-                m.model_id == model_id and m.version == version and m.state == ModelState.WARM
-                for m in p.models
-            ):
-                out.append(entry)
-        return out
+        return [
+            e
+            for e in self.serving(model_id, version)
+            if not e.presence.draining
+            and e.served.get((model_id, version)) is ModelState.WARM
+            and self.health(e, now) is not Health.OFFLINE
+        ]
 
     def knows_model(self, model_id: str, version: str) -> bool:
         """Has any worker ever announced this model (in any state)?"""

@@ -16,6 +16,7 @@ from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.settings import Settings
 from tether.store import open_store
+from tether.store.fleetstate import FleetState
 
 
 async def snapshot(settings: Settings) -> dict[str, Any]:
@@ -52,9 +53,27 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
             }
         except Exception as exc:
             queue = {"error": str(exc)}
-        return {"workers": workers, "queue": queue, "models": [f"{m}:{v}" for m, v in fleet.models()]}
+        return {
+            "workers": workers,
+            "queue": queue,
+            "models": [f"{m}:{v}" for m, v in fleet.models()],
+            "breakers": await breakers(settings),
+        }
     finally:
         await nc.close()
+
+
+async def breakers(settings: Settings) -> list[dict[str, Any]] | dict[str, str]:
+    """Circuit breaker states the schedulers recorded in the store (CLOSED ones included)."""
+    try:
+        async with open_store(settings.store_url) as store:
+            rows = await FleetState(store).breakers()
+    except Exception as exc:
+        return {"error": str(exc)}
+    return [
+        {k: r[k] for k in ("model_id", "version", "region", "state", "failures", "opened_at", "updated_at")}
+        for r in rows
+    ]
 
 
 def _render(snap: dict[str, Any], console: Console) -> None:
@@ -77,6 +96,14 @@ def _render(snap: dict[str, Any], console: Console) -> None:
         f"JOBS queue: waiting {q.get('waiting', '?')}, in flight {q.get('inFlight', '?')}, "
         f"redelivered {q.get('redelivered', '?')}"
     )
+    rows = snap.get("breakers")
+    if isinstance(rows, list) and rows:
+        b = Table(title="circuit breakers (model, region)")
+        for col in ("model", "region", "state", "failures in window"):
+            b.add_column(col)
+        for r in rows:
+            b.add_row(f"{r['model_id']}:{r['version']}", r["region"], r["state"], str(r["failures"]))
+        console.print(b)
 
 
 async def show_status(settings: Settings, *, watch: bool = False, as_json: bool = False) -> int:

@@ -1,8 +1,8 @@
 """The worker: serves models, accepts assignments, runs them, publishes results.
 
-tether.dispatch.<worker>   <- scheduler's assignment (request; we reply accept / refuse)
+tether.dispatch.<worker>   <- a scheduler's assignments (DispatchBatch)
 tether.results.<job>       -> the final result, into JetStream RESULTS (deduplicated per job)
-tether.reports.<scheduler> -> how the attempt ended, to the scheduler that placed it
+tether.reports.<scheduler> -> acks (accept / refuse) and how each attempt ended (ReportBatch)
 tether.presence.<region>.<worker>, tether.models.<model>.<version>.<region> -> heartbeats, availability
 """
 
@@ -23,6 +23,7 @@ from schemas import (
     AttemptReport,
     Dispatch,
     DispatchAck,
+    DispatchBatch,
     ErrorInfo,
     ModelState,
     ResultMessage,
@@ -32,6 +33,7 @@ from schemas import (
 )
 from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder
+from services.worker.reporting import Reporter
 from services.worker.runtimes.base import ModelRuntime, RunRequest
 from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from streams import apply, topology
@@ -80,6 +82,7 @@ class Worker:
         self.js: JetStreamContext | None = None
         self._own_nc = False
         self._sub = None
+        self.reporter: Reporter | None = None
         self.presence = PresenceBuilder(
             worker_id=worker_id,
             region=settings.region,
@@ -92,6 +95,9 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self._load_lock = asyncio.Lock()
+        self.stopped = asyncio.Event()  # set once closed (a drain ordered over NATS ends the process)
+        self._control_subs: list[object] = []
+        self._drain_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -103,10 +109,21 @@ class Worker:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
-        self._sub = await nc.subscribe(subjects.dispatch_subject(self.worker_id), cb=self._on_dispatch)
+        self.reporter = Reporter(nc, self.worker_id)
+        self._sub = await nc.subscribe(
+            subjects.dispatch_subject(self.worker_id),
+            cb=self._on_dispatch,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        for target in (self.worker_id, "all"):
+            self._control_subs.append(
+                await nc.subscribe(subjects.control_subject("drain", target), cb=self._on_drain)
+            )
         self.state = WorkerState.RUNNING
         await self._beat()
         self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
+        self._tasks.spawn(self.reporter.run(), name="reporter")
         for slot in self.slots.values():
             self._tasks.spawn(self._load(slot), name=f"load:{slot.spec.model_id}")
         log.info("worker started", extra={"worker": self.worker_id, "models": [k[0] for k in self.slots]})
@@ -134,19 +151,33 @@ class Worker:
     async def close(self) -> None:
         if self.state is WorkerState.STOPPED:
             return
+        ended = "drained" if self.state is WorkerState.DRAINING else "stopped"
         self.state = WorkerState.STOPPED
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in [self._sub, *self._control_subs]:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()  # type: ignore[attr-defined]
         await self._tasks.close()
         await self._jobs.close()
+        if self.reporter is not None:
+            await self.reporter.flush()  # acks and reports of attempts that ended while stopping
         for slot in self.slots.values():
             if slot.runtime is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(slot.runtime.close)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    subjects.event_subject("worker", ended),
+                    codec.encode(
+                        {"kind": "worker", "workerId": self.worker_id, "state": ended.upper(), "ts": time.time()}
+                    ),
+                    headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+                )
         if self.nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        self.stopped.set()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     async def __aenter__(self) -> Worker:
@@ -155,6 +186,23 @@ class Worker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _on_drain(self, msg: Msg) -> None:
+        """``tether.control.drain.<worker>`` (or ``.all``): drain within the given grace, then stop."""
+        grace = 30.0
+        with contextlib.suppress(Exception):
+            body = codec.decode(msg.data, codec.content_type_of(msg.headers)) if msg.data else {}
+            grace = float(body.get("graceS", grace))
+        log.warning("drain ordered", extra={"worker": self.worker_id, "grace_s": grace})
+        if msg.reply and self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    msg.reply,
+                    codec.encode({"workerId": self.worker_id, "draining": True, "inflight": len(self._jobs)}),
+                    headers={codec.CONTENT_TYPE: codec.JSON},
+                )
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drain(grace))
 
     # ---- presence -----------------------------------------------------------------------------
 
@@ -219,37 +267,41 @@ class Worker:
 
     async def _on_dispatch(self, msg: Msg) -> None:
         try:
-            d = Dispatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+            batch = DispatchBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
         except Exception as exc:
             log.warning("malformed dispatch dropped", extra={"error": str(exc)})
             return
-        slot = self.slots.get((d.model_id, d.version))
-        refusal: TetherError | None = None
-        if self.state is not WorkerState.RUNNING:
-            refusal = NoCapacity(f"worker {self.worker_id} is {self.state}")
-        elif slot is None or slot.state is not ModelState.WARM or slot.runtime is None:
-            refusal = ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version} warm")
-        elif len(self._jobs) >= self.settings.worker_concurrency:
-            refusal = NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
-        ack = DispatchAck(
-            accepted=refusal is None,
-            worker_id=self.worker_id,
-            error=ErrorInfo.model_validate(refusal.to_wire()) if refusal else None,
-        )
-        if msg.reply:
-            await self.nc.publish(
-                msg.reply,
-                codec.encode(ack.wire(), codec.MSGPACK),  # type: ignore[union-attr]
-                headers={codec.CONTENT_TYPE: codec.MSGPACK},
+        assert self.reporter is not None
+        for d in batch.items:
+            slot = self.slots.get((d.model_id, d.version))
+            refusal = self._refusal(d, slot)
+            self.reporter.ack(
+                d.report_to,
+                DispatchAck(
+                    accepted=refusal is None,
+                    worker_id=self.worker_id,
+                    job_id=d.job_id,
+                    attempt=d.attempt,
+                    error=ErrorInfo.model_validate(refusal.to_wire()) if refusal else None,
+                ),
             )
-        if refusal is None and slot is not None:
-            self._jobs.spawn(self._run(d, slot, dict(msg.headers or {})), name=f"job:{d.job_id}")
+            if refusal is None and slot is not None:
+                self._jobs.spawn(self._run(d, slot), name=f"job:{d.job_id}")
 
-    async def _run(self, d: Dispatch, slot: ServedSlot, headers: dict[str, str]) -> None:
+    def _refusal(self, d: Dispatch, slot: ServedSlot | None) -> TetherError | None:
+        if self.state is not WorkerState.RUNNING:
+            return NoCapacity(f"worker {self.worker_id} is {self.state}")
+        if slot is None or slot.state is not ModelState.WARM or slot.runtime is None:
+            return ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version} warm")
+        if len(self._jobs) >= self.settings.worker_concurrency:
+            return NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
+        return None
+
+    async def _run(self, d: Dispatch, slot: ServedSlot) -> None:
         assert slot.runtime is not None
         started = time.time()
         slot.inflight += 1
-        hop = telemetry.child_headers(headers)
+        hop = telemetry.child_headers(d.trace)
         try:
             with telemetry.span("worker.run", hop, job_id=d.job_id, model=d.model_id):
                 params = generation_params(d.params)
@@ -272,6 +324,8 @@ class Worker:
             assert self.js is not None
             await publish_final(self.js, result, hop, budget_s=max(5.0, d.deadline - time.time()))
         except asyncio.CancelledError:
+            # stopped before finishing (drain grace expired): hand the job back for re-placement now
+            await self._report(d, hop, started, WorkerFailed(f"worker {self.worker_id} stopped; job handed back"))
             raise
         except Exception as exc:
             err = exc if isinstance(exc, TetherError) else WorkerFailed(f"{type(exc).__name__}: {exc}")
@@ -295,19 +349,16 @@ class Worker:
     async def _report(
         self, d: Dispatch, hop: dict[str, str], started: float, err: TetherError | None
     ) -> None:
-        assert self.nc is not None
-        report = AttemptReport(
-            job_id=d.job_id,
-            attempt=d.attempt,
-            worker_id=self.worker_id,
-            ok=err is None,
-            error=ErrorInfo.model_validate(err.to_wire()) if err else None,
-            started_at=started,
-            finished_at=time.time(),
+        assert self.reporter is not None
+        self.reporter.report(
+            d.report_to,
+            AttemptReport(
+                job_id=d.job_id,
+                attempt=d.attempt,
+                worker_id=self.worker_id,
+                ok=err is None,
+                error=ErrorInfo.model_validate(err.to_wire()) if err else None,
+                started_at=started,
+                finished_at=time.time(),
+            ),
         )
-        with contextlib.suppress(Exception):  # the scheduler's watchdog covers a lost report
-            await self.nc.publish(
-                d.report_to,
-                codec.encode(report.wire(), codec.MSGPACK),
-                headers={**hop, codec.CONTENT_TYPE: codec.MSGPACK},
-            )
