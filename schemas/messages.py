@@ -62,6 +62,7 @@ class InferParams(_Wire):
     timeout_s: float | None = Field(default=None, gt=0.0)
     region: str | None = Field(default=None, min_length=1, max_length=64)  # placement: preferred region
     device_class: str | None = Field(default=None, min_length=1, max_length=64)  # e.g. "cpu", "cuda"
+    min_tier: int | None = Field(default=None, ge=1, le=3)  # placement: lowest hardware tier accepted
 
 
 class InferRequest(_Wire):
@@ -105,6 +106,7 @@ class Usage(_Internal):
     tokens_in: int = 0
     tokens_out: int = 0
     finish_reason: str = "stop"
+    ttft_ms: float | None = None  # time to first token on the worker (generation)
 
 
 class InferReply(_Internal):
@@ -176,6 +178,13 @@ class Presence(_Internal):
     cpu_percent: float | None = None
     mem_percent: float | None = None
     draining: bool = False
+    rss_mb: float | None = None
+    gpu_mem_used_mb: float | None = None
+    gpu_mem_total_mb: float | None = None
+    gpu_util_percent: float | None = None
+    gflops: float | None = None  # admission benchmark: matmul throughput in the serving dtype
+    max_alloc_mb: float | None = None  # admission benchmark: largest stable allocation
+    bench_dtype: str | None = None
 
 
 class ModelAnnouncement(_Internal):
@@ -193,6 +202,14 @@ class ModelAnnouncement(_Internal):
     size_mb: float | None = None  # measured once warm
 
 
+class ResumePrefix(_Internal):
+    """What earlier attempts of a streaming job already delivered: the next attempt continues after it."""
+
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    seq: int = 0  # the next chunk's sequence number
+
+
 class Dispatch(_Internal):
     """One assignment: an attempt of a job on a worker (carried inside a ``DispatchBatch``)."""
 
@@ -208,6 +225,7 @@ class Dispatch(_Internal):
     scheduler_id: str
     deadline: float
     trace: dict[str, str] = Field(default_factory=dict)  # the job's correlation-id and traceparent
+    resume: ResumePrefix | None = None  # streamed output already delivered by earlier attempts
 
 
 class DispatchBatch(_Internal):
@@ -279,6 +297,7 @@ class CancelRequest(_Internal):
 
     job_id: str
     reason: str = "cancelled by client"
+    attempt: int | None = None  # only this attempt (a scheduler re-placing the job); None: the job
 
 
 def parse(model: type[_M], data: Any) -> _M:

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from tether.settings import Settings
@@ -76,12 +77,18 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from tether.roles import run_worker
+    from tether.errors import TetherError
+    from tether.roles import run_worker, worker_specs
     from tether.workerid import worker_identity
 
     s = _settings(args)
+    try:
+        specs = worker_specs(s, dtype=args.dtype, quantize=args.quantize)
+    except TetherError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
     worker_id = args.worker_id or worker_identity(s.home, args.name)
-    return _role(lambda: run_worker(s, worker_id=worker_id, grace_s=args.grace))
+    return _role(lambda: run_worker(s, worker_id=worker_id, grace_s=args.grace, specs=specs))
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -110,6 +117,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         except (OSError, NatsError) as exc:
             return fail("unavailable", f"cannot reach NATS at {s.url}: {exc}")
         try:
+            if args.stream:
+                return await _stream(nc)
             reply = await client.infer(
                 nc,
                 model=args.model,
@@ -138,6 +147,28 @@ def cmd_infer(args: argparse.Namespace) -> int:
         else:
             result = reply["result"]
             print(result if isinstance(result, str) else json.dumps(result))
+        return 0
+
+    async def _stream(nc: Any) -> int:
+        started = time.perf_counter()
+        first: list[float] = []
+
+        def show(chunk: dict[str, Any]) -> None:
+            if not first:
+                first.append(time.perf_counter())
+            print(chunk.get("text", ""), end="", flush=True)
+
+        reply = await client.infer_stream(
+            nc, model=args.model, version=args.version, tenant=args.tenant, input=args.text, params=params,
+            on_chunk=show, idempotency_key=args.idempotency_key, timeout=args.timeout,
+        )  # fmt: skip
+        if not first:  # a model that does not stream (echo, embeddings): print the result whole
+            result = reply["result"]
+            print(result if isinstance(result, str) else json.dumps(result), end="")
+        print()
+        ttft = f"{(first[0] - started) * 1000:.0f} ms" if first else "n/a"
+        tokens = (reply.get("usage") or {}).get("tokensOut", 0)
+        print(f"[{reply['jobId']}: first token after {ttft}, {tokens} tokens]", file=sys.stderr)
         return 0
 
     return asyncio.run(go())
@@ -257,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", default="worker", help="identity name under TETHER_HOME/keys (default worker)")
     w.add_argument("--worker-id", help="override the worker id derived from the identity key")
     w.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
+    w.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="weights' dtype (all models)")
+    w.add_argument(
+        "--quantize", choices=["8bit", "4bit"], help="bitsandbytes quantization (CUDA only; refused without a GPU)"
+    )
     w.set_defaults(fn=cmd_worker)
 
     i = sub.add_parser("infer", help="send one request to tether.infer and print the result")
@@ -269,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--idempotency-key", help="same key, same job, same result")
     i.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     i.add_argument("--json", action="store_true", help="print the whole reply as JSON")
+    i.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     i.add_argument("--msgpack", action="store_true", help="send and receive msgpack instead of JSON")
     i.set_defaults(fn=cmd_infer)
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from tether.settings import Settings
 
@@ -48,16 +48,34 @@ async def run_scheduler(settings: Settings) -> None:
     await _serve(sch, sch.drain)
 
 
-async def run_worker(settings: Settings, *, worker_id: str, grace_s: float = 30.0) -> None:
+def worker_specs(settings: Settings, *, dtype: str | None = None, quantize: str | None = None) -> list[Any]:
+    """The worker's model specs, with ``--dtype`` / ``--quantize`` applied, checked against this machine.
+
+    Raises ``InvalidRequest`` naming the option when the machine cannot serve a spec
+    (e.g. ``--quantize`` without a CUDA GPU): the worker refuses to start.
+    """
+    from dataclasses import replace
+
+    from services.worker.device_support import check_spec
     from services.worker.runtimes.catalog import parse_model_spec
-    from services.worker.service import Worker
 
     cache = str(settings.home / "cache" / "converted")  # GGUF converted once, reloaded in < 1 s after
-    w = Worker(
-        settings,
-        worker_id=worker_id,
-        specs=[parse_model_spec(m, convert_cache=cache) for m in settings.models],
-    )
+    specs = []
+    for text in settings.models:
+        spec = parse_model_spec(text, convert_cache=cache)
+        if spec.runtime == "transformers":
+            spec = replace(spec, dtype=dtype or spec.dtype, quantize=quantize or spec.quantize)
+        check_spec(spec)
+        specs.append(spec)
+    return specs
+
+
+async def run_worker(
+    settings: Settings, *, worker_id: str, grace_s: float = 30.0, specs: list[Any] | None = None
+) -> None:
+    from services.worker.service import Worker
+
+    w = Worker(settings, worker_id=worker_id, specs=specs if specs is not None else worker_specs(settings))
 
     async def stop() -> None:
         await w.drain(grace_s)

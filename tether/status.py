@@ -36,7 +36,7 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
                     "health": str(fleet.health(e, now)),
                     "region": p.region,
                     "device": p.device_class,
-                    "models": [f"{m.model_id}:{m.version} ({m.state})" for m in p.models],
+                    "models": [_model_line(m) for m in p.models],
                     "queueDepth": p.queue_depth,
                     "capacity": p.capacity,
                     "draining": p.draining,
@@ -74,6 +74,16 @@ async def breakers(settings: Settings) -> list[dict[str, Any]] | dict[str, str]:
         {k: r[k] for k in ("model_id", "version", "region", "state", "failures", "opened_at", "updated_at")}
         for r in rows
     ]
+
+
+def _model_line(m: Any) -> str:
+    """``smollm2:1 (warm, 513 MB)`` or ``big:1 (loading 45%)``."""
+    state = str(m.state)
+    if m.state == "loading" and m.progress is not None:
+        state += f" {round(100 * m.progress)}%"
+    elif m.size_mb is not None:
+        state += f", {m.size_mb:g} MB"
+    return f"{m.model_id}:{m.version} ({state}{', pinned' if m.pinned else ''})"
 
 
 def _render(snap: dict[str, Any], console: Console) -> None:

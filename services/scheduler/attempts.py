@@ -16,14 +16,16 @@ import time
 from collections import Counter
 from typing import Any
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from schemas import AttemptReport, Dispatch, ErrorInfo
+from schemas import AttemptReport, CancelRequest, Dispatch, ErrorInfo
 from services.scheduler import outcomes
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket
-from tether import telemetry
+from services.scheduler.progress import StreamProgress
+from tether import codec, subjects, telemetry
 from tether.errors import NoCapacity, TetherError, Timeout, WorkerFailed, error_from_wire
 from tether.fleet import FleetView, Health
 from tether.results import fetch_final
@@ -49,6 +51,8 @@ class AttemptRunner:
         fleet: FleetView,
         scheduler_id: str,
         stats: Counter[str],
+        progress: StreamProgress | None = None,
+        nc: Client | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -57,6 +61,8 @@ class AttemptRunner:
         self.fleet = fleet
         self.scheduler_id = scheduler_id
         self.stats = stats
+        self.progress = progress
+        self.nc = nc  # for CancelRequests to abandoned attempts
         self.inflight_by_worker: Counter[str] = Counter()
 
     async def run(
@@ -65,6 +71,10 @@ class AttemptRunner:
         """Dispatch one attempt and wait for its outcome. None means the job is finished."""
         assert self.dispatcher is not None and t.submission is not None
         key = t.key
+        resume = None
+        if self.progress is not None and self.progress.streams(key.model_id, key.version):
+            await self.progress.watch(key.job_id)  # before the dispatch: no chunk goes unseen
+            resume = self.progress.prefix(key.job_id)
         d = Dispatch(
             job_id=key.job_id,
             attempt=attempt,
@@ -78,6 +88,7 @@ class AttemptRunner:
             scheduler_id=self.scheduler_id,
             deadline=time.time() + exec_timeout,
             trace=telemetry.child_headers(t.headers),
+            resume=resume,
         )
         watch = self.dispatcher.submit(worker_id, d)
         self.inflight_by_worker[worker_id] += 1
@@ -101,6 +112,7 @@ class AttemptRunner:
                 report = await self._await_outcome(watch.report, key.job_id, attempt, exec_timeout, worker_id)
             except WorkerOffline as off:
                 await self.store.fail_attempt(key.job_id, attempt, off.code, off.message, time.time())
+                await self._cancel(key.job_id, attempt, "re-placed: the worker went offline")
                 return off
             if report is None:
                 stored = await fetch_final(self.js, key.job_id) if self.js else None
@@ -109,6 +121,7 @@ class AttemptRunner:
                     return None
                 err = Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
+                await self._cancel(key.job_id, attempt, "re-placed: execution timeout")
                 return err
             if report.ok:
                 await self.store.finish(
@@ -130,6 +143,21 @@ class AttemptRunner:
             self.inflight_by_worker[worker_id] -= 1
             if self.inflight_by_worker[worker_id] <= 0:
                 del self.inflight_by_worker[worker_id]
+
+    async def _cancel(self, job_id: str, attempt: int, reason: str) -> None:
+        """Stop an abandoned attempt (if its worker still runs it) so it frees its slot."""
+        if self.nc is None:
+            return
+        request = CancelRequest(job_id=job_id, attempt=attempt, reason=reason)
+        try:
+            await self.nc.publish(
+                subjects.control_subject("cancel", job_id),
+                codec.encode(request.wire()),
+                headers={codec.CONTENT_TYPE: codec.JSON},
+            )
+        except Exception as exc:  # best effort: the attempt's result is deduplicated anyway
+            self.stats["cancel_publish_failed"] += 1
+            del exc
 
     async def _await_outcome(
         self,

@@ -1,7 +1,8 @@
 """Affinity scoring: which live worker should run this job, and why.
 
 Hard filters first: the worker serves the model (warm, or evicted but loadable),
-is HEALTHY (not SUSPECT or OFFLINE), is not draining, and the breaker of
+is HEALTHY (not SUSPECT or OFFLINE), is not draining, passed admission and is at
+least the job's minimum hardware tier (``tiers.py``), and the breaker of
 (model, version, worker's region) lets work through. Workers that just failed
 this job are avoided while any other can serve it.
 
@@ -24,6 +25,7 @@ worker passes the filters.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
@@ -31,7 +33,10 @@ from typing import Any
 
 from schemas import ModelState
 from services.scheduler.placement import Choice
+from services.scheduler.tiers import TierThresholds, assign_tier
 from tether.fleet import FleetView, Health, WorkerEntry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,7 @@ class JobNeeds:
     version: str
     region: str
     device_class: str | None = None
+    min_tier: int | None = None
 
 
 SERVABLE = (ModelState.WARM, ModelState.EVICTED)
@@ -104,6 +110,7 @@ class AffinityPlacement:
         rtt: Callable[[str], float | None] = lambda _w: None,
         breaker_allows: Callable[[str, str, str], bool] = lambda _m, _v, _r: True,
         rng: random.Random | None = None,
+        tiers: TierThresholds | None = None,
     ) -> None:
         self.fleet = fleet
         self.weights = weights or Weights()
@@ -112,6 +119,8 @@ class AffinityPlacement:
         self._rtt = rtt
         self._breaker_allows = breaker_allows
         self._rng = rng or random.Random()
+        self.tiers = tiers or TierThresholds.from_env()
+        self._rejected: set[str] = set()  # workers whose admission rejection was logged
 
     def choose(
         self, needs: JobNeeds, *, inflight: Mapping[str, int], avoid: Collection[str] = ()
@@ -187,4 +196,12 @@ class AffinityPlacement:
             return health.lower()
         if not self._breaker_allows(needs.model_id, needs.version, p.region):
             return "breaker_open"
+        decision = assign_tier(p.gflops, p.max_alloc_mb, self.tiers)
+        if not decision.admitted:
+            if p.worker_id not in self._rejected:
+                self._rejected.add(p.worker_id)
+                log.warning("worker not admitted", extra={"worker": p.worker_id, "reason": decision.reason})
+            return "not_admitted"
+        if needs.min_tier is not None and (decision.tier or 0) < needs.min_tier:
+            return "below_min_tier"
         return None

@@ -33,6 +33,7 @@ from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.monitor import FleetMonitor
 from services.scheduler.placement import Placement
+from services.scheduler.progress import StreamProgress
 from services.scheduler.pull import PullConsumer
 from services.scheduler.reliability import Reliability
 from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
@@ -131,6 +132,8 @@ class Scheduler:
             fleet=self.fleet,
             scheduler_id=self.scheduler_id,
             stats=self.stats,
+            progress=StreamProgress(nc, self.fleet),
+            nc=nc,
         )
         self.monitor = FleetMonitor(
             nc=nc,
@@ -243,6 +246,8 @@ class Scheduler:
             del exc
         finally:
             self._held.pop(ticket.job_id, None)
+            if self.attempts is not None and self.attempts.progress is not None:
+                await self.attempts.progress.forget(ticket.job_id)
             if self._puller is not None:
                 self._puller.poke()
 
@@ -272,6 +277,7 @@ class Scheduler:
             key.version,
             region=(params.region if params and params.region else self.settings.region),
             device_class=params.device_class if params else None,
+            min_tier=params.min_tier if params else None,
         )
         while True:
             assert self.attempts is not None

@@ -38,7 +38,7 @@ Key = tuple[str, str]
 class CachedModel:
     spec: ModelSpec
     pinned: bool = False
-    state: ModelState = ModelState.EVICTED
+    state: ModelState = ModelState.LOADING  # until start() has loaded it (or left it out)
     runtime: ModelRuntime | None = None
     size: int = 0  # bytes, measured once warm (an estimate before the first load)
     last_used: float = 0.0
@@ -117,6 +117,7 @@ class ModelCache:
                 with contextlib.suppress(NoCapacity, ModelUnknown):
                     await self.ensure(entry.spec.key, evict=entry.pinned)
             else:
+                entry.state = ModelState.EVICTED
                 entry.detail = f"not loaded at start: the {self.budget // MB} MB model budget is full"
                 await self._changed(entry)
 

@@ -1,6 +1,7 @@
 """Heartbeats: who this worker is, what it serves and how busy it is, every T seconds.
 
-The HealthReporter part: CPU and RAM from psutil go into each heartbeat.
+Machine readings (CPU, RAM, GPU memory and utilisation) come from the HealthReporter;
+the admission benchmark's figures ride along once measured.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import platform
 import time
 from collections.abc import Callable
 
-import psutil
-
 from schemas import ModelAnnouncement, Presence, ServedModel
+from services.worker.admission import BenchmarkResult
+from services.worker.health import HealthReporter
 
 
 def device_class() -> str:
@@ -38,6 +39,8 @@ class PresenceBuilder:
         models: Callable[[], list[ServedModel]],
         queue_depth: Callable[[], int],
         draining: Callable[[], bool],
+        health: HealthReporter | None = None,
+        benchmark: Callable[[], BenchmarkResult | None] = lambda: None,
     ) -> None:
         self.worker_id = worker_id
         self.region = region
@@ -46,13 +49,16 @@ class PresenceBuilder:
         self._models = models
         self._queue_depth = queue_depth
         self._draining = draining
+        self.health = health or HealthReporter()
+        self._benchmark = benchmark
         self.started_at = time.time()
         self.device_class = device_class()
         self._seq = 0
-        psutil.cpu_percent(None)  # prime the counter so the first reading is meaningful
 
     def build(self) -> Presence:
         self._seq += 1
+        h = self.health.sample()
+        bench = self._benchmark()
         return Presence(
             worker_id=self.worker_id,
             region=self.region,
@@ -64,9 +70,16 @@ class PresenceBuilder:
             started_at=self.started_at,
             seq=self._seq,
             ts=time.time(),
-            cpu_percent=psutil.cpu_percent(None),
-            mem_percent=psutil.virtual_memory().percent,
+            cpu_percent=h.cpu_percent,
+            mem_percent=h.mem_percent,
             draining=self._draining(),
+            rss_mb=h.rss_mb,
+            gpu_mem_used_mb=h.gpu_mem_used_mb,
+            gpu_mem_total_mb=h.gpu_mem_total_mb,
+            gpu_util_percent=h.gpu_util_percent,
+            gflops=bench.gflops if bench else None,
+            max_alloc_mb=bench.max_alloc_mb if bench else None,
+            bench_dtype=bench.dtype if bench else None,
         )
 
     def announcement(self, model: ServedModel, detail: str | None = None) -> ModelAnnouncement:
@@ -79,4 +92,6 @@ class PresenceBuilder:
             state=model.state,
             ts=time.time(),
             detail=detail,
+            progress=model.progress,
+            size_mb=model.size_mb,
         )

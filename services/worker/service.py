@@ -1,6 +1,8 @@
 """The worker: serves models, accepts assignments, runs them, publishes results.
 
 tether.dispatch.<worker>   <- a scheduler's assignments (DispatchBatch)
+tether.control.cancel.<job> <- stop a running job within one decoding step
+tether.results.<job>.chunks -> streamed tokens (core NATS), in order, before the final result
 tether.results.<job>       -> the final result, into JetStream RESULTS (deduplicated per job)
 tether.reports.<scheduler> -> acks (accept / refuse) and how each attempt ended (ReportBatch)
 tether.presence.<region>.<worker>, tether.models.<model>.<version>.<region> -> heartbeats, availability
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from enum import StrEnum
 
 from nats.aio.client import Client
@@ -28,14 +29,19 @@ from schemas import (
     ModelState,
     ResultMessage,
     ResultStatus,
-    ServedModel,
     Usage,
 )
+from services.worker.admission import BenchmarkResult, run_benchmark
+from services.worker.cancellation import CancelBoard
+from services.worker.device_support import resolve_device
+from services.worker.model_cache import CachedModel, ModelCache
 from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder
+from services.worker.quota_guard import QuotaGuard
 from services.worker.reporting import Reporter
-from services.worker.runtimes.base import ModelRuntime, RunRequest
+from services.worker.runtimes.base import Resume, RunRequest
 from services.worker.runtimes.catalog import ModelSpec, build_runtime
+from services.worker.streaming import ChunkPublisher
 from streams import apply, topology
 from tether import codec, subjects, telemetry
 from tether.connection import connect
@@ -54,18 +60,7 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass(slots=True)
-class ServedSlot:
-    spec: ModelSpec
-    state: ModelState = ModelState.LOADING
-    runtime: ModelRuntime | None = None
-    inflight: int = 0
-    detail: str | None = None
-
-    def served(self) -> ServedModel:
-        return ServedModel(
-            model_id=self.spec.model_id, version=self.spec.version, task=str(self.spec.task), state=self.state
-        )
+MB = 1024 * 1024
 
 
 class Worker:
@@ -73,9 +68,26 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id
         self.state = WorkerState.NEW
-        self.slots: dict[tuple[str, str], ServedSlot] = {
-            (s.model_id, s.version): ServedSlot(s) for s in specs
-        }
+        self.device = resolve_device(next((s.device for s in specs if s.runtime == "transformers"), "cpu"))
+        self.cache = ModelCache(
+            specs,
+            budget=int(settings.model_memory_mb * MB) if settings.model_memory_mb > 0 else None,
+            pins=[_key(p) for p in settings.pin_models],
+            device=self.device,
+            on_change=self._announce,
+            build=lambda spec: build_runtime(
+                spec, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000
+            ),
+        )
+        self.slots = self.cache.models  # (model, version) -> CachedModel: state, runtime, detail
+        self.quota = QuotaGuard(
+            per_tenant=settings.worker_tenant_limit,
+            max_queue=settings.worker_max_queue or settings.worker_concurrency,
+        )
+        self.cancels = CancelBoard()
+        self.chunks: ChunkPublisher | None = None
+        self.benchmark: BenchmarkResult | None = None
+        self._ready = asyncio.Event()
         self._tasks = TaskGroup(f"worker:{worker_id}")
         self._jobs = TaskGroup(f"worker-jobs:{worker_id}")
         self.nc: Client | None = None
@@ -88,13 +100,13 @@ class Worker:
             region=settings.region,
             capacity=settings.worker_concurrency,
             heartbeat_s=settings.heartbeat_s,
-            models=lambda: [s.served() for s in self.slots.values()],
+            models=lambda: [m.served() for m in self.cache.models.values()],
             queue_depth=lambda: len(self._jobs),
             draining=lambda: self.state is WorkerState.DRAINING,
+            benchmark=lambda: self.benchmark,
         )
         self.completed = 0
         self.failed = 0
-        self._load_lock = asyncio.Lock()
         self.stopped = asyncio.Event()  # set once closed (a drain ordered over NATS ends the process)
         self._control_subs: list[object] = []
         self._drain_task: asyncio.Task[None] | None = None
@@ -110,6 +122,8 @@ class Worker:
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
         self.reporter = Reporter(nc, self.worker_id)
+        self.chunks = ChunkPublisher(nc, self.worker_id)
+        self._control_subs.append(await nc.subscribe(subjects.control_wildcard("cancel"), cb=self.cancels.on_message))
         self._sub = await nc.subscribe(
             subjects.dispatch_subject(self.worker_id),
             cb=self._on_dispatch,
@@ -124,17 +138,18 @@ class Worker:
         await self._beat()
         self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
         self._tasks.spawn(self.reporter.run(), name="reporter")
-        for slot in self.slots.values():
-            self._tasks.spawn(self._load(slot), name=f"load:{slot.spec.model_id}")
+        self._tasks.spawn(self.chunks.run(), name="chunks")
+        self._tasks.spawn(self._load_models(), name="load-models")
+        if self.settings.admission_bench:
+            self._tasks.spawn(self._admission(), name="admission-benchmark")
         log.info("worker started", extra={"worker": self.worker_id, "models": [k[0] for k in self.slots]})
 
     async def wait_ready(self, timeout: float = 300.0) -> None:
-        """Wait until every model has finished loading (warm or failed)."""
-        deadline = time.monotonic() + timeout
-        while any(s.state is ModelState.LOADING for s in self.slots.values()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("models still loading")
-            await asyncio.sleep(0.05)
+        """Wait until the start-up loads have ended (each model warm, failed, or left out by the budget)."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError("models still loading") from None
 
     async def drain(self, grace_s: float = 30.0) -> None:
         """Stop accepting, finish in-flight jobs within ``grace_s``, announce, stop."""
@@ -161,10 +176,8 @@ class Worker:
         await self._jobs.close()
         if self.reporter is not None:
             await self.reporter.flush()  # acks and reports of attempts that ended while stopping
-        for slot in self.slots.values():
-            if slot.runtime is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(slot.runtime.close)
+        await self.cache.close()
+        self.presence.health.close()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.publish(
@@ -226,41 +239,30 @@ class Worker:
             except Exception as exc:  # a missed beat must not end the loop
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
 
-    async def _announce(self, slot: ServedSlot) -> None:
-        assert self.nc is not None
-        ann = self.presence.announcement(slot.served(), slot.detail)
+    async def _announce(self, entry: CachedModel) -> None:
+        """Publish a model's state (loading with progress, warm, evicted, failed) on its model subject."""
+        if self.nc is None or self.nc.is_closed:
+            return
+        ann = self.presence.announcement(entry.served(), entry.detail)
         await self.nc.publish(
-            subjects.model_subject(slot.spec.model_id, slot.spec.version, self.settings.region),
+            subjects.model_subject(entry.spec.model_id, entry.spec.version, self.settings.region),
             codec.encode(ann.wire()),
             headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
         )
+        if entry.state is not ModelState.LOADING:
+            await self._beat()  # the fleet view follows model states through heartbeats
 
-    async def _load(self, slot: ServedSlot) -> None:
-        await self._announce(slot)
-        t0 = time.perf_counter()
-        runtime: ModelRuntime | None = None
+    async def _load_models(self) -> None:
         try:
-            # One load at a time: bounded memory, and no racing lazy imports inside transformers.
-            async with self._load_lock:
-                runtime = build_runtime(slot.spec)
-                await asyncio.to_thread(runtime.load)
-        except Exception as exc:
-            if runtime is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(runtime.close)
-            slot.state, slot.detail = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
-            log.error("model failed to load", extra={"model": slot.spec.model_id, "error": slot.detail})
-        else:
-            slot.runtime, slot.state = runtime, ModelState.WARM
-            log.info(
-                "model warm",
-                extra={
-                    "model": slot.spec.model_id,
-                    "version": slot.spec.version,
-                    "load_s": round(time.perf_counter() - t0, 2),
-                },
-            )
-        await self._announce(slot)
+            await self.cache.start()
+        finally:
+            self._ready.set()
+
+    async def _admission(self) -> None:
+        """The start-up benchmark, in the dtype the worker serves, off the event loop."""
+        specs = [m.spec for m in self.cache.models.values() if m.spec.runtime == "transformers"]
+        dtype = next((s.dtype for s in specs if s.dtype != "auto"), "float32")
+        self.benchmark = await asyncio.to_thread(run_benchmark, self.device, dtype)
         await self._beat()
 
     # ---- assignments --------------------------------------------------------------------------
@@ -273,7 +275,7 @@ class Worker:
             return
         assert self.reporter is not None
         for d in batch.items:
-            slot = self.slots.get((d.model_id, d.version))
+            slot = self.cache.get((d.model_id, d.version))
             refusal = self._refusal(d, slot)
             self.reporter.ack(
                 d.report_to,
@@ -286,26 +288,38 @@ class Worker:
                 ),
             )
             if refusal is None and slot is not None:
+                self.quota.acquire(d.tenant_id)  # held from acceptance, so a burst is counted at once
                 self._jobs.spawn(self._run(d, slot), name=f"job:{d.job_id}")
 
-    def _refusal(self, d: Dispatch, slot: ServedSlot | None) -> TetherError | None:
+    def _refusal(self, d: Dispatch, slot: CachedModel | None) -> TetherError | None:
         if self.state is not WorkerState.RUNNING:
             return NoCapacity(f"worker {self.worker_id} is {self.state}")
-        if slot is None or slot.state is not ModelState.WARM or slot.runtime is None:
-            return ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version} warm")
+        if slot is None or slot.state is ModelState.FAILED:
+            return ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version}")
+        if not self.cache.can_serve(slot.spec.key):
+            return NoCapacity(f"worker {self.worker_id} cannot load {d.model_id}:{d.version} now: model memory is busy")
         if len(self._jobs) >= self.settings.worker_concurrency:
             return NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
-        return None
+        return self.quota.check(d.tenant_id, len(self._jobs))
 
-    async def _run(self, d: Dispatch, slot: ServedSlot) -> None:
-        assert slot.runtime is not None
+    async def _run(self, d: Dispatch, slot: CachedModel) -> None:
         started = time.time()
-        slot.inflight += 1
         hop = telemetry.child_headers(d.trace)
+        assert self.chunks is not None
+        stream = self.chunks.stream(d.job_id, d.attempt, d.resume.seq if d.resume else 0)
+        request = RunRequest(
+            job_id=d.job_id,
+            input=d.input,
+            params=generation_params(d.params),
+            on_delta=stream.on_delta,
+            resume=Resume(text=d.resume.text, token_ids=d.resume.token_ids) if d.resume else None,
+            cancel=self.cancels.register(d.job_id, d.attempt),
+        )
         try:
             with telemetry.span("worker.run", hop, job_id=d.job_id, model=d.model_id):
-                params = generation_params(d.params)
-                out = await slot.runtime.run(RunRequest(job_id=d.job_id, input=d.input, params=params))
+                async with self.cache.use(slot.spec.key) as runtime:
+                    out = await runtime.run(request)
+            await self.chunks.flush()  # every chunk goes out before the final result
             result = ResultMessage(
                 job_id=d.job_id,
                 status=ResultStatus.COMPLETED,
@@ -316,7 +330,10 @@ class Worker:
                 worker_id=self.worker_id,
                 attempts=d.attempt,
                 usage=Usage(
-                    tokens_in=out.tokens_in, tokens_out=out.tokens_out, finish_reason=out.finish_reason
+                    tokens_in=out.tokens_in,
+                    tokens_out=out.tokens_out,
+                    finish_reason=out.finish_reason,
+                    ttft_ms=None if out.ttft_s is None else round(out.ttft_s * 1000, 2),
                 ),
                 started_at=started,
                 finished_at=time.time(),
@@ -344,7 +361,8 @@ class Worker:
             self.completed += 1
             await self._report(d, hop, started, None)
         finally:
-            slot.inflight -= 1
+            self.cancels.release(d.job_id, d.attempt)
+            self.quota.release(d.tenant_id)
 
     async def _report(
         self, d: Dispatch, hop: dict[str, str], started: float, err: TetherError | None
@@ -362,3 +380,9 @@ class Worker:
                 finished_at=time.time(),
             ),
         )
+
+
+def _key(text: str) -> tuple[str, str]:
+    """``model[:version]`` (as in TETHER_PIN_MODELS) -> (model, version)."""
+    model_id, _, version = text.strip().partition(":")
+    return model_id, version or "1"

@@ -98,9 +98,20 @@ async def test_streamed_deltas_are_ordered_and_complete(engine: EngineRuntime) -
     req = _req(PROMPTS[1], "stream", max_new_tokens=25)
     req.on_delta = deltas.append
     result = await engine.run(req)
-    assert [d.offset for d in deltas] == list(range(25))
+    assert _contiguous(deltas, start=0)
     assert sum(len(d.token_ids) for d in deltas) == result.tokens_out == 25
     assert "".join(d.text for d in deltas) == result.output
+    assert len(deltas[0].token_ids) == 1  # the first token goes out alone, at once
+
+
+def _contiguous(deltas: list[Delta], *, start: int) -> bool:
+    """Each delta starts where the previous one ended (deltas may carry several tokens)."""
+    offset = start
+    for d in deltas:
+        if d.offset != offset or not d.token_ids:
+            return False
+        offset += len(d.token_ids)
+    return True
 
 
 async def test_stop_string_ends_the_text_and_is_never_streamed(
@@ -124,16 +135,17 @@ async def test_resume_continues_after_the_delivered_prefix(engine: EngineRuntime
     req = _req(PROMPTS[3], "r1", max_new_tokens=30)
     req.on_delta = first.append
     full = await engine.run(req)
+    ids = [t for d in first for t in d.token_ids]
     cut = 11
-    resume = Resume(
-        text="".join(d.text for d in first[:cut]), token_ids=[t for d in first[:cut] for t in d.token_ids]
-    )
+    text = engine.inner.tokenizer.decode(ids[:cut], skip_special_tokens=True)
+    assert full.output.startswith(text)
+    resume = Resume(text=text, token_ids=ids[:cut])
     second: list[Delta] = []
     req2 = _req(PROMPTS[3], "r2", max_new_tokens=30)
     req2.resume, req2.on_delta = resume, second.append
     resumed = await engine.run(req2)
     assert resumed.output == full.output and resumed.tokens_out == 30
-    assert [d.offset for d in second] == list(range(cut, 30))
+    assert _contiguous(second, start=cut) and sum(len(d.token_ids) for d in second) == 30 - cut
     assert resume.text + "".join(d.text for d in second) == full.output
 
 

@@ -9,8 +9,10 @@ empty the loop waits up to ``max_wait_s`` for more requests before the first pre
 a burst starts as one batch. Models whose cache cannot be merged (sliding-window or
 linear-attention layers) still batch, but new rows join only an empty batch.
 
-Deltas and outcomes go back to each request's event loop once per step
-(``call_soon_threadsafe``), in order.
+Deltas and outcomes go back to each request's event loop in order, at most every
+``stream_interval_s`` (a row's first token and every outcome go at once): consecutive
+deltas of a request are merged into one, so a saturated engine wakes the loop (and
+publishes chunks) tens of times a second, not once per step per row.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_S = 0.002
+DEFAULT_STREAM_INTERVAL_S = 0.02
 
 Outcome = RunResult | BaseException | None
 Event = tuple[Sequence, Delta | None, Outcome]
@@ -65,6 +68,7 @@ class GenerationEngine:
         prepare: Callable[[Sequence], None],
         max_batch: int = DEFAULT_MAX_BATCH,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
         name: str = "engine",
     ) -> None:
         if max_batch < 1:
@@ -73,6 +77,7 @@ class GenerationEngine:
         self.pad_id = pad_id
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.stream_interval_s = stream_interval_s
         self.stats = EngineStats()
         self._prepare = prepare
         self._queue: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
@@ -118,6 +123,7 @@ class GenerationEngine:
     # ------------------------------------------------------------------ engine thread
 
     def _main(self) -> None:
+        outbox = _Outbox(self.stream_interval_s)
         while not self._stopping:
             if not self._batch and not self._waiting:
                 first = self._queue.get()
@@ -131,9 +137,12 @@ class GenerationEngine:
                 break
             events: list[Event] = []
             self._admit(events)
+            outbox.add(events, idle=False)  # first tokens leave before the next step
+            events = []
             if self._batch:
                 self._step(events)
-            _deliver(events)
+            outbox.add(events, idle=not self._batch and not self._waiting)
+        outbox.flush()
         self._fail_all(WorkerFailed("the model's engine stopped"))
 
     def _gather(self, deadline: float | None) -> None:
@@ -229,6 +238,45 @@ class GenerationEngine:
         self._waiting.clear()
         self._batch.keep([False] * len(self._batch))
         _deliver(events)
+
+
+class _Outbox:
+    """Events waiting for the next hand-over to the event loop, with a request's deltas merged."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._events: list[Event] = []
+        self._at: dict[int, int] = {}  # id(seq) -> index of its pending delta-only event
+        self._last = time.monotonic()
+
+    def add(self, events: list[Event], *, idle: bool) -> None:
+        urgent = idle
+        for seq, delta, outcome in events:
+            urgent = urgent or outcome is not None or (delta is not None and delta.offset == len(seq.resume_ids))
+            i = self._at.get(id(seq))
+            if i is not None and delta is not None:
+                _, held, _ = self._events[i]
+                assert held is not None
+                merged = Delta(
+                    text=held.text + delta.text, token_ids=held.token_ids + delta.token_ids, offset=held.offset
+                )
+                self._events[i] = (seq, merged, outcome)
+            else:
+                self._events.append((seq, delta, outcome))
+                i = len(self._events) - 1
+            if outcome is None:
+                self._at[id(seq)] = i
+            else:
+                self._at.pop(id(seq), None)
+        if urgent or time.monotonic() - self._last >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        events, self._events = self._events, []
+        self._at.clear()
+        self._last = time.monotonic()
+        if events:
+            _deliver(events)
 
 
 def _cancelled(seq: Sequence) -> Cancelled:
