@@ -61,7 +61,7 @@ class Settings:
     worker_concurrency: int = 256  # jobs one worker runs at once (echo); heavy runtimes serialise
     models: list[str] = field(default_factory=lambda: ["echo"])
     max_batch: int = 32  # rows one model's engine decodes together
-    batch_wait_ms: float = 2.0  # how long an idle engine waits to fill its first batch
+    batch_wait_ms: float = 1.0  # how long an idle engine waits to fill its first batch
     model_memory_mb: float = 0.0  # warm-model budget; 0: 80% of the memory available at start
     pin_models: list[str] = field(default_factory=list)  # "model:version" never evicted
     worker_tenant_limit: int = 0  # jobs one tenant may have on a worker at once (0: no limit)
@@ -95,7 +95,7 @@ class Settings:
             queue_wait_s=_float("TETHER_QUEUE_WAIT_S", 120.0),
             models=[m for m in _env("TETHER_MODELS", "echo").split(",") if m.strip()],
             max_batch=_int("TETHER_MAX_BATCH", 32),
-            batch_wait_ms=_float("TETHER_BATCH_WAIT_MS", 2.0),
+            batch_wait_ms=_float("TETHER_BATCH_WAIT_MS", 1.0),
             model_memory_mb=_float("TETHER_MODEL_MEMORY_MB", 0.0),
             pin_models=[m.strip() for m in _env("TETHER_PIN_MODELS", "").split(",") if m.strip()],
             worker_tenant_limit=_int("TETHER_WORKER_TENANT_LIMIT", 0),

@@ -36,7 +36,7 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
                     "health": str(fleet.health(e, now)),
                     "region": p.region,
                     "device": p.device_class,
-                    "models": [_model_line(m) for m in p.models],
+                    "models": [model_line(m) for m in p.models],
                     "queueDepth": p.queue_depth,
                     "capacity": p.capacity,
                     "draining": p.draining,
@@ -76,7 +76,7 @@ async def breakers(settings: Settings) -> list[dict[str, Any]] | dict[str, str]:
     ]
 
 
-def _model_line(m: Any) -> str:
+def model_line(m: Any) -> str:
     """``smollm2:1 (warm, 513 MB)`` or ``big:1 (loading 45%)``."""
     state = str(m.state)
     if m.state == "loading" and m.progress is not None:

@@ -69,6 +69,7 @@ class ModelCache:
         device: str = "cpu",
         on_change: Callable[[CachedModel], Awaitable[None]] | None = None,
         build: Callable[[ModelSpec], ModelRuntime] = build_runtime,
+        progress_every_s: float = PROGRESS_EVERY_S,
     ) -> None:
         self.device = device
         self.budget = memory.default_budget(device) if budget is None else budget
@@ -77,7 +78,9 @@ class ModelCache:
         }
         self._on_change = on_change
         self._build = build
+        self.progress_every_s = progress_every_s
         self._lock = asyncio.Lock()  # one load (and its evictions) at a time
+        self._loading: CachedModel | None = None
         self._tasks = TaskGroup("model-cache")
         self.evictions = 0
 
@@ -87,11 +90,11 @@ class ModelCache:
         return self.models.get(key)
 
     def used(self, *, exclude: CachedModel | None = None) -> int:
-        """Bytes held by warm (or loading) models."""
+        """Bytes held by warm models and the one being loaded."""
         return sum(
             m.size
             for m in self.models.values()
-            if m is not exclude and m.state in (ModelState.WARM, ModelState.LOADING)
+            if m is not exclude and (m.state is ModelState.WARM or m is self._loading)
         )
 
     def warm(self) -> list[CachedModel]:
@@ -102,7 +105,7 @@ class ModelCache:
         entry = self.models.get(key)
         if entry is None or entry.state is ModelState.FAILED:
             return False
-        if entry.state in (ModelState.WARM, ModelState.LOADING):
+        if entry.state is ModelState.WARM or entry is self._loading:
             return True
         freeable = sum(m.size for m in self._evictable(entry))
         return self.used() - freeable + entry.size <= self.budget
@@ -167,6 +170,7 @@ class ModelCache:
     async def _load(self, entry: CachedModel) -> None:
         entry.state, entry.detail, entry.progress = ModelState.LOADING, None, 0.0
         await self._changed(entry)
+        self._loading = entry
         started, base = time.perf_counter(), memory.memory_in_use(self.device)
         watcher = self._tasks.spawn(self._watch(entry, base), name=f"progress:{entry.spec.model_id}")
         runtime: ModelRuntime | None = None
@@ -182,7 +186,7 @@ class ModelCache:
             raise ModelUnknown(f"{entry.spec.model_id}:{entry.spec.version} failed to load: {entry.detail}") from exc
         finally:
             watcher.cancel()
-            entry.progress = None
+            entry.progress, self._loading = None, None
             if entry.state is ModelState.FAILED:
                 await self._changed(entry)
         entry.runtime, entry.state = runtime, ModelState.WARM
@@ -202,7 +206,7 @@ class ModelCache:
     async def _watch(self, entry: CachedModel, base: int) -> None:
         """Report load progress: memory grown so far over the expected size."""
         while True:
-            await asyncio.sleep(PROGRESS_EVERY_S)
+            await asyncio.sleep(self.progress_every_s)
             if entry.size <= 0:
                 continue
             grown = memory.memory_in_use(self.device) - base

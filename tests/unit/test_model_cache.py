@@ -10,9 +10,10 @@ from schemas import ModelState
 from services.worker import memory
 from services.worker.model_cache import CachedModel, ModelCache
 from services.worker.runtimes import GenerationParams, RunRequest
-from services.worker.runtimes.catalog import ModelSpec, parse_model_spec
+from services.worker.runtimes.catalog import ModelSpec, builtin_spec, parse_model_spec
 from tests.tiny_models import build_tiny_gpt2
 from tether import errors
+from tether.status import model_line
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,28 @@ def test_estimates_come_from_the_files(tiny_dirs: dict[str, Path], model_size: i
     assert 0.5 * model_size < estimate < 2 * model_size
     assert memory.estimate_bytes(parse_model_spec("echo")) == 0
     assert memory.default_budget("cpu") > 0
+
+
+async def test_load_progress_is_reported_while_loading(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        spec = builtin_spec("all-minilm-l6-v2")
+    except errors.ModelUnknown as exc:
+        pytest.skip(str(exc))
+    progress: list[float] = []
+
+    async def on_change(entry: CachedModel) -> None:
+        if entry.state is ModelState.LOADING and entry.progress:
+            progress.append(entry.progress)
+            line = model_line(entry.served())
+            assert line.startswith("all-minilm-l6-v2:1 (loading ") and line.endswith("%)")
+
+    cache = ModelCache([spec], budget=1 << 34, on_change=on_change, progress_every_s=0.01)
+    try:
+        with caplog.at_level("INFO"):
+            await cache.start()
+        assert cache.models[spec.key].state is ModelState.WARM
+        assert progress and all(0 < p <= 0.99 for p in progress), progress
+        assert any(r.getMessage() == "loading model" for r in caplog.records)
+        assert "MB" in model_line(cache.models[spec.key].served())  # warm: its measured size
+    finally:
+        await cache.close()

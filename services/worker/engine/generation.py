@@ -37,7 +37,7 @@ from .sequence import Sequence
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 32
-DEFAULT_MAX_WAIT_S = 0.002
+DEFAULT_MAX_WAIT_S = 0.001
 DEFAULT_STREAM_INTERVAL_S = 0.02
 
 Outcome = RunResult | BaseException | None

@@ -1,0 +1,125 @@
+"""Resume, not restart: a worker SIGKILLed mid-stream, and the job continues on another worker from the
+delivered prefix. The client's chunk sequence has no repeat and no gap, and the text equals an
+uninterrupted greedy run. Real processes (`tether worker`), real nats-server, in-process scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from services.scheduler.service import Scheduler
+from services.worker.runtimes import GenerationParams, RunRequest, Task, TransformersRuntime
+from tests.proc_helpers import Procs, tether_env
+from tests.tiny_models import build_tiny_gpt2
+from tether import subjects
+from tether.fleet import FleetView
+from tether.natsserver import NatsServer
+from tether.settings import Settings
+
+PROMPT = "hello"
+TOKENS = 500
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+async def _expected(model_dir: Path) -> str:
+    runtime = TransformersRuntime("tiny", "1", Task.GENERATE, model_dir)
+    await asyncio.to_thread(runtime.load)
+    try:
+        out = await runtime.run(
+            RunRequest(job_id="ref", input=PROMPT, params=GenerationParams(max_new_tokens=TOKENS))
+        )
+        return str(out.output)
+    finally:
+        await asyncio.to_thread(runtime.close)
+
+
+async def _both_warm(nc: Client, timeout: float = 90.0) -> None:
+    fleet = FleetView(heartbeat_s=0.5)
+    await fleet.start(nc, nc.jetstream())
+    try:
+        deadline = time.monotonic() + timeout
+        while len(fleet.candidates("tiny", "1")) < 2:
+            assert time.monotonic() < deadline, "workers did not come up warm"
+            await asyncio.sleep(0.1)
+    finally:
+        await fleet.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_killed_worker_mid_stream_resumes_on_another_without_repeats_or_gaps(
+    tmp_path: Path, nats_server: NatsServer, settings: Settings, nc: Client, procs: Procs
+) -> None:
+    model_dir = build_tiny_gpt2(tmp_path / "tiny")
+    env = tether_env(
+        tmp_path,
+        url=nats_server.url,
+        TETHER_MODELS=f"tiny:1={model_dir}",
+        TETHER_HEARTBEAT_S=str(settings.heartbeat_s),
+        TETHER_ADMISSION_BENCH="0",
+    )
+    workers = {wid: procs.start("worker", "--worker-id", wid, env=env, name=wid) for wid in ("w-a", "w-b")}
+    expected = await _expected(model_dir)
+    await _both_warm(nc)
+    scheduler = Scheduler(settings, scheduler_id="s-resume")
+    await scheduler.start()
+    try:
+        chunks: list[dict[str, Any]] = []
+        result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        async def on_chunk(msg: Any) -> None:
+            chunks.append(json.loads(msg.data))
+
+        async def on_result(msg: Any) -> None:
+            if not result.done():
+                result.set_result(json.loads(msg.data))
+
+        await nc.subscribe(subjects.chunks_subject("resume-1"), cb=on_chunk)
+        await nc.subscribe(subjects.result_subject("resume-1"), cb=on_result)
+        await nc.flush()
+        body = {"jobId": "resume-1", "input": PROMPT, "params": {"maxNewTokens": TOKENS, "chat": False}}
+        await nc.jetstream().publish(subjects.job_subject("demo", "tiny", "1"), json.dumps(body).encode())
+
+        deadline = time.monotonic() + 60
+        while len(chunks) < 3:
+            assert time.monotonic() < deadline, "no chunks streamed"
+            await asyncio.sleep(0.002)
+        victim = chunks[0]["workerId"]
+        os.kill(workers[victim].pid, signal.SIGKILL)
+        killed_after = sum(len(c["tokenIds"]) for c in chunks)
+
+        final = await asyncio.wait_for(result, 120)
+        await nc.flush()
+    finally:
+        await scheduler.close()
+
+    survivor = "w-b" if victim == "w-a" else "w-a"
+    assert final["status"] == "completed", final
+    assert final["attempts"] == 2 and final["workerId"] == survivor, final
+    assert [c["seq"] for c in chunks] == list(range(len(chunks))), "a repeat or a gap in the stream"
+    offsets = [c["offset"] for c in chunks]
+    token_counts = [len(c["tokenIds"]) for c in chunks]
+    assert all(offsets[i + 1] == offsets[i] + token_counts[i] for i in range(len(chunks) - 1))
+    assert {c["workerId"] for c in chunks} == {victim, survivor}
+    first_resumed = next(c for c in chunks if c["workerId"] == survivor)
+    assert first_resumed["attempt"] == 2 and 0 < first_resumed["offset"] < TOKENS
+    assert killed_after < TOKENS, "the worker finished before it was killed: nothing to resume"
+    text = "".join(c["text"] for c in chunks)
+    assert text == final["result"] == expected
+    assert sum(token_counts) == TOKENS == final["usage"]["tokensOut"]
