@@ -341,7 +341,10 @@ class Worker:
             assert self.js is not None
             await publish_final(self.js, result, hop, budget_s=max(5.0, d.deadline - time.time()))
         except asyncio.CancelledError:
-            # stopped before finishing (drain grace expired): hand the job back for re-placement now
+            # stopped before finishing (drain grace expired): hand the job back for re-placement now;
+            # its chunks go out first, so the next attempt resumes after everything the client saw
+            with contextlib.suppress(Exception):
+                await self.chunks.flush()
             await self._report(d, hop, started, WorkerFailed(f"worker {self.worker_id} stopped; job handed back"))
             raise
         except Exception as exc:

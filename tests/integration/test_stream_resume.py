@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ from tether.settings import Settings
 
 PROMPT = "hello"
 TOKENS = 500
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.cleanup()
 
 
 async def _expected(model_dir: Path) -> str:
@@ -64,6 +54,16 @@ async def _both_warm(nc: Client, timeout: float = 90.0) -> None:
 
 @pytest.mark.timeout(240)
 async def test_killed_worker_mid_stream_resumes_on_another_without_repeats_or_gaps(
+    tmp_path: Path, nats_server: NatsServer, settings: Settings, nc: Client
+) -> None:
+    procs = Procs(tmp_path)
+    try:
+        await _kill_mid_stream_and_check(tmp_path, nats_server, settings, nc, procs)
+    finally:
+        procs.cleanup()
+
+
+async def _kill_mid_stream_and_check(
     tmp_path: Path, nats_server: NatsServer, settings: Settings, nc: Client, procs: Procs
 ) -> None:
     model_dir = build_tiny_gpt2(tmp_path / "tiny")
