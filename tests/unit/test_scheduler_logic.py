@@ -9,7 +9,7 @@ import pytest
 from schemas import ModelState, Presence, ServedModel
 from services.scheduler.breakers import BreakerBoard, BreakerPolicy, BreakerState, Transition
 from services.scheduler.reliability import Reliability
-from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
+from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights, total
 from tether.fleet import FleetView, Health
 
 
@@ -155,6 +155,7 @@ def test_affinity_prefers_warm_near_reliable_idle_workers_and_explains() -> None
     ex = choice.explanation
     assert ex["policy"] == "affinity" and ex["candidates"] == 4
     assert ex["terms"] == {"region": 1.0, "device": 1.0, "load": 1.0, "warm": 1.0, "reliability": 0.5, "rtt": 1.0}
+    assert ex["score"] == pytest.approx(total(ex["terms"], Weights()), abs=1e-3)
     # this scheduler's own in-flight jobs count as load too
     choice = placement.choose(JobNeeds("m", "1", region="eu"), inflight={"best": 64})
     assert choice is not None and choice.worker_id != "best"
