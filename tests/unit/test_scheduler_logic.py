@@ -73,6 +73,18 @@ def test_breaker_opens_after_threshold_within_window_then_probes_and_closes() ->
     assert [t.new for t in seen] == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
+def test_an_abandoned_probe_lets_the_next_attempt_probe() -> None:
+    clock = Clock()
+    board = BreakerBoard(BreakerPolicy(threshold=1, window_s=10, open_s=1), clock=clock)
+    key = ("m", "1", "eu")
+    board.failure(key)
+    clock.t += 1
+    board.begin(key)
+    assert not board.allows(key)
+    board.abandon(key)  # e.g. the worker refused for capacity: no verdict on the model
+    assert board.allows(key) and board.state(key) is BreakerState.HALF_OPEN
+
+
 def test_breaker_failures_outside_the_window_do_not_count() -> None:
     clock = Clock()
     board = BreakerBoard(BreakerPolicy(threshold=3, window_s=10, open_s=5), clock=clock)
