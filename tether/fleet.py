@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,45 @@ class WorkerEntry:
         return self.presence.worker_id
 
 
+class WorkerIndex:
+    """Workers serving one model: O(1) add and remove, and random samples without copying."""
+
+    __slots__ = ("_entries", "_pos")
+
+    def __init__(self) -> None:
+        self._entries: list[WorkerEntry] = []
+        self._pos: dict[str, int] = {}
+
+    def put(self, entry: WorkerEntry) -> None:
+        i = self._pos.get(entry.worker_id)
+        if i is None:
+            self._pos[entry.worker_id] = len(self._entries)
+            self._entries.append(entry)
+        else:
+            self._entries[i] = entry
+
+    def discard(self, worker_id: str) -> None:
+        i = self._pos.pop(worker_id, None)
+        if i is None:
+            return
+        last = self._entries.pop()
+        if i < len(self._entries):
+            self._entries[i] = last
+            self._pos[last.worker_id] = i
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[WorkerEntry]:
+        return list(self._entries)
+
+    def sample(self, k: int, rng: random.Random) -> list[WorkerEntry]:
+        n = len(self._entries)
+        if n <= k:
+            return list(self._entries)
+        return [self._entries[i] for i in rng.sample(range(n), k)]
+
+
 class FleetView:
     def __init__(
         self,
@@ -73,7 +113,7 @@ class FleetView:
         self._decoder = decoder
         self._clock = clock
         self._workers: dict[str, WorkerEntry] = {}
-        self._by_model: dict[tuple[str, str], dict[str, WorkerEntry]] = {}
+        self._by_model: dict[tuple[str, str], WorkerIndex] = {}
         self._health: dict[str, Health] = {}
         self.forget_after = 60  # heartbeat periods an OFFLINE worker stays listed
         self._models_seen: set[tuple[str, str]] = set()
@@ -105,9 +145,12 @@ class FleetView:
         for key in old.keys() - served.keys():
             index = self._by_model.get(key)
             if index is not None:
-                index.pop(presence.worker_id, None)
+                index.discard(presence.worker_id)
         for key in served:
-            self._by_model.setdefault(key, {})[presence.worker_id] = entry
+            index = self._by_model.get(key)
+            if index is None:
+                index = self._by_model[key] = WorkerIndex()
+            index.put(entry)
         for m in presence.models:
             self._models_seen.add((m.model_id, m.version))
         self.changed.set()
@@ -144,7 +187,7 @@ class FleetView:
             for key in entry.served:
                 index = self._by_model.get(key)
                 if index is not None:
-                    index.pop(worker_id, None)
+                    index.discard(worker_id)
 
     def mark_draining(self, worker_id: str) -> bool:
         """A drain was ordered: stop placing on the worker now, before its next heartbeat says so."""
@@ -163,7 +206,11 @@ class FleetView:
     def serving(self, model_id: str, version: str) -> list[WorkerEntry]:
         """Every known worker that lists the model warm or loadable (health not checked: O(matches))."""
         index = self._by_model.get((model_id, version))
-        return list(index.values()) if index else []
+        return index.entries() if index else []
+
+    def serving_index(self, model_id: str, version: str) -> WorkerIndex | None:
+        """The model's index itself, for sampling without copying it."""
+        return self._by_model.get((model_id, version))
 
     def model_state(self, entry: WorkerEntry, model_id: str, version: str) -> ModelState:
         return entry.served.get((model_id, version), ModelState.FAILED)

@@ -109,6 +109,13 @@ class BreakerBoard:
         if b.state is BreakerState.HALF_OPEN:
             b.probing = True
 
+    def abandon(self, key: BreakerKey) -> None:
+        """An attempt ended without saying anything about the model's health (a refusal, bad input):
+        a probe it was carrying is released so the next attempt can probe."""
+        b = self._breakers.get(key)
+        if b is not None:
+            b.probing = False
+
     def success(self, key: BreakerKey) -> None:
         b = self._breakers.get(key)
         if b is None:

@@ -33,8 +33,8 @@ from typing import Any
 
 from schemas import ModelState
 from services.scheduler.placement import Choice
-from services.scheduler.tiers import TierThresholds, assign_tier
-from tether.fleet import FleetView, Health, WorkerEntry
+from services.scheduler.tiers import TierDecision, TierThresholds, assign_tier
+from tether.fleet import FleetView, WorkerEntry
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def terms(
 
 
 def total(t: Mapping[str, float], w: Weights) -> float:
+    """The weighted sum of ``terms`` (what ``AffinityPlacement`` computes inline)."""
     return sum(getattr(w, k) * v for k, v in t.items())
 
 
@@ -119,21 +120,22 @@ class AffinityPlacement:
         self._rtt = rtt
         self._breaker_allows = breaker_allows
         self._rng = rng or random.Random()
+        self._weights_dict = asdict(self.weights)
         self.tiers = tiers or TierThresholds.from_env()
-        self._rejected: set[str] = set()  # workers whose admission rejection was logged
+        self._tiers: dict[str, tuple[float | None, float | None, TierDecision]] = {}  # per worker
 
     def choose(
         self, needs: JobNeeds, *, inflight: Mapping[str, int], avoid: Collection[str] = ()
     ) -> Choice | None:
-        pool = self.fleet.serving(needs.model_id, needs.version)
-        if not pool:
+        index = self.fleet.serving_index(needs.model_id, needs.version)
+        if not index:
             return None
         now = self.fleet.now()
         excluded: dict[str, int] = {}
-        picked = self._best(needs, self._draw(pool), inflight, avoid, now, excluded)
-        if len(pool) > self.sample and (picked is None or picked[0].worker_id in avoid):
+        picked = self._best(needs, index.sample(self.sample, self._rng), inflight, avoid, now, excluded)
+        if len(index) > self.sample and (picked is None or picked[0].worker_id in avoid):
             excluded.clear()  # nothing usable in the sample: look at everyone
-            picked = self._best(needs, pool, inflight, avoid, now, excluded)
+            picked = self._best(needs, index.entries(), inflight, avoid, now, excluded)
         if picked is None:
             return None
         entry, score, t = picked
@@ -142,16 +144,13 @@ class AffinityPlacement:
             "worker": entry.worker_id,
             "score": round(score, 4),
             "terms": {k: round(v, 4) for k, v in t.items()},
-            "weights": asdict(self.weights),
-            "candidates": len(pool),
-            "scored": min(len(pool), self.sample),
+            "weights": self._weights_dict,
+            "candidates": len(index),
+            "scored": min(len(index), self.sample),
             "excluded": excluded,
-            "avoided": sorted(set(avoid) & {e.worker_id for e in pool}) if avoid else [],
+            "avoided": sorted(avoid),
         }
         return Choice(entry.worker_id, explanation)
-
-    def _draw(self, pool: list[WorkerEntry]) -> list[WorkerEntry]:
-        return pool if len(pool) <= self.sample else self._rng.sample(pool, self.sample)
 
     def _best(
         self,
@@ -162,46 +161,68 @@ class AffinityPlacement:
         now: float,
         excluded: dict[str, int],
     ) -> tuple[WorkerEntry, float, dict[str, float]] | None:
-        best: tuple[WorkerEntry, float, dict[str, float]] | None = None
-        best_avoided: tuple[WorkerEntry, float, dict[str, float]] | None = None
+        # The hot loop of every decision: plain arithmetic, the terms dict is built for the winner only.
+        w = self.weights
+        key = (needs.model_id, needs.version)
+        healthy_after = now - 2 * self.fleet.heartbeat_s
+        best: WorkerEntry | None = None
+        best_avoided: WorkerEntry | None = None
+        best_score = best_avoided_score = -1.0
         for entry in entries:
-            reason = self._excluded(entry, needs, now)
-            if reason is not None:
+            p = entry.presence
+            if p.draining or entry.last_seen < healthy_after:
+                reason = "draining" if p.draining else self.fleet.health(entry, now).lower()
                 excluded[reason] = excluded.get(reason, 0) + 1
                 continue
-            state = self.fleet.model_state(entry, needs.model_id, needs.version)
-            t = terms(
-                entry,
-                needs,
-                inflight=inflight.get(entry.worker_id, 0),
-                reliability=self._reliability(entry.worker_id),
-                rtt_s=self._rtt(entry.worker_id),
-                model_state=state,
+            if not self._breaker_allows(needs.model_id, needs.version, p.region):
+                excluded["breaker_open"] = excluded.get("breaker_open", 0) + 1
+                continue
+            if p.gflops is not None or needs.min_tier is not None:  # no benchmark, no minimum: tier 1
+                reason = self._tier_exclusion(entry, needs.min_tier)
+                if reason is not None:
+                    excluded[reason] = excluded.get(reason, 0) + 1
+                    continue
+            wid = p.worker_id
+            rtt_s = self._rtt(wid)
+            score = (
+                (w.region if p.region == needs.region else 0.0)
+                + (w.device if needs.device_class is None or needs.device_class == p.device_class else 0.0)
+                + w.load / (1.0 + (p.queue_depth + inflight.get(wid, 0)) / (p.capacity or 1))
+                + (w.warm if entry.served.get(key) is ModelState.WARM else 0.0)
+                + w.reliability * self._reliability(wid)
+                + w.rtt * (1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010))
             )
-            # a small random jitter breaks ties without favouring list order
-            score = total(t, self.weights) + self._rng.random() * 1e-6
-            if entry.worker_id in avoid:
-                if best_avoided is None or score > best_avoided[1]:
-                    best_avoided = (entry, score, t)
-            elif best is None or score > best[1]:
-                best = (entry, score, t)
-        return best or best_avoided
+            if wid in avoid:
+                if score > best_avoided_score:
+                    best_avoided, best_avoided_score = entry, score
+            elif score > best_score:
+                best, best_score = entry, score
+        winner, score = (best, best_score) if best is not None else (best_avoided, best_avoided_score)
+        if winner is None:
+            return None
+        t = terms(
+            winner,
+            needs,
+            inflight=inflight.get(winner.worker_id, 0),
+            reliability=self._reliability(winner.worker_id),
+            rtt_s=self._rtt(winner.worker_id),
+            model_state=self.fleet.model_state(winner, needs.model_id, needs.version),
+        )
+        return winner, score, t
 
-    def _excluded(self, entry: WorkerEntry, needs: JobNeeds, now: float) -> str | None:
+    def _tier_exclusion(self, entry: WorkerEntry, min_tier: int | None) -> str | None:
+        """Why a worker may not take this job because of its hardware tier (None: it may)."""
         p = entry.presence
-        if p.draining:
-            return "draining"
-        health = self.fleet.health(entry, now)
-        if health is not Health.HEALTHY:
-            return health.lower()
-        if not self._breaker_allows(needs.model_id, needs.version, p.region):
-            return "breaker_open"
-        decision = assign_tier(p.gflops, p.max_alloc_mb, self.tiers)
-        if not decision.admitted:
-            if p.worker_id not in self._rejected:
-                self._rejected.add(p.worker_id)
+        cached = self._tiers.get(p.worker_id)
+        if cached is None or cached[:2] != (p.gflops, p.max_alloc_mb):
+            decision = assign_tier(p.gflops, p.max_alloc_mb, self.tiers)
+            self._tiers[p.worker_id] = (p.gflops, p.max_alloc_mb, decision)
+            if not decision.admitted:
                 log.warning("worker not admitted", extra={"worker": p.worker_id, "reason": decision.reason})
+        else:
+            decision = cached[2]
+        if not decision.admitted:
             return "not_admitted"
-        if needs.min_tier is not None and (decision.tier or 0) < needs.min_tier:
+        if min_tier is not None and (decision.tier or 0) < min_tier:
             return "below_min_tier"
         return None

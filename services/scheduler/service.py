@@ -335,6 +335,8 @@ class Scheduler:
         elif err.retryable and err.code != NoCapacity.code:
             self.breakers.failure(breaker, f"{err.code}: {err.message}")
             self.reliability.record(worker_id, False)
+        else:
+            self.breakers.abandon(breaker)
 
     # ---- outcomes -----------------------------------------------------------------------------
 

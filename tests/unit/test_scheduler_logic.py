@@ -9,7 +9,7 @@ import pytest
 from schemas import ModelState, Presence, ServedModel
 from services.scheduler.breakers import BreakerBoard, BreakerPolicy, BreakerState, Transition
 from services.scheduler.reliability import Reliability
-from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
+from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights, total
 from tether.fleet import FleetView, Health
 
 
@@ -71,6 +71,18 @@ def test_breaker_opens_after_threshold_within_window_then_probes_and_closes() ->
     board.success(key)
     assert board.state(key) is BreakerState.CLOSED and board.allows(key)
     assert [t.new for t in seen] == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+def test_an_abandoned_probe_lets_the_next_attempt_probe() -> None:
+    clock = Clock()
+    board = BreakerBoard(BreakerPolicy(threshold=1, window_s=10, open_s=1), clock=clock)
+    key = ("m", "1", "eu")
+    board.failure(key)
+    clock.t += 1
+    board.begin(key)
+    assert not board.allows(key)
+    board.abandon(key)  # e.g. the worker refused for capacity: no verdict on the model
+    assert board.allows(key) and board.state(key) is BreakerState.HALF_OPEN
 
 
 def test_breaker_failures_outside_the_window_do_not_count() -> None:
@@ -155,6 +167,7 @@ def test_affinity_prefers_warm_near_reliable_idle_workers_and_explains() -> None
     ex = choice.explanation
     assert ex["policy"] == "affinity" and ex["candidates"] == 4
     assert ex["terms"] == {"region": 1.0, "device": 1.0, "load": 1.0, "warm": 1.0, "reliability": 0.5, "rtt": 1.0}
+    assert ex["score"] == pytest.approx(total(ex["terms"], Weights()), abs=1e-3)
     # this scheduler's own in-flight jobs count as load too
     choice = placement.choose(JobNeeds("m", "1", region="eu"), inflight={"best": 64})
     assert choice is not None and choice.worker_id != "best"
