@@ -81,7 +81,7 @@ def model_line(m: Any) -> str:
     state = str(m.state)
     if m.state == "loading" and m.progress is not None:
         state += f" {round(100 * m.progress)}%"
-    elif m.size_mb is not None:
+    elif m.size_mb:
         state += f", {m.size_mb:g} MB"
     return f"{m.model_id}:{m.version} ({state}{', pinned' if m.pinned else ''})"
 

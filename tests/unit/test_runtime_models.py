@@ -6,6 +6,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def _loaded(model_id: str, convert_cache: Path | None = None) -> Iterator[Transf
         spec = builtin_spec(model_id, convert_cache=str(convert_cache) if convert_cache else None)
     except errors.ModelUnknown as exc:
         pytest.skip(str(exc))
-    runtime = build_runtime(spec)
+    runtime = build_runtime(replace(spec, engine="naive"))  # the plain runtime; the engine has its own tests
     assert isinstance(runtime, TransformersRuntime)
     started = time.perf_counter()
     runtime.load()
