@@ -10,12 +10,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from streams import JOBS, SCHEDULER_CONSUMER
 from tether.connection import connect
 from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.settings import Settings
 from tether.store import open_store
+from tether.views import queue_view, workers_view
 
 
 async def snapshot(settings: Settings) -> dict[str, Any]:
@@ -25,34 +25,11 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
         fleet = FleetView(heartbeat_s=settings.heartbeat_s)
         await fleet.start(nc, js)
         await fleet.stop()
-        now = time.time()
-        workers = []
-        for e in sorted(fleet.workers(), key=lambda e: e.worker_id):
-            p = e.presence
-            workers.append(
-                {
-                    "workerId": p.worker_id,
-                    "health": str(fleet.health(e, now)),
-                    "region": p.region,
-                    "device": p.device_class,
-                    "models": [f"{m.model_id}:{m.version} ({m.state})" for m in p.models],
-                    "queueDepth": p.queue_depth,
-                    "capacity": p.capacity,
-                    "draining": p.draining,
-                    "heartbeatAgeS": round(now - e.last_seen, 1),
-                }
-            )
-        queue: dict[str, Any] = {}
-        try:
-            ci = await js.consumer_info(JOBS, SCHEDULER_CONSUMER)
-            queue = {
-                "waiting": ci.num_pending,
-                "inFlight": ci.num_ack_pending,
-                "redelivered": ci.num_redelivered,
-            }
-        except Exception as exc:
-            queue = {"error": str(exc)}
-        return {"workers": workers, "queue": queue, "models": [f"{m}:{v}" for m, v in fleet.models()]}
+        return {
+            "workers": workers_view(fleet),
+            "queue": await queue_view(js),
+            "models": [f"{m}:{v}" for m, v in fleet.models()],
+        }
     finally:
         await nc.close()
 
@@ -66,8 +43,8 @@ def _render(snap: dict[str, Any], console: Console) -> None:
             w["workerId"],
             w["health"] + (" (draining)" if w["draining"] else ""),
             w["region"],
-            w["device"],
-            "\n".join(w["models"]),
+            w["tier"],
+            "\n".join(f"{m['modelId']}:{m['version']} ({m['state']})" for m in w["models"]),
             f"{w['queueDepth']}/{w['capacity']}",
             f"{w['heartbeatAgeS']}s",
         )

@@ -93,7 +93,7 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
         return snap if [w["health"] for w in snap["workers"]] == ["HEALTHY"] else None
 
     snap = poll(status, timeout=30, what="one HEALTHY worker in `tether status`")
-    assert "echo:1 (warm)" in snap["workers"][0]["models"], snap
+    assert {"modelId": "echo", "version": "1", "state": "warm"}.items() <= snap["workers"][0]["models"][0].items()
     assert snap["workers"][0]["workerId"] == reply["workerId"]
     assert {"waiting", "inFlight", "redelivered"} <= snap["queue"].keys(), snap
 
