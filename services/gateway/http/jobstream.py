@@ -110,18 +110,21 @@ class JobStream:
         order = Reorder()
         while True:
             nxt = asyncio.create_task(self._sub.next_msg(timeout=None))
-            await asyncio.wait({nxt, self._task}, return_when=asyncio.FIRST_COMPLETED)
-            if not nxt.done():
-                nxt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await nxt
+            try:
+                await asyncio.wait({nxt, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not nxt.done():
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await nxt
+            if nxt.cancelled() or nxt.exception() is not None:
                 break
             for seq, text in order.push(*self._decode(nxt.result())):
                 yield Chunk(self.job_id, seq, text)
         while self._sub.pending_msgs > 0:  # chunks that arrived before the final result
             for seq, text in order.push(*self._decode(await self._sub.next_msg(timeout=1.0))):
                 yield Chunk(self.job_id, seq, text)
-        reply = self._task.result()  # raises a final error
+        reply = await self._task  # raises a final error
         rest = order.remainder(reply.result)
         if rest:
             yield Chunk(self.job_id, order.next_seq, rest)
