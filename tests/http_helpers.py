@@ -10,6 +10,8 @@ import httpx
 
 from services.gateway.http.apikeys import ApiKeys
 from services.gateway.http.server import HttpGateway
+from services.worker.runtimes.catalog import parse_model_spec
+from services.worker.service import Worker
 from tests.conftest import System, start_system
 from tether.settings import Settings
 
@@ -46,3 +48,12 @@ async def http_system(settings: Settings, models: list[str], **kw: object) -> As
         await client.aclose()
         await http.close()
         await system.close()
+
+
+async def hold_model(settings: Settings, model: str) -> None:
+    """Announce ``model`` (an echo runtime) from a worker that then drains away: the model stays known
+    to gateways, and its jobs wait in JOBS (up to ``queue_wait_s``) for a worker that never comes."""
+    w = Worker(settings, worker_id=f"w-{model}", specs=[parse_model_spec(f"{model}:1=none;task=echo")])
+    await w.start()
+    await w.wait_ready()
+    await w.drain(0.1)

@@ -65,7 +65,10 @@ def _role(coro_factory: Any) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     from tether.roles import run_gateway
 
-    return _role(lambda: run_gateway(_settings(args)))
+    s = _settings(args)
+    if args.port is not None:
+        s.http_port = args.port
+    return _role(lambda: run_gateway(s, http=args.http))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -170,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, help="port (default TETHER_NATS_PORT or 4222)")
     n.set_defaults(fn=cmd_nats)
 
-    sub.add_parser("gateway", help="run a gateway (tether.infer)").set_defaults(fn=cmd_gateway)
+    g = sub.add_parser("gateway", help="run a gateway (tether.infer; with --http also the HTTP API)")
+    g.add_argument("--http", action="store_true", help="also serve HTTP (/infer, /v1/*, dashboard at /)")
+    g.add_argument("--port", type=int, help="HTTP port (default TETHER_HTTP_PORT or 8080; 0: any free)")
+    g.set_defaults(fn=cmd_gateway)
     sub.add_parser("scheduler", help="run a scheduler").set_defaults(fn=cmd_scheduler)
 
     w = sub.add_parser("worker", help="run a worker")

@@ -28,9 +28,16 @@ async def _serve(role: Role, stop: Callable[[], Awaitable[None]]) -> None:
     await stop()
 
 
-async def run_gateway(settings: Settings) -> None:
+async def run_gateway(settings: Settings, *, http: bool = False) -> None:
+    """The NATS entrypoint (``tether.infer``); with ``http`` also the HTTP API on ``TETHER_HTTP_PORT``."""
     from services.gateway.service import Gateway
 
+    if http:
+        from services.gateway.http.server import HttpGateway
+
+        hg = HttpGateway(settings)
+        await _serve(hg, hg.close)
+        return
     gw = Gateway(settings)
     await _serve(gw, gw.close)
 

@@ -24,13 +24,16 @@ from tether.settings import Settings
 
 DEMO_MODELS = ["echo", "smollm2-135m-instruct", "all-minilm-l6-v2"]
 DEMO_QUESTION = "What is the capital of France?"
-ROLES = ("scheduler", "worker", "gateway")
+ROLES: tuple[tuple[str, ...], ...] = (("scheduler",), ("worker",), ("gateway", "--http"))
+# The seed pilot's curl example asks for phi-2 version 1.0: served here by SmolLM2 (override with the variable).
+SEED_ALIASES = "phi-2:1.0=smollm2-135m-instruct"
 
 
 @dataclass(slots=True)
 class Child:
     role: str
     log: Path
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started: float = field(default=0.0)
@@ -39,7 +42,7 @@ class Child:
 def _spawn(child: Child, env: dict[str, str]) -> None:
     out = open(child.log, "ab")
     child.proc = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli", child.role],
+        [sys.executable, "-m", "tether.cli", child.role, *child.args],
         env=env,
         stdout=out,
         stderr=out,
@@ -67,6 +70,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
     env = dict(os.environ)
     env["TETHER_HOME"] = str(home)
     env.setdefault("TETHER_MODELS", ",".join(DEMO_MODELS))
+    env.setdefault("TETHER_MODEL_ALIASES", SEED_ALIASES)
     models = [m for m in env["TETHER_MODELS"].split(",") if m]
 
     server: NatsServer | None = None
@@ -79,7 +83,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
     url = server.url if server else settings.url
     env["TETHER_NATS_URL"] = url
 
-    children = [Child(role, logs / f"{role}.log") for role in ROLES]
+    children = [Child(role, logs / f"{role}.log", tuple(args)) for role, *args in ROLES]
     started = time.time()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -182,6 +186,9 @@ async def _announce(url: str, models: list[str], settings: Settings, demo: bool)
         f'  try     tether infer "{DEMO_QUESTION}" --model smollm2-135m-instruct\n'
         f"  or      nats --server {url} request tether.infer "
         '\'{"tenantId":"demo","modelId":"echo","version":"1","input":"hello"}\'\n'
+        f"  HTTP    http://127.0.0.1:{settings.http_port}   dashboard: / , API: /docs\n"
+        f"  curl    curl -XPOST http://localhost:{settings.http_port}/infer -H 'Content-Type: application/json' "
+        f"-d '{{\"tenantId\":\"demo\",\"modelId\":\"echo\",\"version\":\"1\",\"input\":\"hello\"}}'\n"
         f"  status  tether status\n",
         flush=True,
     )

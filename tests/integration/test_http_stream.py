@@ -13,9 +13,7 @@ from nats.aio.client import Client
 
 from schemas import CancelRequest, ResultMessage
 from services.gateway.http import sse
-from services.worker.runtimes.catalog import parse_model_spec
-from services.worker.service import Worker
-from tests.http_helpers import HttpSystem, http_system
+from tests.http_helpers import HttpSystem, hold_model, http_system
 from tether import codec, subjects
 from tether.jobids import idempotent_job_id
 from tether.results import publish_final
@@ -27,10 +25,7 @@ HELD = "held"  # announced by a worker that then leaves: its jobs wait in the qu
 @pytest_asyncio.fixture
 async def hs(settings: Settings) -> AsyncIterator[HttpSystem]:
     async with http_system(settings, ["echo"]) as system:
-        held = Worker(settings, worker_id="w-held", specs=[parse_model_spec(f"{HELD}:1=none;task=echo")])
-        await held.start()
-        await held.wait_ready()
-        await held.close()
+        await hold_model(settings, HELD)
         yield system
 
 

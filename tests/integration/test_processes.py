@@ -31,6 +31,11 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     finally:
         p.cleanup()
 
+SEED_CURL = """curl -XPOST http://localhost:3000/infer \\
+  -H 'Content-Type: application/json' \\
+  -d '{"tenantId":"demo-tenant","modelId":"phi-2","version":"1.0","input":"What
+  is the capital of France?"}'"""
+
 
 def _logs(home: Path) -> str:
     parts = []
@@ -54,10 +59,18 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     home = tmp_path / "home"
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
+    http_port = free_port()
     up = procs.start(
         "up",
         "--no-demo",
-        env=tether_env(home, port=port, TETHER_MODELS="echo", TETHER_HEARTBEAT_S="1"),
+        env=tether_env(
+            home,
+            port=port,
+            TETHER_MODELS="echo",
+            TETHER_HEARTBEAT_S="1",
+            TETHER_HTTP_PORT=str(http_port),
+            TETHER_MODEL_ALIASES="phi-2:1.0=echo",  # the seed's model name, served by echo here
+        ),
         name="up",
     )
     cli = tether_env(home, url=url, COLUMNS="250")
@@ -73,6 +86,14 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     names = sorted(" ".join(c.cmdline()[-2:]) for c in children)
     assert sum("nats-server" in c.name() for c in children) == 1, names
     assert sum("tether.cli" in " ".join(c.cmdline()) for c in children) == 3, names
+
+    # the seed pilot's own curl example, as written but for the port
+    seed = SEED_CURL.replace("localhost:3000", f"localhost:{http_port}")
+    r = subprocess.run(["bash", "-c", seed], capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    seed_reply = json.loads(r.stdout)
+    assert seed_reply["result"] == "What\n  is the capital of France?" and seed_reply["jobId"], seed_reply
+    assert seed_reply["requestedModelId"] == "phi-2" and seed_reply["modelId"] == "echo"
 
     r = run_tether("infer", "as json", "--model", "echo", "--json", env=cli)
     assert r.returncode == 0, r.stderr

@@ -1,13 +1,9 @@
 """OpenAPI for routes that read their body themselves (to answer with Tether's error codes rather than
 FastAPI's 422): the pydantic wire models are registered as components, and ``build_spec`` returns the
-spec that ``/openapi.json`` serves and ``schemas/openapi.json`` commits."""
+spec that ``/openapi.json`` serves and ``schemas/openapi.json`` commits (``openapi_file``)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,7 +13,6 @@ from pydantic import BaseModel
 from schemas import ErrorReply
 
 REF = "#/components/schemas/{model}"
-SPEC_PATH = Path(__file__).resolve().parents[3] / "schemas" / "openapi.json"
 _COMPONENTS: dict[str, type[BaseModel]] = {}
 
 
@@ -61,25 +56,3 @@ def build_spec(app: FastAPI) -> dict[str, Any]:
             schemas.setdefault(def_name, definition)
         schemas[name] = schema
     return spec
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m services.gateway.http.openapi_docs [--check]``: write (or verify) schemas/openapi.json."""
-    from services.gateway.http.app import create_app
-
-    args = argparse.ArgumentParser(description=main.__doc__)
-    args.add_argument("--check", action="store_true", help="fail if the committed spec is stale")
-    ns = args.parse_args(argv)
-    text = json.dumps(build_spec(create_app()), indent=2, sort_keys=True) + "\n"
-    if ns.check:
-        if not SPEC_PATH.exists() or SPEC_PATH.read_text() != text:
-            print(f"{SPEC_PATH} is stale: run python -m services.gateway.http.openapi_docs", file=sys.stderr)
-            return 1
-        return 0
-    SPEC_PATH.write_text(text)
-    print(f"wrote {SPEC_PATH}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
