@@ -20,7 +20,7 @@ from services.gateway.http.context import (
 )
 from services.gateway.http.errors import NotFound
 from services.gateway.http.jobstream import Chunk, JobStream
-from services.gateway.http.openapi_docs import body_schema, error_responses
+from services.gateway.http.openapi_docs import body_schema, error_responses, ref
 from tether.errors import InvalidRequest, TetherError
 from tether.views import job_view, models_view, workers_view
 
@@ -49,7 +49,7 @@ async def infer_request(request: Request) -> InferRequest:
             "description": "The final result, or with ?stream=true an event stream: `job`, `chunk`* then "
             "`result` or `error`",
             "content": {
-                "application/json": {"schema": InferReply.model_json_schema(by_alias=True)},
+                "application/json": {"schema": ref(InferReply)},
                 "text/event-stream": {"schema": {"type": "string"}},
             },
         },
