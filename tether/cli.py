@@ -2,9 +2,12 @@
 
     tether up                       everything on this machine (what `make run` calls)
     tether nats|gateway|scheduler|worker   one role, pointed at TETHER_NATS_URL
-    tether infer TEXT --model M     one request through tether.infer
-    tether status                   workers, models, heartbeat ages, queue depth
-    tether jobs list | show ID      job state, attempts and placement from the store
+    tether infer TEXT --model M     one request through tether.infer (--stream: tokens as they come)
+    tether status [--watch]         workers, models, queue depths, SLIs (live with --watch)
+    tether jobs list | show ID | replay --since 10m    the store's view, or RESULTS replayed
+    tether dlq list                 dead letters replayed from the DLQ stream
+    tether keys add|list|revoke     API keys for the HTTP gateway (tenant per key)
+    tether bench                    requests through tether.infer, latency and throughput
 
 Exit codes: 0 ok, 1 failed, 2 usage.
 """
@@ -107,12 +110,27 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(json.dumps({"error": error}) if args.json else f"error [{code}]: {message}", file=sys.stderr)
         return 1
 
+    async def stream(nc: Any) -> int:
+        reply: dict[str, Any] = {}
+        async for part in client.infer_stream(
+            nc, model=args.model, version=args.version, tenant=args.tenant, input=args.text, params=params,
+            idempotency_key=args.idempotency_key, timeout=args.timeout,
+        ):
+            if isinstance(part, dict):
+                reply = part
+            elif not args.json:
+                print(part, end="", flush=True)
+        print(json.dumps(reply) if args.json else "")
+        return 0
+
     async def go() -> int:
         try:  # a one-shot command fails fast (nats-py: 0 would mean forever)
             nc = await connect(s.url, name="tether-cli", max_reconnect_attempts=1)
         except (OSError, NatsError) as exc:
             return fail("unavailable", f"cannot reach NATS at {s.url}: {exc}")
         try:
+            if args.stream:
+                return await stream(nc)
             reply = await client.infer(
                 nc,
                 model=args.model,
@@ -156,9 +174,35 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from tether.status import jobs_list, jobs_show
 
     s = _settings(args)
+    if args.jobs_cmd == "replay":
+        from tether.ops import cmd_replay
+
+        return asyncio.run(cmd_replay(s, since=args.since, as_json=args.json))
     if args.jobs_cmd == "show":
         return asyncio.run(jobs_show(s, args.job_id))
     return asyncio.run(jobs_list(s, status=args.status, limit=args.limit))
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from tether.ops import cmd_replay
+
+    return asyncio.run(cmd_replay(_settings(args), since=args.since, as_json=args.json, dlq=True))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from tether.ops import cmd_keys as run
+
+    name = getattr(args, "name", "")
+    return asyncio.run(
+        run(_settings(args), args.keys_cmd, tenant=getattr(args, "tenant", None), name=name or "",
+            digest=getattr(args, "digest", None))
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tether.ops import cmd_bench as run
+
+    return asyncio.run(run(_settings(args), model=args.model, n=args.n, concurrency=args.concurrency, text=args.text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     i.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     i.add_argument("--msgpack", action="store_true", help="send and receive msgpack instead of JSON")
+    i.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     i.set_defaults(fn=cmd_infer)
 
     st = sub.add_parser("status", help="workers, models, heartbeat ages, queue depth")
@@ -212,17 +257,54 @@ def build_parser() -> argparse.ArgumentParser:
     jl.add_argument("--status", help="only this status (QUEUED, RUNNING, COMPLETED, ...)")
     jl.add_argument("--limit", type=int, default=20)
     js = jsub.add_parser("show", help="one job: state, attempts, placement, result")
-    js.add_argument("job_id")
+    js.add_argument("job_id", help="the job id (jobId of a reply)")
+    jr = jsub.add_parser("replay", help="replay final results from the RESULTS stream")
+    jr.add_argument("--since", help="from this long ago (30s, 10m, 2h, 1d) or an ISO time (default: all)")
+    jr.add_argument("--json", action="store_true", help="one result per line as JSON")
     j.set_defaults(fn=cmd_jobs)
+
+    d = sub.add_parser("dlq", help="dead letters from the DLQ stream")
+    dsub = d.add_subparsers(dest="dlq_cmd", required=True, metavar="SUBCOMMAND")
+    dl = dsub.add_parser("list", help="replay dead letters with their last error")
+    dl.add_argument("--since", help="from this long ago (30s, 10m, 2h, 1d) or an ISO time (default: all)")
+    dl.add_argument("--json", action="store_true", help="one dead letter per line as JSON")
+    d.set_defaults(fn=cmd_dlq)
+
+    k = sub.add_parser("keys", help="API keys for the HTTP gateway (stored hashed in NATS)")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="SUBCOMMAND")
+    ka = ksub.add_parser("add", help="create a key for a tenant and print it (once)")
+    ka.add_argument("--tenant", required=True, help="the tenant requests with this key run as")
+    ka.add_argument("--name", default="", help="a label to recognise the key by")
+    ksub.add_parser("list", help="key digests, tenants and labels (never the keys)")
+    kr = ksub.add_parser("revoke", help="revoke keys by digest prefix (from `keys list`)")
+    kr.add_argument("digest", help="at least 8 hex digits of the key's digest")
+    k.set_defaults(fn=cmd_keys)
+
+    b = sub.add_parser("bench", help="send requests through tether.infer; print latency and throughput")
+    b.add_argument("--model", default="echo", help="model id (default echo)")
+    b.add_argument("-n", type=int, default=1000, help="number of requests (default 1000)")
+    b.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    b.add_argument("--text", default="hello", help="the input of every request")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nats.errors import Error as NatsError
+
+    from tether.errors import InvalidRequest, TetherError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except TetherError as exc:  # a bad argument value is a usage error (2), anything else failed (1)
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidRequest) else 1
+    except (OSError, NatsError) as exc:
+        print(f"error [unavailable]: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ import json
 import time
 from typing import Any
 
-from rich.console import Console
+from nats.js import JetStreamContext
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 
 from tether.connection import connect
@@ -15,7 +17,27 @@ from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.settings import Settings
 from tether.store import open_store
-from tether.views import queue_view, workers_view
+from tether.views import models_view, queue_view, workers_view
+
+
+async def _collect(js: JetStreamContext, fleet: FleetView) -> dict[str, Any]:
+    from services.gateway.backlog import Backlog
+    from services.gateway.slis import merge, read_snapshots
+
+    try:
+        depths = await Backlog(js, ttl_s=0).depths()
+    except Exception:
+        depths = {}
+    try:
+        slis = merge(await read_snapshots(js))
+    except Exception as exc:  # no gateway has run yet: no bucket
+        slis = {"error": str(exc)}
+    return {
+        "workers": workers_view(fleet),
+        "models": models_view(fleet, depths),
+        "queue": await queue_view(js),
+        "slis": slis,
+    }
 
 
 async def snapshot(settings: Settings) -> dict[str, Any]:
@@ -24,51 +46,86 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
         js = nc.jetstream()
         fleet = FleetView(heartbeat_s=settings.heartbeat_s)
         await fleet.start(nc, js)
-        await fleet.stop()
-        return {
-            "workers": workers_view(fleet),
-            "queue": await queue_view(js),
-            "models": [f"{m}:{v}" for m, v in fleet.models()],
-        }
+        try:
+            return await _collect(js, fleet)
+        finally:
+            await fleet.stop()
     finally:
         await nc.close()
 
 
-def _render(snap: dict[str, Any], console: Console) -> None:
-    t = Table(title="workers")
-    for col in ("worker", "health", "region", "device", "models", "queue", "heartbeat age"):
-        t.add_column(col)
+_HEALTH_STYLE = {"HEALTHY": "green", "SUSPECT": "yellow", "OFFLINE": "red"}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def render(snap: dict[str, Any]) -> Group:
+    workers = Table(title="workers", title_justify="left")
+    for col in ("worker", "health", "tier", "region", "models warm", "queue", "heartbeat age"):
+        workers.add_column(col)
     for w in snap["workers"]:
-        t.add_row(
+        style = _HEALTH_STYLE.get(w["health"], "")
+        workers.add_row(
             w["workerId"],
-            w["health"] + (" (draining)" if w["draining"] else ""),
-            w["region"],
+            f"[{style}]{w['health']}[/]" + (" (draining)" if w["draining"] else ""),
             w["tier"],
-            "\n".join(f"{m['modelId']}:{m['version']} ({m['state']})" for m in w["models"]),
+            w["region"],
+            ", ".join(f"{m['modelId']}:{m['version']}" for m in w["models"] if m["state"] == "warm") or "-",
             f"{w['queueDepth']}/{w['capacity']}",
-            f"{w['heartbeatAgeS']}s",
+            f"{w['heartbeatAgeS']:.1f}s",
         )
-    console.print(t)
+    slis = snap.get("slis") or {}
+    latency = slis.get("latencyMs") or {}
+    models = Table(title="models", title_justify="left")
+    for col in ("model", "task", "warm replicas", "queued", "p50 ms", "p95 ms"):
+        models.add_column(col)
+    for m in snap["models"]:
+        lat = latency.get(m["modelId"], {})
+        models.add_row(
+            f"{m['modelId']}:{m['version']}",
+            m["task"] or "-",
+            str(m["replicas"]),
+            str(m["queueDepth"]),
+            str(lat.get("p50", "-")),
+            str(lat.get("p95", "-")),
+        )
     q = snap["queue"]
-    console.print(
+    summary = (
         f"JOBS queue: waiting {q.get('waiting', '?')}, in flight {q.get('inFlight', '?')}, "
-        f"redelivered {q.get('redelivered', '?')}"
+        f"redelivered {q.get('redelivered', '?')}   |   last 5 min: {slis.get('requests', 0)} requests, "
+        f"success {_pct(slis.get('successRate'))}, throttled {_pct(slis.get('throttleRate'))}, "
+        f"shed {_pct(slis.get('shedRate'))} ({slis.get('gateways', 0)} gateways)"
     )
+    return Group(workers, models, summary)
 
 
 async def show_status(settings: Settings, *, watch: bool = False, as_json: bool = False) -> int:
+    """One snapshot, or with ``watch`` a table that refreshes every second until Ctrl-C."""
     console = Console()
-    while True:
-        snap = await snapshot(settings)
-        if as_json:
+    nc = await connect(settings.url, name="tether-status", max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        await fleet.start(nc, js)
+        snap = await _collect(js, fleet)
+        if as_json and not watch:
             print(json.dumps(snap))
-        else:
-            if watch:
-                console.clear()
-            _render(snap, console)
-        if not watch:
             return 0
-        await asyncio.sleep(1.0)
+        if not watch:
+            console.print(render(snap))
+            return 0
+        with Live(render(snap), console=console, refresh_per_second=2, screen=False) as live:
+            while True:
+                await asyncio.sleep(1.0)
+                snap = await _collect(js, fleet)
+                if as_json:
+                    print(json.dumps(snap), flush=True)
+                else:
+                    live.update(render(snap))
+    finally:
+        await nc.close()
 
 
 async def jobs_list(settings: Settings, *, status: str | None, limit: int) -> int:

@@ -10,7 +10,7 @@ from services.gateway.http import openai_shapes as oa
 from services.gateway.http import sse
 from services.gateway.http.apikeys import bearer_token, digest_of, new_key
 from services.gateway.http.errors import STATUS_BY_CODE
-from services.gateway.http.jobstream import Reorder
+from tether.chunks import Reorder
 from tether.errors import ERROR_CODES, InvalidRequest, Unauthorized
 
 

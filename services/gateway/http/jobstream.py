@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from schemas import CancelRequest, InferReply, InferRequest, ResultChunk
 from services.gateway.service import Gateway
 from tether import codec, subjects
+from tether.chunks import Reorder
 
 log = logging.getLogger(__name__)
 
@@ -36,40 +37,6 @@ class Chunk:
     job_id: str
     seq: int
     text: str
-
-
-class Reorder:
-    """Releases chunks in ``seq`` order from 0; pure, so it is unit-tested on its own."""
-
-    def __init__(self) -> None:
-        self.next_seq = 0
-        self._held: dict[int, str] = {}
-        self.released_text: list[str] = []
-
-    def push(self, seq: int, text: str) -> list[tuple[int, str]]:
-        if seq < self.next_seq or seq in self._held:
-            return []  # a repeat
-        self._held[seq] = text
-        out = []
-        while self.next_seq in self._held:
-            piece = self._held.pop(self.next_seq)
-            out.append((self.next_seq, piece))
-            self.released_text.append(piece)
-            self.next_seq += 1
-        return out
-
-    def remainder(self, final: Any) -> str:
-        """The part of the final text the released chunks did not deliver ('' when none is missing)."""
-        if not isinstance(final, str):
-            return ""
-        sent = "".join(self.released_text)
-        if final.startswith(sent):
-            return final[len(sent) :]
-        return "" if sent else final
-
-
-def result_text(result: Any) -> str:
-    return result if isinstance(result, str) else ""
 
 
 class JobStream:
