@@ -44,17 +44,10 @@ async def infer(
 
 
 async def infer_stream(
-    nc: Client,
-    *,
-    model: str,
-    input: Any,
-    tenant: str = "demo",
-    version: str = "1",
-    params: dict[str, Any] | None = None,
-    idempotency_key: str | None = None,
-    timeout: float = 300.0,
+    nc: Client, *, tenant: str = "demo", idempotency_key: str | None = None, **request: Any
 ) -> AsyncIterator[str | dict[str, Any]]:
-    """Yield token texts from ``tether.results.<job>.chunks`` in order, then the reply dict.
+    """Yield token texts from ``tether.results.<job>.chunks`` in order, then the reply dict
+    (``request``: the keyword arguments of ``infer``).
 
     The job id is derived from the idempotency key (a fresh one when none is given), so the
     chunk subscription exists before the request is sent and no chunk is missed.
@@ -62,13 +55,10 @@ async def infer_stream(
     key = idempotency_key or f"stream-{os.urandom(12).hex()}"
     job_id = idempotent_job_id(tenant, key)
     sub = await nc.subscribe(subjects.chunks_subject(job_id))
-    request = asyncio.ensure_future(
-        infer(nc, model=model, input=input, tenant=tenant, version=version, params=params,
-              idempotency_key=key, timeout=timeout)
-    )
+    reply_of = asyncio.ensure_future(infer(nc, tenant=tenant, idempotency_key=key, **request))
     order = Reorder()
     try:
-        while not request.done() or sub.pending_msgs:
+        while not reply_of.done() or sub.pending_msgs:
             try:
                 msg = await sub.next_msg(timeout=0.05)
             except TimeoutError:
@@ -76,11 +66,11 @@ async def infer_stream(
             chunk = codec.decode(msg.data, codec.content_type_of(msg.headers))
             for _, text in order.push(int(chunk["seq"]), str(chunk["text"])):
                 yield text
-        reply = await request
+        reply = await reply_of
         rest = order.remainder(reply.get("result"))
         if rest:
             yield rest  # what no chunk carried (a model that does not stream, like echo)
         yield reply
     finally:
-        request.cancel()
+        reply_of.cancel()
         await sub.unsubscribe()

@@ -8,8 +8,9 @@ quotas, shedding, idempotency (``Idempotency-Key``) and errors are the same; err
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -34,6 +35,9 @@ from tether.errors import TetherError
 router = APIRouter(prefix="/v1")
 
 ChunkBody = Callable[[str, str, int, dict[str, Any], str | None], dict[str, Any]]
+GenBody = TypeVar("GenBody", oa.CompletionRequest, oa.ChatCompletionRequest)
+ToInfer = Callable[[Any, str, str | None], InferRequest]
+Respond = Callable[[InferReply, int], dict[str, Any]]
 
 
 async def _tenant(request: Request) -> str:
@@ -44,14 +48,18 @@ async def _run(request: Request, req: InferRequest) -> InferReply:
     return await state_of(request).gateway.infer(req, trace_headers(request))
 
 
+async def _generate(request: Request, shape: type[GenBody], to_infer: ToInfer, respond: Respond, chunk: ChunkBody) -> Any:
+    body = oa.parse_openai(shape, await read_json(request))
+    req = to_infer(body, await _tenant(request), idempotency_key(request, None))
+    if body.stream:
+        return await _stream(request, req, chunk)
+    reply = await _run(request, req)
+    return JSONResponse(respond(reply, int(time.time())), headers={"X-Job-Id": reply.job_id})
+
+
 @router.post("/completions", summary="OpenAI text completion", openapi_extra=body_schema(oa.CompletionRequest))
 async def completions(request: Request) -> Any:
-    body = oa.parse_openai(oa.CompletionRequest, await read_json(request))
-    req = oa.completion_to_infer(body, await _tenant(request), idempotency_key(request, None))
-    if body.stream:
-        return await _stream(request, req, _completion_chunk)
-    reply = await _run(request, req)
-    return JSONResponse(oa.completion_response(reply, _created()), headers={"X-Job-Id": reply.job_id})
+    return await _generate(request, oa.CompletionRequest, oa.completion_to_infer, oa.completion_response, _completion_chunk)
 
 
 @router.post(
@@ -60,12 +68,7 @@ async def completions(request: Request) -> Any:
     openapi_extra=body_schema(oa.ChatCompletionRequest),
 )
 async def chat_completions(request: Request) -> Any:
-    body = oa.parse_openai(oa.ChatCompletionRequest, await read_json(request))
-    req = oa.chat_to_infer(body, await _tenant(request), idempotency_key(request, None))
-    if body.stream:
-        return await _stream(request, req, _chat_chunk)
-    reply = await _run(request, req)
-    return JSONResponse(oa.chat_response(reply, _created()), headers={"X-Job-Id": reply.job_id})
+    return await _generate(request, oa.ChatCompletionRequest, oa.chat_to_infer, oa.chat_response, _chat_chunk)
 
 
 @router.post("/embeddings", summary="OpenAI embeddings", openapi_extra=body_schema(oa.EmbeddingRequest))
@@ -83,12 +86,6 @@ async def list_models(request: Request) -> Any:
     gateway = state_of(request).gateway
     names = gateway.fleet.models() + [a for a, t in gateway.config.aliases.items() if gateway.fleet.knows_model(*t)]
     return oa.models_list(sorted(set(names)))
-
-
-def _created() -> int:
-    import time
-
-    return int(time.time())
 
 
 def _completion_chunk(job_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
