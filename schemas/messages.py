@@ -60,6 +60,8 @@ class InferParams(_Wire):
     chat: bool | None = None
     normalize: bool | None = None
     timeout_s: float | None = Field(default=None, gt=0.0)
+    region: str | None = Field(default=None, min_length=1, max_length=64)  # placement: preferred region
+    device_class: str | None = Field(default=None, min_length=1, max_length=64)  # e.g. "cpu", "cuda"
 
 
 class InferRequest(_Wire):

@@ -99,7 +99,9 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=SCHEDULER_ACK_WAIT_S,
-        max_deliver=-1,  # attempts are counted in the store; JetStream never drops a job
+        # Attempts are counted in the store; this cap only catches a job no scheduler can get through
+        # (crashing on it each time): past it, the max-deliveries advisory sends it to the DLQ.
+        max_deliver=settings.max_deliver,
         max_ack_pending=max(settings.max_inflight * 4, 20_000),
         filter_subject=subjects.JOBS_ALL,
     )

@@ -183,10 +183,81 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return asyncio.run(jobs_list(s, status=args.status, limit=args.limit))
 
 
-def cmd_dlq(args: argparse.Namespace) -> int:
-    from tether.ops import cmd_replay
+async def _connected(s: Any, fn: Any) -> int:
+    """Run ``fn(nc, js)`` on a fresh connection; exit 1 with a message when NATS is unreachable."""
+    from nats.errors import Error as NatsError
 
-    return asyncio.run(cmd_replay(_settings(args), since=args.since, as_json=args.json, dlq=True))
+    from tether.connection import connect
+
+    try:
+        nc = await connect(s.url, name="tether-cli", max_reconnect_attempts=1)
+    except (OSError, NatsError) as exc:
+        print(f"error [unavailable]: cannot reach NATS at {s.url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return int(await fn(nc, nc.jetstream()))
+    finally:
+        await nc.close()
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tether import dlq
+    from tether.errors import TetherError
+
+    async def go(nc: Any, js: Any) -> int:
+        if args.dlq_cmd == "list":
+            rows = [dlq.summary(e) for e in await dlq.entries(js)]
+            if args.json:
+                print(json.dumps(rows))
+                return 0
+            table = Table(title=f"dead letters ({len(rows)})")
+            for col in ("jobId", "model", "tenant", "attempts", "error"):
+                table.add_column(col)
+            for r in rows:
+                table.add_row(*(str(r[c]) for c in ("jobId", "model", "tenant", "attempts", "error")))
+            Console().print(table)
+            return 0
+        if args.dlq_cmd == "show":
+            entry = await dlq.find(js, args.job_id)
+            if entry is None:
+                print(f"error [not_found]: job {args.job_id!r} is not in the DLQ", file=sys.stderr)
+                return 1
+            print(dlq.render_entry(entry))
+            return 0
+        try:
+            new_id = await dlq.retry(nc, js, args.job_id)
+        except TetherError as exc:
+            print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+            return 1
+        print(json.dumps({"retriedAs": new_id}) if args.json else f"resubmitted {args.job_id} as {new_id}")
+        return 0
+
+    return asyncio.run(_connected(_settings(args), go))
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    from tether import codec, subjects
+
+    async def go(nc: Any, js: Any) -> int:
+        subject = subjects.control_subject("drain", args.worker_id)
+        body = codec.encode({"graceS": args.grace})
+        if args.worker_id == "all":
+            await nc.publish(subject, body)
+            await nc.flush()
+            print("drain ordered for every worker")
+            return 0
+        try:
+            reply = await nc.request(subject, body, timeout=5.0)
+        except Exception as exc:
+            print(f"error [unavailable]: worker {args.worker_id} did not answer: {exc}", file=sys.stderr)
+            return 1
+        print(reply.data.decode())
+        return 0
+
+    return asyncio.run(_connected(_settings(args), go))
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -263,12 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     jr.add_argument("--json", action="store_true", help="one result per line as JSON")
     j.set_defaults(fn=cmd_jobs)
 
-    d = sub.add_parser("dlq", help="dead letters from the DLQ stream")
+    d = sub.add_parser("dlq", help="dead-lettered jobs: list, show, retry")
     dsub = d.add_subparsers(dest="dlq_cmd", required=True, metavar="SUBCOMMAND")
-    dl = dsub.add_parser("list", help="replay dead letters with their last error")
-    dl.add_argument("--since", help="from this long ago (30s, 10m, 2h, 1d) or an ISO time (default: all)")
-    dl.add_argument("--json", action="store_true", help="one dead letter per line as JSON")
+    dl = dsub.add_parser("list", help="every entry of the DLQ stream")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    ds = dsub.add_parser("show", help="one entry: submission, last error, every attempt")
+    ds.add_argument("job_id")
+    dr = dsub.add_parser("retry", help="resubmit a dead job's input as a new job")
+    dr.add_argument("job_id")
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(fn=cmd_dlq)
+
+    dn = sub.add_parser("drain", help="tell a worker (or 'all') to finish its jobs and stop")
+    dn.add_argument("worker_id", help="worker id as shown by `tether status`, or all")
+    dn.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs (default 30)")
+    dn.set_defaults(fn=cmd_drain)
 
     k = sub.add_parser("keys", help="API keys for the HTTP gateway (stored hashed in NATS)")
     ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="SUBCOMMAND")

@@ -7,7 +7,9 @@ keeps the last heartbeat per worker, so a new process knows the fleet at once
 instead of after a heartbeat period.
 
 Health by heartbeat age (T = heartbeat period): HEALTHY up to 2T, SUSPECT up
-to 3T, OFFLINE after.
+to 3T, OFFLINE after; ``sweep()`` reports transitions (the scheduler logs them
+and publishes ``tether.events.worker.<state>``). Workers are indexed by the
+models they serve, so finding candidates costs O(matches), not O(fleet).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from nats.aio.client import Client
@@ -44,14 +47,58 @@ class Health(StrEnum):
     OFFLINE = "OFFLINE"
 
 
+#: Model states a worker can take jobs for: warm now, or evicted from memory but loadable on demand.
+SERVABLE_STATES = (ModelState.WARM, ModelState.EVICTED)
+
+
 @dataclass(slots=True)
 class WorkerEntry:
     presence: Presence
     last_seen: float
+    served: dict[tuple[str, str], ModelState] = field(default_factory=dict)
 
     @property
     def worker_id(self) -> str:
         return self.presence.worker_id
+
+
+class WorkerIndex:
+    """Workers serving one model: O(1) add and remove, and random samples without copying."""
+
+    __slots__ = ("_entries", "_pos")
+
+    def __init__(self) -> None:
+        self._entries: list[WorkerEntry] = []
+        self._pos: dict[str, int] = {}
+
+    def put(self, entry: WorkerEntry) -> None:
+        i = self._pos.get(entry.worker_id)
+        if i is None:
+            self._pos[entry.worker_id] = len(self._entries)
+            self._entries.append(entry)
+        else:
+            self._entries[i] = entry
+
+    def discard(self, worker_id: str) -> None:
+        i = self._pos.pop(worker_id, None)
+        if i is None:
+            return
+        last = self._entries.pop()
+        if i < len(self._entries):
+            self._entries[i] = last
+            self._pos[last.worker_id] = i
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[WorkerEntry]:
+        return list(self._entries)
+
+    def sample(self, k: int, rng: random.Random) -> list[WorkerEntry]:
+        n = len(self._entries)
+        if n <= k:
+            return list(self._entries)
+        return [self._entries[i] for i in rng.sample(range(n), k)]
 
 
 class FleetView:
@@ -66,12 +113,18 @@ class FleetView:
         self._decoder = decoder
         self._clock = clock
         self._workers: dict[str, WorkerEntry] = {}
+        self._by_model: dict[tuple[str, str], WorkerIndex] = {}
+        self._health: dict[str, Health] = {}
+        self.forget_after = 60  # heartbeat periods an OFFLINE worker stays listed
         self._models_seen: set[tuple[str, str]] = set()
         self._sub = None
         self.rejected = 0
         self.changed = asyncio.Event()
 
     # ---- pure state ---------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
 
     def observe(self, presence: Presence, *, seen_at: float | None = None) -> None:
         now = self._clock() if seen_at is None else seen_at
@@ -82,7 +135,22 @@ class FleetView:
             and presence.seq <= prev.presence.seq
         ):
             return  # out of order or duplicate
-        self._workers[presence.worker_id] = WorkerEntry(presence, now)
+        entry = WorkerEntry(presence, now)
+        self._workers[presence.worker_id] = entry
+        served = {
+            (m.model_id, m.version): m.state for m in presence.models if m.state in SERVABLE_STATES
+        }
+        old = prev.served if prev is not None else {}
+        entry.served = served
+        for key in old.keys() - served.keys():
+            index = self._by_model.get(key)
+            if index is not None:
+                index.discard(presence.worker_id)
+        for key in served:
+            index = self._by_model.get(key)
+            if index is None:
+                index = self._by_model[key] = WorkerIndex()
+            index.put(entry)
         for m in presence.models:
             self._models_seen.add((m.model_id, m.version))
         self.changed.set()
@@ -95,26 +163,68 @@ class FleetView:
             return Health.SUSPECT
         return Health.OFFLINE
 
+    def sweep(self, now: float | None = None) -> list[tuple[WorkerEntry, Health | None, Health]]:
+        """Health transitions since the last sweep: ``(entry, old or None if new, new)``.
+
+        Workers OFFLINE for ``forget_after`` heartbeat periods are dropped from the view.
+        """
+        now = self._clock() if now is None else now
+        changes: list[tuple[WorkerEntry, Health | None, Health]] = []
+        for worker_id, entry in list(self._workers.items()):
+            state = self.health(entry, now)
+            old = self._health.get(worker_id)
+            if state is not old:
+                self._health[worker_id] = state
+                changes.append((entry, old, state))
+            if state is Health.OFFLINE and now - entry.last_seen > self.forget_after * self.heartbeat_s:
+                self.forget(worker_id)
+        return changes
+
+    def forget(self, worker_id: str) -> None:
+        entry = self._workers.pop(worker_id, None)
+        self._health.pop(worker_id, None)
+        if entry is not None:
+            for key in entry.served:
+                index = self._by_model.get(key)
+                if index is not None:
+                    index.discard(worker_id)
+
+    def mark_draining(self, worker_id: str) -> bool:
+        """A drain was ordered: stop placing on the worker now, before its next heartbeat says so."""
+        entry = self._workers.get(worker_id)
+        if entry is None:
+            return False
+        entry.presence = entry.presence.model_copy(update={"draining": True})
+        return True
+
     def workers(self) -> list[WorkerEntry]:
         return list(self._workers.values())
 
     def get(self, worker_id: str) -> WorkerEntry | None:
         return self._workers.get(worker_id)
 
+    def serving(self, model_id: str, version: str) -> list[WorkerEntry]:
+        """Every known worker that lists the model warm or loadable (health not checked: O(matches))."""
+        index = self._by_model.get((model_id, version))
+        return index.entries() if index else []
+
+    def serving_index(self, model_id: str, version: str) -> WorkerIndex | None:
+        """The model's index itself, for sampling without copying it."""
+        return self._by_model.get((model_id, version))
+
+    def model_state(self, entry: WorkerEntry, model_id: str, version: str) -> ModelState:
+        return entry.served.get((model_id, version), ModelState.FAILED)
+
     def candidates(self, model_id: str, version: str, now: float | None = None) -> list[WorkerEntry]:
         """Workers heard from within 3T, not draining, with the model warm."""
         now = self._clock() if now is None else now
-        out = []
-        for entry in self._workers.values():
-            p = entry.presence
-            if p.draining or self.health(entry, now) is Health.OFFLINE:
-                continue
-            if any(
-                m.model_id == model_id and m.version == version and m.state == ModelState.WARM
-                for m in p.models
-            ):
-                out.append(entry)
-        return out
+        return [
+            e
+            for e in self.serving(model_id, version)
+            if not e.presence.draining
+            and e.served.get((model_id, version)) is ModelState.WARM
+            and self.health(e, now) is not Health.OFFLINE
+        ]
 
     def knows_model(self, model_id: str, version: str) -> bool:
         """Has any worker ever announced this model (in any state)?"""

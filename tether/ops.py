@@ -1,4 +1,4 @@
-"""Operator commands: replay RESULTS, inspect DLQ, manage API keys, benchmark ``tether.infer``.
+"""Operator commands: replay RESULTS, manage API keys, benchmark ``tether.infer``.
 
 Replays use an ordered push consumer (ephemeral, no acks, flow-controlled), so they never disturb
 the durable consumers the services use; a progress bar shows how far through the stream they are.
@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from streams import DLQ, RESULTS
+from streams import RESULTS
 from tether import client, codec, subjects
 from tether.connection import connect
 from tether.errors import InvalidRequest, TetherError
@@ -82,19 +82,19 @@ async def replay(
     return count
 
 
-async def cmd_replay(settings: Settings, *, since: str | None, as_json: bool, dlq: bool = False) -> int:
+async def cmd_replay(settings: Settings, *, since: str | None, as_json: bool) -> int:
     console = Console(stderr=True)
     rows: list[dict[str, Any]] = []
     when = parse_since(since) if since else None  # a bad value is a usage error before any connection
     nc = await connect(settings.url, name="tether-replay", max_reconnect_attempts=1)
     try:
-        stream, subject = (DLQ, subjects.DLQ_ALL) if dlq else (RESULTS, subjects.RESULTS_ALL)
+        stream, subject = RESULTS, subjects.RESULTS_ALL
         emit = (lambda r: print(json.dumps(r), flush=True)) if as_json else rows.append
         count = await replay(nc, stream, subject, when, emit, console)
     finally:
         await nc.close()
     if not as_json:
-        table = Table(title=f"{count} {'dead letters' if dlq else 'results'}")
+        table = Table(title=f"{count} results")
         for col in ("job", "tenant", "model", "status", "attempts", "worker", "finished"):
             table.add_column(col)
         for r in rows:

@@ -23,7 +23,13 @@ async def _serve(role: Role, stop: Callable[[], Awaitable[None]]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await role.start()
-    await stopping.wait()
+    ended: asyncio.Event | None = getattr(role, "stopped", None)  # a role that can end itself (drain)
+    waits = [asyncio.ensure_future(stopping.wait())]
+    if ended is not None:
+        waits.append(asyncio.ensure_future(ended.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     log.info("stopping")
     await stop()
 

@@ -17,10 +17,24 @@ from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.settings import Settings
 from tether.store import open_store
+from tether.store.fleetstate import FleetState
 from tether.views import models_view, queue_view, workers_view
 
 
-async def _collect(js: JetStreamContext, fleet: FleetView) -> dict[str, Any]:
+async def breakers(settings: Settings) -> list[dict[str, Any]] | dict[str, str]:
+    """Circuit breaker states the schedulers recorded in the store (CLOSED ones included)."""
+    try:
+        async with open_store(settings.store_url) as store:
+            rows = await FleetState(store).breakers()
+    except Exception as exc:
+        return {"error": str(exc)}
+    return [
+        {k: r[k] for k in ("model_id", "version", "region", "state", "failures", "opened_at", "updated_at")}
+        for r in rows
+    ]
+
+
+async def _collect(settings: Settings, js: JetStreamContext, fleet: FleetView) -> dict[str, Any]:
     from services.gateway.backlog import Backlog
     from services.gateway.slis import merge, read_snapshots
 
@@ -37,6 +51,7 @@ async def _collect(js: JetStreamContext, fleet: FleetView) -> dict[str, Any]:
         "models": models_view(fleet, depths),
         "queue": await queue_view(js),
         "slis": slis,
+        "breakers": await breakers(settings),
     }
 
 
@@ -47,7 +62,7 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
         fleet = FleetView(heartbeat_s=settings.heartbeat_s)
         await fleet.start(nc, js)
         try:
-            return await _collect(js, fleet)
+            return await _collect(settings, js, fleet)
         finally:
             await fleet.stop()
     finally:
@@ -98,7 +113,16 @@ def render(snap: dict[str, Any]) -> Group:
         f"success {_pct(slis.get('successRate'))}, throttled {_pct(slis.get('throttleRate'))}, "
         f"shed {_pct(slis.get('shedRate'))} ({slis.get('gateways', 0)} gateways)"
     )
-    return Group(workers, models, summary)
+    parts: list[Any] = [workers, models]
+    rows = snap.get("breakers")
+    if isinstance(rows, list) and rows:
+        b = Table(title="circuit breakers (model, region)", title_justify="left")
+        for col in ("model", "region", "state", "failures in window"):
+            b.add_column(col)
+        for r in rows:
+            b.add_row(f"{r['model_id']}:{r['version']}", r["region"], r["state"], str(r["failures"]))
+        parts.append(b)
+    return Group(*parts, summary)
 
 
 async def show_status(settings: Settings, *, watch: bool = False, as_json: bool = False) -> int:
@@ -109,7 +133,7 @@ async def show_status(settings: Settings, *, watch: bool = False, as_json: bool 
         js = nc.jetstream()
         fleet = FleetView(heartbeat_s=settings.heartbeat_s)
         await fleet.start(nc, js)
-        snap = await _collect(js, fleet)
+        snap = await _collect(settings, js, fleet)
         if as_json and not watch:
             print(json.dumps(snap))
             return 0
@@ -119,7 +143,7 @@ async def show_status(settings: Settings, *, watch: bool = False, as_json: bool 
         with Live(render(snap), console=console, refresh_per_second=2, screen=False) as live:
             while True:
                 await asyncio.sleep(1.0)
-                snap = await _collect(js, fleet)
+                snap = await _collect(settings, js, fleet)
                 if as_json:
                     print(json.dumps(snap), flush=True)
                 else:

@@ -133,5 +133,10 @@ def control_subject(action: str, target: str = "all") -> str:
     return f"{PREFIX}.control.{action}.{encode_token(target)}"
 
 
+def control_wildcard(action: str) -> str:
+    """Every target of one control action, e.g. ``tether.control.drain.*``."""
+    return f"{PREFIX}.control.{action}.*"
+
+
 def event_subject(kind: str, state: str) -> str:
     return f"{PREFIX}.events.{kind}.{state}"

@@ -95,6 +95,9 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self._load_lock = asyncio.Lock()
+        self.stopped = asyncio.Event()  # set once closed (a drain ordered over NATS ends the process)
+        self._control_subs: list[object] = []
+        self._drain_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -113,6 +116,10 @@ class Worker:
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
         )
+        for target in (self.worker_id, "all"):
+            self._control_subs.append(
+                await nc.subscribe(subjects.control_subject("drain", target), cb=self._on_drain)
+            )
         self.state = WorkerState.RUNNING
         await self._beat()
         self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
@@ -144,10 +151,12 @@ class Worker:
     async def close(self) -> None:
         if self.state is WorkerState.STOPPED:
             return
+        ended = "drained" if self.state is WorkerState.DRAINING else "stopped"
         self.state = WorkerState.STOPPED
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in [self._sub, *self._control_subs]:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()  # type: ignore[attr-defined]
         await self._tasks.close()
         await self._jobs.close()
         if self.reporter is not None:
@@ -156,9 +165,19 @@ class Worker:
             if slot.runtime is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(slot.runtime.close)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    subjects.event_subject("worker", ended),
+                    codec.encode(
+                        {"kind": "worker", "workerId": self.worker_id, "state": ended.upper(), "ts": time.time()}
+                    ),
+                    headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+                )
         if self.nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        self.stopped.set()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     async def __aenter__(self) -> Worker:
@@ -167,6 +186,23 @@ class Worker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _on_drain(self, msg: Msg) -> None:
+        """``tether.control.drain.<worker>`` (or ``.all``): drain within the given grace, then stop."""
+        grace = 30.0
+        with contextlib.suppress(Exception):
+            body = codec.decode(msg.data, codec.content_type_of(msg.headers)) if msg.data else {}
+            grace = float(body.get("graceS", grace))
+        log.warning("drain ordered", extra={"worker": self.worker_id, "grace_s": grace})
+        if msg.reply and self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    msg.reply,
+                    codec.encode({"workerId": self.worker_id, "draining": True, "inflight": len(self._jobs)}),
+                    headers={codec.CONTENT_TYPE: codec.JSON},
+                )
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drain(grace))
 
     # ---- presence -----------------------------------------------------------------------------
 
@@ -288,6 +324,8 @@ class Worker:
             assert self.js is not None
             await publish_final(self.js, result, hop, budget_s=max(5.0, d.deadline - time.time()))
         except asyncio.CancelledError:
+            # stopped before finishing (drain grace expired): hand the job back for re-placement now
+            await self._report(d, hop, started, WorkerFailed(f"worker {self.worker_id} stopped; job handed back"))
             raise
         except Exception as exc:
             err = exc if isinstance(exc, TetherError) else WorkerFailed(f"{type(exc).__name__}: {exc}")

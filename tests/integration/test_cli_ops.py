@@ -17,7 +17,7 @@ from tether.settings import Settings
 COMMANDS = [
     [], ["up"], ["nats"], ["gateway"], ["scheduler"], ["worker"], ["infer"], ["status"], ["jobs"], ["jobs", "list"],
     ["jobs", "show"], ["jobs", "replay"], ["dlq"], ["dlq", "list"], ["keys"], ["keys", "add"], ["keys", "list"],
-    ["keys", "revoke"], ["bench"],
+    ["keys", "revoke"], ["bench"], ["dlq", "show"], ["dlq", "retry"], ["drain"],
 ]
 
 
@@ -85,4 +85,4 @@ async def test_ops_commands_against_a_running_system(echo_system, nc, settings: 
     assert r.returncode == 0 and "40 ok" in r.stdout, r.stdout + r.stderr
 
     r = await _cli(settings, tmp_path, "dlq", "list", "--json")
-    assert r.returncode == 0 and r.stdout.strip() == ""
+    assert r.returncode == 0 and json.loads(r.stdout) == []

@@ -127,6 +127,9 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     shown = poll(completed, timeout=30, what=f"job {job_id} COMPLETED in the store")
     assert len(shown["attempts"]) == 1, shown
     assert shown["result"]["result"] == "as json", shown
+    placement = shown["job"]["placement"]  # why this worker: the score and each weighted term
+    assert placement["policy"] == "affinity" and placement["worker"] == reply["workerId"], placement
+    assert {"region", "device", "load", "warm", "reliability", "rtt"} == placement["terms"].keys(), placement
 
     r = run_tether("jobs", "list", env=cli)
     assert r.returncode == 0, r.stderr
