@@ -5,6 +5,7 @@
     tether infer TEXT --model M     one request through tether.infer
     tether status                   workers, models, heartbeat ages, queue depth
     tether jobs list | show ID      job state, attempts and placement from the store
+    tether keys gen|show|allow|deny|list   node keys and the trust lists (tether/keys_cli.py)
 
 Exit codes: 0 ok, 1 failed, 2 usage.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -26,7 +28,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["models"] = [m for m in args.models.split(",") if m]
     if getattr(args, "region", None):
         overrides["region"] = args.region
-    return Settings.from_env(**overrides)
+    if getattr(args, "insecure", False):
+        os.environ["TETHER_INSECURE"] = "1"  # children started by `tether up` inherit it
+        overrides["insecure"] = True
+    s = Settings.from_env(**overrides)
+    if args.cmd in ("up", "gateway", "scheduler", "worker"):
+        from tether.security import warn_insecure
+
+        warn_insecure(s)
+    return s
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -76,11 +86,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from tether.roles import run_worker
-    from tether.workerid import worker_identity
+    from tether.security import node_identity
 
     s = _settings(args)
-    worker_id = args.worker_id or worker_identity(s.home, args.name)
-    return _role(lambda: run_worker(s, worker_id=worker_id, grace_s=args.grace))
+    identity = node_identity(s, "worker", args.name)
+    return _role(lambda: run_worker(s, identity=identity, grace_s=args.grace))
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -158,10 +168,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tether.keys_cli import add_parser as add_keys
+
     p = argparse.ArgumentParser(prog="tether", description="Many machines, one inference service, over NATS.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    insecure = argparse.ArgumentParser(add_help=False)
+    insecure.add_argument(
+        "--insecure", action="store_true", help="trust any signing key (development only; prints a warning)"
+    )
 
-    up = sub.add_parser("up", help="run nats-server, scheduler, worker and gateway here (development)")
+    up = sub.add_parser(
+        "up", parents=[insecure], help="run nats-server, scheduler, worker and gateway here (development)"
+    )
     up.add_argument("--no-demo", action="store_true", help="skip the demo question once ready")
     up.add_argument("--models", help="comma-separated model specs (default: echo, smollm2, minilm)")
     up.set_defaults(fn=cmd_up)
@@ -170,14 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, help="port (default TETHER_NATS_PORT or 4222)")
     n.set_defaults(fn=cmd_nats)
 
-    sub.add_parser("gateway", help="run a gateway (tether.infer)").set_defaults(fn=cmd_gateway)
-    sub.add_parser("scheduler", help="run a scheduler").set_defaults(fn=cmd_scheduler)
+    sub.add_parser("gateway", parents=[insecure], help="run a gateway (tether.infer)").set_defaults(
+        fn=cmd_gateway
+    )
+    sub.add_parser("scheduler", parents=[insecure], help="run a scheduler").set_defaults(fn=cmd_scheduler)
 
-    w = sub.add_parser("worker", help="run a worker")
+    w = sub.add_parser("worker", parents=[insecure], help="run a worker")
     w.add_argument("--models", help="comma-separated model specs (default TETHER_MODELS or echo)")
     w.add_argument("--region", help="region label (default TETHER_REGION or local)")
     w.add_argument("--name", default="worker", help="identity name under TETHER_HOME/keys (default worker)")
-    w.add_argument("--worker-id", help="override the worker id derived from the identity key")
     w.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
     w.set_defaults(fn=cmd_worker)
 
@@ -194,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--msgpack", action="store_true", help="send and receive msgpack instead of JSON")
     i.set_defaults(fn=cmd_infer)
 
-    st = sub.add_parser("status", help="workers, models, heartbeat ages, queue depth")
+    st = sub.add_parser("status", parents=[insecure], help="workers, models, heartbeat ages, queue depth")
     st.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(fn=cmd_status)
@@ -207,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     js = jsub.add_parser("show", help="one job: state, attempts, placement, result")
     js.add_argument("job_id")
     j.set_defaults(fn=cmd_jobs)
+    add_keys(sub)
     return p
 
 

@@ -10,7 +10,8 @@ Encodings (one rule everywhere):
 
 Key files: ``<path>`` holds the secret seed as one JSON line
 ``{"version": 1, "role": ..., "seed": <urlsafe b64>}`` with mode 0600;
-``<path>.pub`` holds ``<public key> # <node id> <role>``, a valid allowlist line.
+``<path>.pub`` holds ``<public key> <role>  # <node id>``, a valid allowlist line
+(see ``tether.trust``) that allows the key in its own role only.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class Identity:
                     f"key file {p} already exists; refusing to overwrite a node identity "
                     "(pass force=True to replace it)"
                 ) from None
-        line = f"{self.public_key_b64} # {self.node_id} {self.role}\n"
+        line = f"{self.public_key_b64} {self.role}  # {self.node_id}\n"
         _replace_atomic(pub_path(p), line.encode("ascii"), 0o644)
 
     @classmethod

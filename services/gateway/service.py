@@ -43,7 +43,7 @@ class Gateway:
     def __init__(self, settings: Settings, *, gateway_id: str | None = None) -> None:
         self.settings = settings
         self.gateway_id = gateway_id or f"g-{os.urandom(6).hex()}"
-        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.fleet = FleetView.from_settings(settings)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._own_nc = False

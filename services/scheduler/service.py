@@ -83,7 +83,7 @@ class Scheduler:
         self.scheduler_id = scheduler_id or f"s-{os.urandom(6).hex()}"
         self.store = store or open_store(settings.store_url)
         self.placement = placement or LeastLoaded()
-        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.fleet = FleetView.from_settings(settings)
         self.state = SchedulerState.NEW
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None

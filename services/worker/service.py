@@ -37,9 +37,13 @@ from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from streams import apply, topology
 from tether import codec, subjects, telemetry
 from tether.connection import connect
+from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE
 from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
+from tether.identity import Identity
 from tether.results import publish_final
+from tether.security import node_identity
 from tether.settings import Settings
+from tether.signed import envelope_headers, seal_message
 from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -67,9 +71,21 @@ class ServedSlot:
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, worker_id: str, specs: list[ModelSpec]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        specs: list[ModelSpec],
+        identity: Identity | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        """``identity`` signs presence; default ``TETHER_HOME/keys/worker.key``. The worker id is
+        the identity's node id (``worker_id``, when given, must be that id)."""
         self.settings = settings
-        self.worker_id = worker_id
+        self.identity = identity or node_identity(settings, "worker")
+        if worker_id is not None and worker_id != self.identity.node_id:
+            raise ValueError(f"worker id {worker_id!r} does not belong to key {self.identity.node_id}")
+        worker_id = self.worker_id = self.identity.node_id
         self.state = WorkerState.NEW
         self.slots: dict[tuple[str, str], ServedSlot] = {
             (s.model_id, s.version): ServedSlot(s) for s in specs
@@ -163,8 +179,8 @@ class Worker:
         p = self.presence.build()
         await self.nc.publish(
             subjects.presence_subject(self.settings.region, self.worker_id),
-            codec.encode(p.wire()),
-            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+            seal_message(self.identity, p, PURPOSE_PRESENCE),
+            headers=envelope_headers(telemetry.child_headers(None)),
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -183,8 +199,8 @@ class Worker:
         ann = self.presence.announcement(slot.served(), slot.detail)
         await self.nc.publish(
             subjects.model_subject(slot.spec.model_id, slot.spec.version, self.settings.region),
-            codec.encode(ann.wire()),
-            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+            seal_message(self.identity, ann, PURPOSE_MODEL),
+            headers=envelope_headers(telemetry.child_headers(None)),
         )
 
     async def _load(self, slot: ServedSlot) -> None:
