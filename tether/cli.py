@@ -6,6 +6,7 @@
     tether status                   workers, models, heartbeat ages, queue depth
     tether jobs list | show ID      job state, attempts and placement from the store
     tether keys gen|show|allow|deny|list   node keys and the trust lists (tether/keys_cli.py)
+    tether models publish|verify    signed model artifacts (tether/artifacts/cli.py)
 
 Exit codes: 0 ok, 1 failed, 2 usage.
 """
@@ -168,6 +169,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tether.artifacts.cli import add_parser as add_models
     from tether.keys_cli import add_parser as add_keys
 
     p = argparse.ArgumentParser(prog="tether", description="Many machines, one inference service, over NATS.")
@@ -227,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("job_id")
     j.set_defaults(fn=cmd_jobs)
     add_keys(sub)
+    add_models(sub)
     return p
 
 

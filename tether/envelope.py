@@ -212,7 +212,8 @@ class Verifier:
     presence, ``scheduler`` for dispatch, ``publisher`` for manifests), and the
     prefix an ``expect_node_id`` must carry. ``allow_all=True`` (``--insecure``)
     skips only the allowlist check; the denylist, signature, skew and replay
-    checks still apply.
+    checks still apply. ``fresh=False`` is for long-lived signatures (artifact
+    manifests): no skew window and no nonce cache.
     """
 
     def __init__(
@@ -226,8 +227,10 @@ class Verifier:
         allow_all: bool = False,
         max_nonces: int = 2_000_000,
         max_cached_keys: int = 10_000,
+        fresh: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.fresh = fresh
         self.trust = trust if trust is not None else TrustStore()
         for k in allowed:
             self.trust.add_allowed(k)
@@ -347,6 +350,8 @@ class Verifier:
             now = self.clock()
         skew = self.skew_s
         ts = env.timestamp
+        if not self.fresh:
+            ts, now, skew = 0.0, 0.0, math.inf  # a long-lived signature: no window, no nonce
         if ts < now - skew:
             raise self.reject("stale", f"timestamp {now - ts:.1f}s old (skew window {skew:g}s)")
         if ts > now + skew:
@@ -360,7 +365,7 @@ class Verifier:
             vk.verify(CONTEXT + body, env.signature)
         except BadSignatureError:
             raise self.reject("bad_signature", "signature does not verify") from None
-        if not self.nonces.add(pk + env.nonce, ts + skew, now):
+        if self.fresh and not self.nonces.add(pk + env.nonce, ts + skew, now):
             raise self.reject("replayed", "nonce already seen")
         self.accepted += 1
         return env

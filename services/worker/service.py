@@ -30,6 +30,8 @@ from schemas import (
     ServedModel,
     Usage,
 )
+from services.worker.artifacts import artifact_cache
+from services.worker.artifacts import resolve as resolve_artifact
 from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder
 from services.worker.runtimes.base import ModelRuntime, RunRequest
@@ -210,7 +212,8 @@ class Worker:
         try:
             # One load at a time: bounded memory, and no racing lazy imports inside transformers.
             async with self._load_lock:
-                runtime = build_runtime(slot.spec)
+                spec = await resolve_artifact(slot.spec, artifact_cache(self.settings, self.js))
+                runtime = build_runtime(spec)
                 await asyncio.to_thread(runtime.load)
         except Exception as exc:
             if runtime is not None:
