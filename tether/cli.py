@@ -7,6 +7,7 @@
     tether jobs list | show ID      job state, attempts and placement from the store
     tether keys gen|show|allow|deny|list   node keys and the trust lists (tether/keys_cli.py)
     tether models publish|verify    signed model artifacts (tether/artifacts/cli.py)
+    tether certs gen|users          TLS and per-role users for infra/nats/prod.conf (tether/certs.py)
 
 Exit codes: 0 ok, 1 failed, 2 usage.
 """
@@ -170,6 +171,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tether.artifacts.cli import add_parser as add_models
+    from tether.certs import add_parser as add_certs
     from tether.keys_cli import add_parser as add_keys
 
     p = argparse.ArgumentParser(prog="tether", description="Many machines, one inference service, over NATS.")
@@ -230,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.set_defaults(fn=cmd_jobs)
     add_keys(sub)
     add_models(sub)
+    add_certs(sub)
     return p
 
 
