@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import nats
+import psutil
 
 from tether import subjects
 from tether.natsserver import free_port
@@ -37,10 +38,28 @@ async def main():
     async def cb(msg):
         await msg.respond(msg.data)
     await nc.subscribe("bench.raw", queue="raw", cb=cb)
+    await nc.flush()
     print("ready", flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
 """
+
+
+def cpu_snapshot(root_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process under ``root_pid`` and by this one."""
+    out: dict[str, float] = {}
+    procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True), psutil.Process()]
+    for p in procs:
+        try:
+            cmd = " ".join(p.cmdline())
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        name = "bench client" if p.pid == os.getpid() else next(
+            (r for r in ("nats-server", "scheduler", "worker", "gateway", " up") if r in cmd), p.name()
+        ).strip()
+        out[name] = out.get(name, 0.0) + t.user + t.system
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -123,7 +142,9 @@ async def run(args: argparse.Namespace) -> None:
         raw_lat = await latency(nc, "bench.raw", raw_body, args.n_latency)
         inf_lat = await latency(nc, subjects.INFER, infer_body, args.n_latency)
         raw_tp = await throughput(nc, "bench.raw", raw_body, args.n_throughput, args.concurrency)
+        cpu0 = cpu_snapshot(up.pid)
         inf_tp = await throughput(nc, subjects.INFER, infer_body, args.n_throughput, args.concurrency)
+        cpu1 = cpu_snapshot(up.pid)
         await nc.close()
 
         print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
@@ -138,6 +159,10 @@ async def run(args: argparse.Namespace) -> None:
         print(f"throughput at concurrency {args.concurrency} ({args.n_throughput} requests):")
         print(f"  raw request/reply {raw_tp:10.0f} req/s")
         print(f"  tether.infer      {inf_tp:10.0f} jobs/s   ({inf_tp / raw_tp:.3f} of raw)")
+        print(f"CPU per job during the tether.infer throughput run (all {os.cpu_count()} cores shared):")
+        for name in sorted(cpu1, key=lambda k: cpu0.get(k, 0.0) - cpu1[k]):
+            used = cpu1[name] - cpu0.get(name, 0.0)
+            print(f"  {name:18}{used / args.n_throughput * 1e6:8.0f} us/job")
         print(f"  mean latency tether.infer {statistics.mean(inf_lat):.3f} ms at concurrency 1")
     finally:
         if responder is not None:

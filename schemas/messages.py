@@ -187,7 +187,7 @@ class ModelAnnouncement(_Internal):
 
 
 class Dispatch(_Internal):
-    """Scheduler -> worker on ``tether.dispatch.<worker>`` (request; the reply is a DispatchAck)."""
+    """One assignment: an attempt of a job on a worker (carried inside a ``DispatchBatch``)."""
 
     job_id: str
     attempt: int
@@ -200,11 +200,28 @@ class Dispatch(_Internal):
     report_to: str
     scheduler_id: str
     deadline: float
+    trace: dict[str, str] = Field(default_factory=dict)  # the job's correlation-id and traceparent
+
+
+class DispatchBatch(_Internal):
+    """Scheduler -> worker on ``tether.dispatch.<worker>``: the assignments made in one event-loop turn.
+
+    The worker answers on ``report_to`` with a ``ReportBatch``: an ack (accept or
+    refuse) per assignment, then a report per finished attempt. Batching keeps the
+    message count per job low under load without adding latency (a batch leaves in
+    the same loop turn its first assignment was made).
+    """
+
+    scheduler_id: str
+    report_to: str
+    items: list[Dispatch]
 
 
 class DispatchAck(_Internal):
     accepted: bool
     worker_id: str
+    job_id: str = ""
+    attempt: int = 0
     error: ErrorInfo | None = None
 
 
@@ -218,6 +235,17 @@ class AttemptReport(_Internal):
     error: ErrorInfo | None = None
     started_at: float
     finished_at: float
+
+
+class ReportBatch(_Internal):
+    """Worker -> the dispatching scheduler on ``tether.reports.<scheduler>``: acks and finished attempts.
+
+    A report implies acceptance, so an ack whose attempt already finished is not sent.
+    """
+
+    worker_id: str
+    acks: list[DispatchAck] = Field(default_factory=list)
+    reports: list[AttemptReport] = Field(default_factory=list)
 
 
 class ResultChunk(_Internal):
@@ -286,8 +314,10 @@ PUBLIC_MESSAGES: dict[str, type[BaseModel]] = {
     "presence": Presence,
     "model_announcement": ModelAnnouncement,
     "dispatch": Dispatch,
+    "dispatch_batch": DispatchBatch,
     "dispatch_ack": DispatchAck,
     "attempt_report": AttemptReport,
+    "report_batch": ReportBatch,
     "result_chunk": ResultChunk,
     "cancel_request": CancelRequest,
 }

@@ -67,10 +67,11 @@ def cmd_nats(args: argparse.Namespace) -> int:
 
 
 def _role(coro_factory: Any) -> int:
+    from tether.tasks import run_main
     from tether.telemetry import setup_logging
 
     setup_logging()
-    asyncio.run(coro_factory())
+    run_main(coro_factory())
     return 0
 
 

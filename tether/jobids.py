@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
+
+from tether.telemetry import random_hex
 
 
 def new_job_id() -> str:
     """``j-`` + 12 hex digits of milliseconds + 12 random hex digits: sortable by submit time."""
-    return f"j-{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
+    return f"j-{int(time.time() * 1000):012x}{random_hex(6)}"
 
 
 def idempotent_job_id(tenant_id: str, idempotency_key: str) -> str:

@@ -29,8 +29,15 @@ async def publish_final(
     hdrs = {**headers, codec.CONTENT_TYPE: codec.JSON, "Nats-Msg-Id": DEDUPE_PREFIX + result.job_id}
     payload = codec.encode(result.wire())
     subject = subjects.result_subject(result.job_id)
+    t0 = time.monotonic()
+    try:  # the common case: one publish, no retry machinery
+        ack = await js.publish(subject, payload, stream=RESULTS, headers=dict(hdrs))
+        return not ack.duplicate
+    except Exception:
+        if time.monotonic() - t0 >= budget_s:
+            raise
     async for attempt in AsyncRetrying(
-        stop=stop_after_delay(budget_s),
+        stop=stop_after_delay(max(0.0, budget_s - (time.monotonic() - t0))),
         wait=wait_exponential_jitter(initial=0.05, max=2.0),
         retry=retry_if_exception_type(Exception),
         reraise=True,

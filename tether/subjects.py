@@ -11,6 +11,7 @@ inverts it.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from tether.errors import InvalidRequest
@@ -31,7 +32,13 @@ _ESCAPE = re.compile(r"~([0-9A-F]{2})")
 _TOKEN_OK = re.compile(r"^[A-Za-z0-9_~-]+$")
 
 
+_ALL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@functools.lru_cache(maxsize=4096)
 def encode_token(value: str) -> str:
+    if _ALL_SAFE.fullmatch(value):
+        return value
     if not value:
         raise InvalidRequest("empty subject token")
     out: list[str] = []

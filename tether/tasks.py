@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class TaskGroup:
@@ -53,3 +55,21 @@ class TaskGroup:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+
+
+def run_main(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run a service's main coroutine on uvloop when it is installed (``TETHER_UVLOOP=0`` opts out).
+
+    uvloop's C event loop and transports roughly halve the per-message CPU cost of
+    nats-py on the hot path (see README, performance); asyncio's own loop is the fallback.
+    """
+    factory = None
+    if os.environ.get("TETHER_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -27,8 +28,21 @@ _propagator = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("tether")
 
 
+# Trace, span and correlation ids need to be unique, not secret: a PRNG seeded from the OS
+# (re-seeded after fork) avoids a getrandom() syscall per id on the hot path.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def random_hex(nbytes: int) -> str:
+    return f"{_ids.getrandbits(nbytes * 8):0{nbytes * 2}x}"
+
+
 def new_traceparent(trace_id: str | None = None) -> str:
-    return f"00-{trace_id or os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+    span_id = random_hex(8)
+    while span_id == "0" * 16:  # all-zero ids are invalid in W3C trace context
+        span_id = random_hex(8)
+    return f"00-{trace_id or random_hex(16)}-{span_id}-01"
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -42,12 +56,40 @@ def trace_id_of(traceparent: str | None) -> str | None:
 def child_headers(parent: Mapping[str, str] | None, correlation_id: str | None = None) -> dict[str, str]:
     """Headers for the next hop: same correlation id and trace id, a fresh span id."""
     parent = parent or {}
-    cid = correlation_id or parent.get(CORRELATION_ID) or os.urandom(12).hex()
+    cid = correlation_id or parent.get(CORRELATION_ID) or random_hex(12)
     return {CORRELATION_ID: cid, TRACEPARENT: new_traceparent(trace_id_of(parent.get(TRACEPARENT)))}
 
 
+def tracing_enabled() -> bool:
+    """True once an OpenTelemetry SDK tracer provider is installed (the API alone records nothing)."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+class _NoSpan:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+def span(
+    name: str, headers: Mapping[str, str] | None = None, **attributes: str
+) -> AbstractContextManager[None]:
+    """A span under the trace in ``headers``; free when no SDK is configured (the hot path)."""
+    if not tracing_enabled():
+        return _NO_SPAN
+    return _sdk_span(name, headers, attributes)
+
+
 @contextmanager
-def span(name: str, headers: Mapping[str, str] | None = None, **attributes: str) -> Iterator[None]:
+def _sdk_span(name: str, headers: Mapping[str, str] | None, attributes: dict[str, str]) -> Iterator[None]:
     ctx = _propagator.extract(carrier=dict(headers or {}))
     with _tracer.start_as_current_span(name, context=ctx, attributes=attributes):
         yield

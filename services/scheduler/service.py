@@ -19,21 +19,22 @@ import random
 import time
 from collections import Counter
 from enum import StrEnum
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from pydantic import BaseModel
 
-from schemas import AttemptReport, Dispatch, DispatchAck, ErrorInfo, ResultMessage
+from schemas import AttemptReport, Dispatch, ErrorInfo, ResultMessage
 from services.scheduler import outcomes
+from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.placement import LeastLoaded, Placement
 from services.scheduler.pull import PullConsumer
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
 from streams.definitions import SCHEDULER_ACK_WAIT_S
-from tether import codec, subjects, telemetry
+from tether import telemetry
 from tether.connection import connect
 from tether.errors import (
     ModelUnknown,
@@ -91,7 +92,7 @@ class Scheduler:
         self._tasks = TaskGroup(f"scheduler:{self.scheduler_id}")
         self._jobs = TaskGroup(f"scheduler-jobs:{self.scheduler_id}")
         self._held: dict[str, Msg] = {}
-        self._reports: dict[tuple[str, int], asyncio.Future[AttemptReport]] = {}
+        self.dispatcher: Dispatcher | None = None
         self._inflight_by_worker: Counter[str] = Counter()
         self._puller: PullConsumer | None = None
         self._started = 0.0
@@ -108,10 +109,12 @@ class Scheduler:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
-        await nc.subscribe(subjects.report_subject(self.scheduler_id), cb=self._on_report)
+        self.dispatcher = Dispatcher(nc, self.scheduler_id)
+        await self.dispatcher.start()
         await self.fleet.start(nc, self.js)
         self._started = time.time()
         self.state = SchedulerState.RUNNING
+        self._tasks.spawn(self.dispatcher.run(), name="dispatch")
         self._tasks.spawn(self._consume(), name="consume")
         self._tasks.spawn(self._keepalive(), name="keepalive")
         log.info(
@@ -139,6 +142,8 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await msg.nak()
         self._held.clear()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         await self.fleet.stop()
         if self.nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
@@ -266,9 +271,8 @@ class Scheduler:
         self, t: Ticket, worker_id: str, attempt: int, exec_timeout: float
     ) -> TetherError | None:
         """Dispatch one attempt and wait for its outcome. None means the job is finished."""
-        assert self.nc is not None and t.submission is not None
+        assert self.dispatcher is not None and t.submission is not None
         key = t.key
-        hop = telemetry.child_headers(t.headers)
         d = Dispatch(
             job_id=key.job_id,
             attempt=attempt,
@@ -276,27 +280,23 @@ class Scheduler:
             tenant_id=key.tenant_id,
             model_id=key.model_id,
             version=key.version,
-            input=t.submission.wire()["input"],
+            input=_wire_input(t.submission.input),
             params=t.submission.params.wire() if t.submission.params else {},
-            report_to=subjects.report_subject(self.scheduler_id),
+            report_to=self.dispatcher.report_to,
             scheduler_id=self.scheduler_id,
             deadline=time.time() + exec_timeout,
+            trace=telemetry.child_headers(t.headers),
         )
-        fut: asyncio.Future[AttemptReport] = asyncio.get_running_loop().create_future()
-        self._reports[(key.job_id, attempt)] = fut
+        watch = self.dispatcher.submit(worker_id, d)
         self._inflight_by_worker[worker_id] += 1
         try:
             try:
-                reply = await self.nc.request(
-                    subjects.dispatch_subject(worker_id),
-                    codec.encode(d.wire(), codec.MSGPACK),
-                    timeout=self.settings.dispatch_ack_s,
-                    headers={**hop, codec.CONTENT_TYPE: codec.MSGPACK},
+                ack = await asyncio.wait_for(
+                    asyncio.shield(watch.accepted), timeout=self.settings.dispatch_ack_s
                 )
-                ack = DispatchAck.model_validate(codec.decode(reply.data, codec.MSGPACK))
-            except (NatsTimeout, TimeoutError, NoRespondersError) as exc:
+            except TimeoutError:
                 err: TetherError = WorkerFailed(
-                    f"worker {worker_id} did not accept the job: {type(exc).__name__}"
+                    f"worker {worker_id} did not accept the job within {self.settings.dispatch_ack_s:g}s"
                 )
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
                 return err
@@ -305,7 +305,7 @@ class Scheduler:
                 err = NoCapacity(f"worker {worker_id} refused: {info.message}")
                 await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
                 return err
-            report = await self._await_outcome(fut, key.job_id, attempt, exec_timeout)
+            report = await self._await_outcome(watch.report, key.job_id, attempt, exec_timeout)
             if report is None:
                 stored = await fetch_final(self.js, key.job_id) if self.js else None
                 if stored is not None:
@@ -330,7 +330,7 @@ class Scheduler:
             await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
             return failure
         finally:
-            self._reports.pop((key.job_id, attempt), None)
+            self.dispatcher.forget(key.job_id, attempt)
             self._inflight_by_worker[worker_id] -= 1
             if self._inflight_by_worker[worker_id] <= 0:
                 del self._inflight_by_worker[worker_id]
@@ -353,15 +353,6 @@ class Scheduler:
             return await asyncio.wait_for(fut, timeout=max(0.0, exec_timeout - RUNNING_WRITE_DELAY_S))
         except TimeoutError:
             return None
-
-    async def _on_report(self, msg: Msg) -> None:
-        try:
-            report = AttemptReport.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
-        except Exception:
-            return
-        fut = self._reports.get((report.job_id, report.attempt))
-        if fut is not None and not fut.done():
-            fut.set_result(report)
 
     # ---- outcomes -----------------------------------------------------------------------------
 
@@ -418,6 +409,13 @@ class Scheduler:
 
     def _past_grace(self) -> bool:
         return time.time() - self._started > 3 * self.settings.heartbeat_s
+
+
+def _wire_input(value: Any) -> Any:
+    """The submission's input as plain data (chat messages become dicts)."""
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return [m.model_dump(by_alias=True, exclude_none=True, mode="json") for m in value]
+    return value
 
 
 def _backoff(attempt: int) -> float:

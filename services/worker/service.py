@@ -1,8 +1,8 @@
 """The worker: serves models, accepts assignments, runs them, publishes results.
 
-tether.dispatch.<worker>   <- scheduler's assignment (request; we reply accept / refuse)
+tether.dispatch.<worker>   <- a scheduler's assignments (DispatchBatch)
 tether.results.<job>       -> the final result, into JetStream RESULTS (deduplicated per job)
-tether.reports.<scheduler> -> how the attempt ended, to the scheduler that placed it
+tether.reports.<scheduler> -> acks (accept / refuse) and how each attempt ended (ReportBatch)
 tether.presence.<region>.<worker>, tether.models.<model>.<version>.<region> -> heartbeats, availability
 """
 
@@ -23,6 +23,7 @@ from schemas import (
     AttemptReport,
     Dispatch,
     DispatchAck,
+    DispatchBatch,
     ErrorInfo,
     ModelState,
     ResultMessage,
@@ -34,6 +35,7 @@ from services.worker.artifacts import artifact_cache
 from services.worker.artifacts import resolve as resolve_artifact
 from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder
+from services.worker.reporting import Reporter
 from services.worker.runtimes.base import ModelRuntime, RunRequest
 from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from streams import apply, topology
@@ -98,6 +100,7 @@ class Worker:
         self.js: JetStreamContext | None = None
         self._own_nc = False
         self._sub = None
+        self.reporter: Reporter | None = None
         self.presence = PresenceBuilder(
             worker_id=worker_id,
             region=settings.region,
@@ -121,10 +124,17 @@ class Worker:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
-        self._sub = await nc.subscribe(subjects.dispatch_subject(self.worker_id), cb=self._on_dispatch)
+        self.reporter = Reporter(nc, self.worker_id)
+        self._sub = await nc.subscribe(
+            subjects.dispatch_subject(self.worker_id),
+            cb=self._on_dispatch,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
         self.state = WorkerState.RUNNING
         await self._beat()
         self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
+        self._tasks.spawn(self.reporter.run(), name="reporter")
         for slot in self.slots.values():
             self._tasks.spawn(self._load(slot), name=f"load:{slot.spec.model_id}")
         log.info("worker started", extra={"worker": self.worker_id, "models": [k[0] for k in self.slots]})
@@ -158,6 +168,8 @@ class Worker:
                 await self._sub.unsubscribe()
         await self._tasks.close()
         await self._jobs.close()
+        if self.reporter is not None:
+            await self.reporter.flush()  # acks and reports of attempts that ended while stopping
         for slot in self.slots.values():
             if slot.runtime is not None:
                 with contextlib.suppress(Exception):
@@ -238,37 +250,41 @@ class Worker:
 
     async def _on_dispatch(self, msg: Msg) -> None:
         try:
-            d = Dispatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+            batch = DispatchBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
         except Exception as exc:
             log.warning("malformed dispatch dropped", extra={"error": str(exc)})
             return
-        slot = self.slots.get((d.model_id, d.version))
-        refusal: TetherError | None = None
-        if self.state is not WorkerState.RUNNING:
-            refusal = NoCapacity(f"worker {self.worker_id} is {self.state}")
-        elif slot is None or slot.state is not ModelState.WARM or slot.runtime is None:
-            refusal = ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version} warm")
-        elif len(self._jobs) >= self.settings.worker_concurrency:
-            refusal = NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
-        ack = DispatchAck(
-            accepted=refusal is None,
-            worker_id=self.worker_id,
-            error=ErrorInfo.model_validate(refusal.to_wire()) if refusal else None,
-        )
-        if msg.reply:
-            await self.nc.publish(
-                msg.reply,
-                codec.encode(ack.wire(), codec.MSGPACK),  # type: ignore[union-attr]
-                headers={codec.CONTENT_TYPE: codec.MSGPACK},
+        assert self.reporter is not None
+        for d in batch.items:
+            slot = self.slots.get((d.model_id, d.version))
+            refusal = self._refusal(d, slot)
+            self.reporter.ack(
+                d.report_to,
+                DispatchAck(
+                    accepted=refusal is None,
+                    worker_id=self.worker_id,
+                    job_id=d.job_id,
+                    attempt=d.attempt,
+                    error=ErrorInfo.model_validate(refusal.to_wire()) if refusal else None,
+                ),
             )
-        if refusal is None and slot is not None:
-            self._jobs.spawn(self._run(d, slot, dict(msg.headers or {})), name=f"job:{d.job_id}")
+            if refusal is None and slot is not None:
+                self._jobs.spawn(self._run(d, slot), name=f"job:{d.job_id}")
 
-    async def _run(self, d: Dispatch, slot: ServedSlot, headers: dict[str, str]) -> None:
+    def _refusal(self, d: Dispatch, slot: ServedSlot | None) -> TetherError | None:
+        if self.state is not WorkerState.RUNNING:
+            return NoCapacity(f"worker {self.worker_id} is {self.state}")
+        if slot is None or slot.state is not ModelState.WARM or slot.runtime is None:
+            return ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version} warm")
+        if len(self._jobs) >= self.settings.worker_concurrency:
+            return NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
+        return None
+
+    async def _run(self, d: Dispatch, slot: ServedSlot) -> None:
         assert slot.runtime is not None
         started = time.time()
         slot.inflight += 1
-        hop = telemetry.child_headers(headers)
+        hop = telemetry.child_headers(d.trace)
         try:
             with telemetry.span("worker.run", hop, job_id=d.job_id, model=d.model_id):
                 params = generation_params(d.params)
@@ -314,19 +330,16 @@ class Worker:
     async def _report(
         self, d: Dispatch, hop: dict[str, str], started: float, err: TetherError | None
     ) -> None:
-        assert self.nc is not None
-        report = AttemptReport(
-            job_id=d.job_id,
-            attempt=d.attempt,
-            worker_id=self.worker_id,
-            ok=err is None,
-            error=ErrorInfo.model_validate(err.to_wire()) if err else None,
-            started_at=started,
-            finished_at=time.time(),
+        assert self.reporter is not None
+        self.reporter.report(
+            d.report_to,
+            AttemptReport(
+                job_id=d.job_id,
+                attempt=d.attempt,
+                worker_id=self.worker_id,
+                ok=err is None,
+                error=ErrorInfo.model_validate(err.to_wire()) if err else None,
+                started_at=started,
+                finished_at=time.time(),
+            ),
         )
-        with contextlib.suppress(Exception):  # the scheduler's watchdog covers a lost report
-            await self.nc.publish(
-                d.report_to,
-                codec.encode(report.wire(), codec.MSGPACK),
-                headers={**hop, codec.CONTENT_TYPE: codec.MSGPACK},
-            )

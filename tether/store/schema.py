@@ -59,6 +59,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS reservations_open ON reservations(worker_id, released_at)",
         ),
     ),
+    (
+        2,
+        "index reservations by retry token (attempt close looks them up by token)",
+        ("CREATE INDEX IF NOT EXISTS reservations_by_token ON reservations(retry_token)",),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

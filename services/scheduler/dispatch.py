@@ -1,0 +1,118 @@
+"""Dispatch to workers in per-turn batches; route their acks and reports back to waiting attempts.
+
+Every assignment made during one event-loop turn for the same worker leaves as
+one ``DispatchBatch`` on ``tether.dispatch.<worker>`` (the sender task wakes on
+the next turn, so batching adds no latency). Workers answer on this
+scheduler's ``tether.reports.<scheduler>`` with ``ReportBatch`` messages that
+carry acks (accept / refuse) and final attempt reports; each resolves the
+``AttemptWatch`` of its ``(job, attempt)``. A report implies acceptance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import AttemptReport, Dispatch, DispatchAck, DispatchBatch, ReportBatch
+from tether import codec, subjects, telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AttemptWatch:
+    """What the scheduler waits on for one attempt: the worker's ack, then its report."""
+
+    worker_id: str
+    accepted: asyncio.Future[DispatchAck] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    report: asyncio.Future[AttemptReport] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Dispatcher:
+    def __init__(self, nc: Client, scheduler_id: str) -> None:
+        self._nc = nc
+        self.scheduler_id = scheduler_id
+        self.report_to = subjects.report_subject(scheduler_id)
+        self._watches: dict[tuple[str, int], AttemptWatch] = {}
+        self._outbox: dict[str, list[Dispatch]] = {}
+        self._wake = asyncio.Event()
+        self._sub = None
+        self.batches = 0
+        self.dispatched = 0
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(
+            self.report_to, cb=self._on_reports, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    def submit(self, worker_id: str, d: Dispatch) -> AttemptWatch:
+        """Queue ``d`` for ``worker_id``; it leaves with this turn's batch."""
+        watch = AttemptWatch(worker_id)
+        self._watches[(d.job_id, d.attempt)] = watch
+        self._outbox.setdefault(worker_id, []).append(d)
+        self._wake.set()
+        return watch
+
+    def forget(self, job_id: str, attempt: int) -> None:
+        self._watches.pop((job_id, attempt), None)
+
+    async def run(self) -> None:
+        """The sender: one batch per worker per wake-up."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            outbox, self._outbox = self._outbox, {}
+            for worker_id, items in outbox.items():
+                await self._send(worker_id, items)
+
+    async def _send(self, worker_id: str, items: list[Dispatch]) -> None:
+        batch = DispatchBatch(scheduler_id=self.scheduler_id, report_to=self.report_to, items=items)
+        try:
+            await self._nc.publish(
+                subjects.dispatch_subject(worker_id),
+                codec.encode(batch.wire(), codec.MSGPACK),
+                headers={**telemetry.child_headers(items[0].trace), codec.CONTENT_TYPE: codec.MSGPACK},
+            )
+        except Exception as exc:  # the ack timeout re-places these attempts
+            log.warning("dispatch publish failed", extra={"worker": worker_id, "error": repr(exc)})
+            return
+        self.batches += 1
+        self.dispatched += len(items)
+
+    async def _on_reports(self, msg: Msg) -> None:
+        try:
+            batch = ReportBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+        except Exception as exc:
+            log.warning("malformed report batch dropped", extra={"error": str(exc)})
+            return
+        for ack in batch.acks:
+            watch = self._watches.get((ack.job_id, ack.attempt))
+            if watch is not None and not watch.accepted.done():
+                watch.accepted.set_result(ack)
+        for report in batch.reports:
+            watch = self._watches.get((report.job_id, report.attempt))
+            if watch is None:
+                continue
+            if not watch.accepted.done():
+                watch.accepted.set_result(
+                    DispatchAck(
+                        accepted=True, worker_id=report.worker_id, job_id=report.job_id, attempt=report.attempt
+                    )
+                )
+            if not watch.report.done():
+                watch.report.set_result(report)
