@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 
 from schemas import AttemptReport, Dispatch, DispatchAck, DispatchBatch, ReportBatch
 from tether import codec, subjects, telemetry
+from tether.dispatch_auth import DispatchSigner
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ class AttemptWatch:
 
 
 class Dispatcher:
-    def __init__(self, nc: Client, scheduler_id: str) -> None:
+    def __init__(self, nc: Client, scheduler_id: str, signer: DispatchSigner) -> None:
         self._nc = nc
+        self._signer = signer
         self.scheduler_id = scheduler_id
         self.report_to = subjects.report_subject(scheduler_id)
         self._watches: dict[tuple[str, int], AttemptWatch] = {}
@@ -85,8 +87,11 @@ class Dispatcher:
         try:
             await self._nc.publish(
                 subjects.dispatch_subject(worker_id),
-                codec.encode(batch.wire(), codec.MSGPACK),
-                headers={**telemetry.child_headers(items[0].trace), codec.CONTENT_TYPE: codec.MSGPACK},
+                self._signer.seal(worker_id, codec.encode(batch.wire(), codec.MSGPACK)),
+                headers={
+                    **telemetry.child_headers(items[0].trace),
+                    codec.CONTENT_TYPE: self._signer.content_type,
+                },
             )
         except Exception as exc:  # the ack timeout re-places these attempts
             log.warning("dispatch publish failed", extra={"worker": worker_id, "error": repr(exc)})
@@ -111,7 +116,10 @@ class Dispatcher:
             if not watch.accepted.done():
                 watch.accepted.set_result(
                     DispatchAck(
-                        accepted=True, worker_id=report.worker_id, job_id=report.job_id, attempt=report.attempt
+                        accepted=True,
+                        worker_id=report.worker_id,
+                        job_id=report.job_id,
+                        attempt=report.attempt,
                     )
                 )
             if not watch.report.done():

@@ -36,6 +36,7 @@ from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
 from streams.definitions import SCHEDULER_ACK_WAIT_S
 from tether import telemetry
 from tether.connection import connect
+from tether.dispatch_auth import DispatchSigner
 from tether.errors import (
     ModelUnknown,
     NoCapacity,
@@ -46,6 +47,7 @@ from tether.errors import (
 )
 from tether.fleet import FleetView
 from tether.results import fetch_final
+from tether.security import node_identity
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStatus, JobStore, open_store
 from tether.tasks import TaskGroup
@@ -109,7 +111,8 @@ class Scheduler:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
-        self.dispatcher = Dispatcher(nc, self.scheduler_id)
+        signer = DispatchSigner(node_identity(self.settings, "scheduler"))
+        self.dispatcher = Dispatcher(nc, self.scheduler_id, signer)
         await self.dispatcher.start()
         await self.fleet.start(nc, self.js)
         self._started = time.time()

@@ -41,7 +41,8 @@ from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from streams import apply, topology
 from tether import codec, subjects, telemetry
 from tether.connection import connect
-from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE
+from tether.dispatch_auth import DispatchGate
+from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, EnvelopeRejected
 from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
 from tether.identity import Identity
 from tether.results import publish_final
@@ -101,6 +102,7 @@ class Worker:
         self._own_nc = False
         self._sub = None
         self.reporter: Reporter | None = None
+        self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
         self.presence = PresenceBuilder(
             worker_id=worker_id,
             region=settings.region,
@@ -125,6 +127,7 @@ class Worker:
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
         self.reporter = Reporter(nc, self.worker_id)
+        await self.dispatch_gate.start(self.js, self.settings)
         self._sub = await nc.subscribe(
             subjects.dispatch_subject(self.worker_id),
             cb=self._on_dispatch,
@@ -168,6 +171,7 @@ class Worker:
                 await self._sub.unsubscribe()
         await self._tasks.close()
         await self._jobs.close()
+        await self.dispatch_gate.stop()
         if self.reporter is not None:
             await self.reporter.flush()  # acks and reports of attempts that ended while stopping
         for slot in self.slots.values():
@@ -250,7 +254,11 @@ class Worker:
 
     async def _on_dispatch(self, msg: Msg) -> None:
         try:
-            batch = DispatchBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+            batch = DispatchBatch.model_validate(
+                codec.decode(self.dispatch_gate.open(msg.data), codec.MSGPACK)
+            )
+        except EnvelopeRejected:
+            return  # forged, replayed or untrusted: counted and logged by the gate
         except Exception as exc:
             log.warning("malformed dispatch dropped", extra={"error": str(exc)})
             return
