@@ -234,6 +234,12 @@ def _replace_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a secret file with mode 0600 (atomically, replacing any previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _replace_atomic(path, data, 0o600)
+
+
 def generate(role: str) -> Identity:
     """A fresh random identity."""
     return Identity.generate(role)

@@ -5,6 +5,7 @@
     tether keys allow KEY --role ROLE [--kv]      append to the allowlist file (or put into the KV bucket)
     tether keys deny KEY [--kv]
     tether keys list                              the allowlist file's entries
+    tether keys fleet [--force]                   the fleet's sealed-box (encryption) public key
 
 Key files live under ``TETHER_HOME/keys/<name>.key`` (mode 0600) with a
 ``.pub`` beside them; the allowlist file is ``TETHER_HOME/trust/allowlist``
@@ -19,7 +20,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from tether.identity import ROLES, Identity, decode_public_key, pub_path
+from tether.identity import ROLES, Identity, decode_public_key, encode_public_key, pub_path
 from tether.settings import Settings
 from tether.trust import allowlist_line, append_allowlist, kv_key, parse_allowlist
 
@@ -103,6 +104,25 @@ def cmd_deny(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace, s: Settings) -> int:
+    from tether.e2e import FleetBox, fleet_key_path
+
+    path = fleet_key_path(s.keys_dir)
+    try:
+        box = (
+            FleetBox.create(path, force=args.force)
+            if args.force or not path.exists()
+            else FleetBox.load(path)
+        )
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    assert box.public_key is not None
+    print(encode_public_key(box.public_key))
+    print(f"# fleet encryption key {path} (copy it, mode 0600, to every worker)", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, s: Settings) -> int:
     path = s.allowlist_path
     lists = parse_allowlist(path.read_text(), source=str(path)) if path.exists() else None
@@ -139,4 +159,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.add_argument("--note", help="a comment kept beside the entry")
         p.set_defaults(keys_fn=fn)
     ksub.add_parser("list", help="the allowlist file's entries").set_defaults(keys_fn=cmd_list)
+    f = ksub.add_parser("fleet", help="the fleet's sealed-box key (made if missing); prints its public key")
+    f.add_argument("--force", action="store_true", help="replace it (sealed requests in flight fail)")
+    f.set_defaults(keys_fn=cmd_fleet)
     k.set_defaults(fn=lambda args: args.keys_fn(args, Settings.from_env()))

@@ -11,13 +11,13 @@ nats-server denies anything not allowed and reports a permissions violation.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from streams import ARTIFACTS_BUCKET, TRUST_BUCKET
 from tether import subjects
+from tether.identity import write_private_file
 
 ROLES = ("admin", "scheduler", "gateway", "worker", "publisher", "client")
 
@@ -105,8 +105,5 @@ def write_auth(out: Path, users: list[NatsUser]) -> Path:
         ("auth.conf", render_auth(users)),
         ("credentials.json", json.dumps({u.name: u.password for u in users}, indent=2) + "\n"),
     ):
-        path = out / name
-        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write_private_file(out / name, text.encode())
     return out / "auth.conf"

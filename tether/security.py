@@ -6,8 +6,9 @@ which logs a warning at every start. Without an allowlist and without
 says how to fix it; nothing is silently let through.
 
 Development mode (``tether up``) calls ``ensure_dev_trust`` on first start: it
-creates the worker, scheduler and publisher keys under ``TETHER_HOME/keys`` and
-an allowlist under ``TETHER_HOME/trust`` naming each key in its role.
+creates the worker, scheduler and publisher keys and the fleet's sealed-box key
+under ``TETHER_HOME/keys``, and an allowlist under ``TETHER_HOME/trust`` naming
+each signing key in its role.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
+from tether.e2e import FleetBox, fleet_key_path
 from tether.envelope import Verifier
 from tether.identity import Identity, Role
 from tether.settings import Settings
@@ -107,6 +109,9 @@ def ensure_dev_trust(settings: Settings, extra_workers: int = 0) -> list[Identit
     """
     names = [*DEV_KEYS, *((f"worker-{i}", "worker") for i in range(1, extra_workers + 1))]
     idents = [Identity.load_or_create(key_path(settings, name), role) for name, role in names]
+    box = fleet_key_path(settings.keys_dir)
+    if not box.exists():
+        FleetBox.create(box)  # the fleet's sealed-box key, for end-to-end encrypted payloads
     path = settings.allowlist_path
     known = parse_allowlist(path.read_text(), source=str(path)).allowed if path.exists() else {}
     added = [i for i in idents if i.public_key not in known]

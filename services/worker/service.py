@@ -42,6 +42,7 @@ from streams import apply, topology
 from tether import codec, subjects, telemetry
 from tether.connection import connect
 from tether.dispatch_auth import DispatchGate
+from tether.e2e import FleetBox, fleet_key_path
 from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, EnvelopeRejected
 from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
 from tether.identity import Identity
@@ -103,6 +104,7 @@ class Worker:
         self._sub = None
         self.reporter: Reporter | None = None
         self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
+        self.fleet_box = FleetBox.load(fleet_key_path(settings.keys_dir))
         self.presence = PresenceBuilder(
             worker_id=worker_id,
             region=settings.region,
@@ -296,14 +298,15 @@ class Worker:
         try:
             with telemetry.span("worker.run", hop, job_id=d.job_id, model=d.model_id):
                 params = generation_params(d.params)
-                out = await slot.runtime.run(RunRequest(job_id=d.job_id, input=d.input, params=params))
+                opened = self.fleet_box.open(d.input)  # a sealed (end-to-end encrypted) input is opened here
+                out = await slot.runtime.run(RunRequest(job_id=d.job_id, input=opened.input, params=params))
             result = ResultMessage(
                 job_id=d.job_id,
                 status=ResultStatus.COMPLETED,
                 tenant_id=d.tenant_id,
                 model_id=d.model_id,
                 version=d.version,
-                result=out.output,
+                result=opened.seal_output(out.output),
                 worker_id=self.worker_id,
                 attempts=d.attempt,
                 usage=Usage(
