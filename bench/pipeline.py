@@ -55,13 +55,9 @@ def cpu_snapshot(root_pid: int) -> dict[str, float]:
             t = p.cpu_times()
         except psutil.Error:
             continue
-        name = (
-            "bench client"
-            if p.pid == os.getpid()
-            else next(
-                (r for r in ("nats-server", "scheduler", "worker", "gateway", " up") if r in cmd), p.name()
-            ).strip()
-        )
+        name = "bench client" if p.pid == os.getpid() else next(
+            (r for r in ("nats-server", "scheduler", "worker", "gateway", " up") if r in cmd), p.name()
+        ).strip()
         out[name] = out.get(name, 0.0) + t.user + t.system
     return out
 

@@ -207,15 +207,22 @@ def _write_fd(fd: int, data: bytes) -> None:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600; FileExistsError if it is already there."""
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    """Create ``path`` (mode 0600) with all of ``data`` at once; FileExistsError if it is there.
+
+    The content goes to a temporary file first and is hard-linked into place, so a
+    process racing to load the key never reads a half-written file.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
     try:
+        os.fchmod(fd, 0o600)
         _write_fd(fd, data)
-    except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+        fd = -1
+        os.link(tmp, path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _replace_atomic(path: Path, data: bytes, mode: int) -> None:

@@ -116,10 +116,7 @@ class Dispatcher:
             if not watch.accepted.done():
                 watch.accepted.set_result(
                     DispatchAck(
-                        accepted=True,
-                        worker_id=report.worker_id,
-                        job_id=report.job_id,
-                        attempt=report.attempt,
+                        accepted=True, worker_id=report.worker_id, job_id=report.job_id, attempt=report.attempt
                     )
                 )
             if not watch.report.done():

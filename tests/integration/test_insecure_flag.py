@@ -10,12 +10,15 @@ from tether.natsserver import NatsServer
 
 def test_insecure_warns_and_missing_allowlist_is_reported(tmp_path: Path, nats_server: NatsServer) -> None:
     procs = Procs(tmp_path)
-    env = tether_env(tmp_path / "home", url=nats_server.url)
-    try:
-        secure = procs.start("scheduler", env=env, name="secure")
-        insecure = procs.start("scheduler", "--insecure", env=env, name="insecure")
-        poll(lambda: "scheduler started" in procs.output(secure), timeout=60, what="secure scheduler up")
-        poll(lambda: "scheduler started" in procs.output(insecure), timeout=60, what="insecure scheduler up")
+    try:  # separate homes: each its own store (two schedulers migrating one fresh SQLite file race)
+        secure = procs.start("scheduler", env=tether_env(tmp_path / "a", url=nats_server.url), name="secure")
+        insecure_env = tether_env(tmp_path / "b", url=nats_server.url)
+        insecure = procs.start("scheduler", "--insecure", env=insecure_env, name="insecure")
+        for proc in (secure, insecure):
+            try:
+                poll(lambda p=proc: "scheduler started" in procs.output(p), timeout=60, what="scheduler up")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{procs.output(proc)[-3000:]}") from None
         assert procs.stop(secure) == 0 and procs.stop(insecure) == 0
     finally:
         procs.cleanup()
