@@ -6,8 +6,13 @@
     tether status [--watch]         workers, models, queue depths, SLIs (live with --watch)
     tether jobs list | show ID | replay --since 10m    the store's view, or RESULTS replayed
     tether dlq list                 dead letters replayed from the DLQ stream
-    tether keys add|list|revoke     API keys for the HTTP gateway (tenant per key)
+    tether apikeys add|list|revoke  API keys for the HTTP gateway (tenant per key)
     tether bench                    requests through tether.infer, latency and throughput
+    tether keys gen|show|allow|deny|list   node keys and the trust lists (tether/keys_cli.py)
+    tether models publish|verify    signed model artifacts (tether/artifacts/cli.py)
+    tether certs gen|users          TLS and per-role users for infra/nats/prod.conf (tether/certs.py)
+    tether dlq list | show ID | retry ID   dead letters
+    tether drain WORKER|all         finish in-flight jobs, then stop
 
 Exit codes: 0 ok, 1 failed, 2 usage.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -29,7 +35,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["models"] = [m for m in args.models.split(",") if m]
     if getattr(args, "region", None):
         overrides["region"] = args.region
-    return Settings.from_env(**overrides)
+    if getattr(args, "insecure", False):
+        os.environ["TETHER_INSECURE"] = "1"  # children started by `tether up` inherit it
+        overrides["insecure"] = True
+    s = Settings.from_env(**overrides)
+    if args.cmd in ("up", "gateway", "scheduler", "worker"):
+        from tether.security import warn_insecure
+
+        warn_insecure(s)
+    return s
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -83,11 +97,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from tether.roles import run_worker
-    from tether.workerid import worker_identity
+    from tether.security import node_identity
 
     s = _settings(args)
-    worker_id = args.worker_id or worker_identity(s.home, args.name)
-    return _role(lambda: run_worker(s, worker_id=worker_id, grace_s=args.grace))
+    identity = node_identity(s, "worker", args.name)
+    return _role(lambda: run_worker(s, identity=identity, grace_s=args.grace))
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -260,7 +274,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return asyncio.run(_connected(_settings(args), go))
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
+def cmd_apikeys(args: argparse.Namespace) -> int:
     from tether.ops import cmd_keys as run
 
     name = getattr(args, "name", "")
@@ -277,10 +291,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tether.artifacts.cli import add_parser as add_models
+    from tether.certs import add_parser as add_certs
+    from tether.keys_cli import add_parser as add_keys
+
     p = argparse.ArgumentParser(prog="tether", description="Many machines, one inference service, over NATS.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    insecure = argparse.ArgumentParser(add_help=False)
+    insecure.add_argument(
+        "--insecure", action="store_true", help="trust any signing key (development only; prints a warning)"
+    )
 
-    up = sub.add_parser("up", help="run nats-server, scheduler, worker and gateway here (development)")
+    up = sub.add_parser(
+        "up", parents=[insecure], help="run nats-server, scheduler, worker and gateway here (development)"
+    )
     up.add_argument("--no-demo", action="store_true", help="skip the demo question once ready")
     up.add_argument("--models", help="comma-separated model specs (default: echo, smollm2, minilm)")
     up.set_defaults(fn=cmd_up)
@@ -289,17 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, help="port (default TETHER_NATS_PORT or 4222)")
     n.set_defaults(fn=cmd_nats)
 
-    g = sub.add_parser("gateway", help="run a gateway (tether.infer; with --http also the HTTP API)")
+    g = sub.add_parser("gateway", parents=[insecure], help="run a gateway (tether.infer; with --http also the HTTP API)")
     g.add_argument("--http", action="store_true", help="also serve HTTP (/infer, /v1/*, dashboard at /)")
     g.add_argument("--port", type=int, help="HTTP port (default TETHER_HTTP_PORT or 8080; 0: any free)")
     g.set_defaults(fn=cmd_gateway)
-    sub.add_parser("scheduler", help="run a scheduler").set_defaults(fn=cmd_scheduler)
+    sub.add_parser("scheduler", parents=[insecure], help="run a scheduler").set_defaults(fn=cmd_scheduler)
 
-    w = sub.add_parser("worker", help="run a worker")
+    w = sub.add_parser("worker", parents=[insecure], help="run a worker")
     w.add_argument("--models", help="comma-separated model specs (default TETHER_MODELS or echo)")
     w.add_argument("--region", help="region label (default TETHER_REGION or local)")
     w.add_argument("--name", default="worker", help="identity name under TETHER_HOME/keys (default worker)")
-    w.add_argument("--worker-id", help="override the worker id derived from the identity key")
     w.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
     w.set_defaults(fn=cmd_worker)
 
@@ -317,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     i.set_defaults(fn=cmd_infer)
 
-    st = sub.add_parser("status", help="workers, models, heartbeat ages, queue depth")
+    st = sub.add_parser("status", parents=[insecure], help="workers, models, heartbeat ages, queue depth")
     st.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(fn=cmd_status)
@@ -350,15 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs (default 30)")
     dn.set_defaults(fn=cmd_drain)
 
-    k = sub.add_parser("keys", help="API keys for the HTTP gateway (stored hashed in NATS)")
+    k = sub.add_parser("apikeys", help="API keys for the HTTP gateway (stored hashed in NATS)")
     ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="SUBCOMMAND")
     ka = ksub.add_parser("add", help="create a key for a tenant and print it (once)")
     ka.add_argument("--tenant", required=True, help="the tenant requests with this key run as")
     ka.add_argument("--name", default="", help="a label to recognise the key by")
     ksub.add_parser("list", help="key digests, tenants and labels (never the keys)")
-    kr = ksub.add_parser("revoke", help="revoke keys by digest prefix (from `keys list`)")
+    kr = ksub.add_parser("revoke", help="revoke keys by digest prefix (from `apikeys list`)")
     kr.add_argument("digest", help="at least 8 hex digits of the key's digest")
-    k.set_defaults(fn=cmd_keys)
+    k.set_defaults(fn=cmd_apikeys)
 
     b = sub.add_parser("bench", help="send requests through tether.infer; print latency and throughput")
     b.add_argument("--model", default="echo", help="model id (default echo)")
@@ -366,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
     b.add_argument("--text", default="hello", help="the input of every request")
     b.set_defaults(fn=cmd_bench)
+    add_keys(sub)
+    add_models(sub)
+    add_certs(sub)
     return p
 
 

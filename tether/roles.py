@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from tether.identity import Identity
 from tether.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,14 @@ async def run_scheduler(settings: Settings) -> None:
     await _serve(sch, sch.drain)
 
 
-async def run_worker(settings: Settings, *, worker_id: str, grace_s: float = 30.0) -> None:
+async def run_worker(settings: Settings, *, identity: Identity, grace_s: float = 30.0) -> None:
     from services.worker.runtimes.catalog import parse_model_spec
     from services.worker.service import Worker
 
     cache = str(settings.home / "cache" / "converted")  # GGUF converted once, reloaded in < 1 s after
     w = Worker(
         settings,
-        worker_id=worker_id,
+        identity=identity,
         specs=[parse_model_spec(m, convert_cache=cache) for m in settings.models],
     )
 

@@ -61,6 +61,10 @@ class Settings:
     worker_concurrency: int = 256  # jobs one worker runs at once (echo); heavy runtimes serialise
     models: list[str] = field(default_factory=lambda: ["echo"])
     http_port: int = 8080
+    insecure: bool = False  # --insecure / TETHER_INSECURE=1: any signing key is trusted (never the default)
+    allowlist: Path | None = None  # None: $TETHER_HOME/trust/allowlist
+    skew_s: float = 30.0  # signed messages older / newer than this are refused
+    trust_reload_s: float = 2.0  # how often the allowlist file is checked for changes
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -88,6 +92,9 @@ class Settings:
             queue_wait_s=_float("TETHER_QUEUE_WAIT_S", 120.0),
             models=[m for m in _env("TETHER_MODELS", "echo").split(",") if m.strip()],
             http_port=_int("TETHER_HTTP_PORT", 8080),
+            insecure=_env("TETHER_INSECURE", "") not in ("", "0", "false", "no"),
+            allowlist=Path(os.environ["TETHER_ALLOWLIST"]) if os.environ.get("TETHER_ALLOWLIST") else None,
+            skew_s=_float("TETHER_SKEW_S", 30.0),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -97,6 +104,14 @@ class Settings:
     @property
     def url(self) -> str:
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def allowlist_path(self) -> Path:
+        return self.allowlist or self.home / "trust" / "allowlist"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
 
     @property
     def store_url(self) -> str:

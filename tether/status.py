@@ -59,7 +59,7 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
     nc = await connect(settings.url, name="tether-status", max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
-        fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        fleet = FleetView.from_settings(settings)
         await fleet.start(nc, js)
         try:
             return await _collect(settings, js, fleet)

@@ -51,7 +51,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.gateway_id = gateway_id or f"g-{os.urandom(6).hex()}"
-        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.fleet = FleetView.from_settings(settings)
         self.config = config or GatewayConfig.from_env()
         self.admission = Admission(self.config, self.fleet)
         self.slis = Slis()

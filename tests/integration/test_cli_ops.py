@@ -16,8 +16,9 @@ from tether.settings import Settings
 
 COMMANDS = [
     [], ["up"], ["nats"], ["gateway"], ["scheduler"], ["worker"], ["infer"], ["status"], ["jobs"], ["jobs", "list"],
-    ["jobs", "show"], ["jobs", "replay"], ["dlq"], ["dlq", "list"], ["keys"], ["keys", "add"], ["keys", "list"],
-    ["keys", "revoke"], ["bench"], ["dlq", "show"], ["dlq", "retry"], ["drain"],
+    ["jobs", "show"], ["jobs", "replay"], ["dlq"], ["dlq", "list"], ["apikeys"], ["apikeys", "add"], ["apikeys", "list"],
+    ["apikeys", "revoke"], ["keys"], ["keys", "gen"], ["models"], ["certs"], ["bench"], ["dlq", "show"],
+    ["dlq", "retry"], ["drain"],
 ]
 
 
@@ -72,14 +73,14 @@ async def test_ops_commands_against_a_running_system(echo_system, nc, settings: 
     r = await _cli(settings, tmp_path, "status")
     assert r.returncode == 0 and "w-test-0" in r.stdout and "HEALTHY" in r.stdout
 
-    r = await _cli(settings, tmp_path, "keys", "add", "--tenant", "acme", "--name", "ci")
+    r = await _cli(settings, tmp_path, "apikeys", "add", "--tenant", "acme", "--name", "ci")
     assert r.returncode == 0 and r.stdout.startswith("tk_")
     digest = r.stdout.split("digest ")[1].split()[0]
-    r = await _cli(settings, tmp_path, "keys", "list")
+    r = await _cli(settings, tmp_path, "apikeys", "list")
     assert digest in r.stdout and "acme" in r.stdout and "tk_" not in r.stdout
-    assert (await _cli(settings, tmp_path, "keys", "revoke", digest)).returncode == 0
-    assert digest not in (await _cli(settings, tmp_path, "keys", "list")).stdout
-    assert (await _cli(settings, tmp_path, "keys", "revoke", digest)).returncode == 1
+    assert (await _cli(settings, tmp_path, "apikeys", "revoke", digest)).returncode == 0
+    assert digest not in (await _cli(settings, tmp_path, "apikeys", "list")).stdout
+    assert (await _cli(settings, tmp_path, "apikeys", "revoke", digest)).returncode == 1
 
     r = await _cli(settings, tmp_path, "bench", "-n", "40", "--concurrency", "4")
     assert r.returncode == 0 and "40 ok" in r.stdout, r.stdout + r.stderr

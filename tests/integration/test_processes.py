@@ -101,6 +101,8 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     assert {"jobId", "result", "modelId", "version", "workerId"} <= reply.keys(), reply
     assert reply["result"] == "as json" and reply["modelId"] == "echo" and reply["version"] == "1"
     assert reply["workerId"] == worker_identity(home)  # the worker's key lives under TETHER_HOME
+    allowlist = (home / "trust" / "allowlist").read_text()  # development keys, allowlisted on first start
+    assert f"# {reply['workerId']}" in allowlist and "scheduler" in allowlist and "publisher" in allowlist
     job_id = reply["jobId"]
 
     r = run_tether("infer", "x", "--model", "nope", env=cli)
@@ -188,6 +190,9 @@ def test_separate_role_processes_and_a_stable_worker_id(tmp_path: Path, procs: P
     poll(lambda: "listening on" in procs.output(nats), timeout=30, what="`tether nats` announced")
 
     env = tether_env(home, url=url, TETHER_HEARTBEAT_S="1", TETHER_MODELS="echo")
+    for role in ("worker", "scheduler"):  # security is on: the worker's key must be allowlisted
+        made = run_tether("keys", "gen", "--role", role, "--allow", env=env)
+        assert made.returncode == 0, made.stderr
     scheduler = procs.start("scheduler", env=env, name="scheduler")
     worker = procs.start("worker", "--models", "echo", env=env, name="worker")
     gateway = procs.start("gateway", env=env, name="gateway")

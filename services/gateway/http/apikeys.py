@@ -3,7 +3,7 @@
 Keys are 32 random bytes (``tk_`` + URL-safe base64), so a plain SHA-256 is enough to
 make the stored hash useless for signing in (no dictionary to try). They live in the KV
 bucket ``tether_apikeys`` (``k.<hex digest>`` -> ``{"tenant", "name", "createdAt"}``), so
-every gateway sees a key as soon as ``tether keys add`` has written it, and a revoked key
+every gateway sees a key as soon as ``tether apikeys add`` has written it, and a revoked key
 is refused at once.
 """
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """Tether's HTTP gateway. `POST /infer` takes the seed pilot's body
 (`tenantId`, `modelId`, `version`, `input`); `/v1/*` speaks OpenAI's shapes. Send
-`Authorization: Bearer <key>` (keys from `tether keys add`) and, to make a retry safe,
+`Authorization: Bearer <key>` (keys from `tether apikeys add`) and, to make a retry safe,
 `Idempotency-Key`. Errors carry Tether's stable codes: see each route's responses."""
 
 
