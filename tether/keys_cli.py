@@ -140,7 +140,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     k = sub.add_parser("keys", help="node keys (Ed25519) and the allowlist / denylist")
     ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="SUBCOMMAND")
     g = ksub.add_parser("gen", help="write a new keypair (private key mode 0600)")
-    g.add_argument("--role", required=True, choices=ROLES)
+    g.add_argument("--role", required=True, choices=ROLES, help="what the key signs as")
     g.add_argument("--name", help="file name under TETHER_HOME/keys (default: the role)")
     g.add_argument("--out", help="key file path (overrides --name)")
     g.add_argument("--force", action="store_true", help="replace an existing key file")
@@ -154,7 +154,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p = ksub.add_parser(verb, help=f"{verb} a public key (file by default, --kv for the KV bucket)")
         p.add_argument("key", help="public key (urlsafe base64 or hex)")
         if verb == "allow":
-            p.add_argument("--role", required=True, choices=ROLES)
+            p.add_argument("--role", required=True, choices=ROLES, help="the role the key is trusted for")
         p.add_argument("--kv", action="store_true", help="write to the TETHER_TRUST KV bucket instead")
         p.add_argument("--note", help="a comment kept beside the entry")
         p.set_defaults(keys_fn=fn)

@@ -17,7 +17,9 @@ from tether.settings import Settings
 COMMANDS = [
     [], ["up"], ["nats"], ["gateway"], ["scheduler"], ["worker"], ["infer"], ["status"], ["jobs"], ["jobs", "list"],
     ["jobs", "show"], ["jobs", "replay"], ["dlq"], ["dlq", "list"], ["apikeys"], ["apikeys", "add"], ["apikeys", "list"],
-    ["apikeys", "revoke"], ["keys"], ["keys", "gen"], ["models"], ["certs"], ["bench"], ["dlq", "show"],
+    ["apikeys", "revoke"], ["keys"], ["keys", "gen"], ["keys", "allow"],
+    ["keys", "deny"], ["keys", "show"], ["keys", "list"], ["keys", "fleet"], ["models"], ["models", "publish"],
+    ["models", "verify"], ["certs"], ["certs", "gen"], ["certs", "users"], ["bench"], ["dlq", "show"],
     ["dlq", "retry"], ["drain"],
 ]
 
