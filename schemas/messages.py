@@ -96,6 +96,7 @@ class ErrorInfo(_Internal):
     retryable: bool = False
     job_id: str | None = None
     field: str | None = None
+    retry_after_s: float | None = None
 
 
 class ErrorReply(_Internal):
@@ -120,6 +121,9 @@ class InferReply(_Internal):
     attempts: int = 1
     usage: Usage | None = None
     latency_ms: float | None = None
+    requested_model_id: str | None = None  # set when another model served it (an alias, or degraded)
+    requested_version: str | None = None
+    degraded: bool | None = None  # true when the queue was deep and the tenant's policy allowed a fallback
 
 
 class ResultStatus(StrEnum):

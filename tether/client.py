@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from tether import codec, subjects, telemetry
+from tether.chunks import Reorder
 from tether.errors import TetherError, error_from_wire
 from tether.jobids import idempotent_job_id
 
@@ -43,46 +44,33 @@ async def infer(
 
 
 async def infer_stream(
-    nc: Client,
-    *,
-    model: str,
-    input: Any,
-    on_chunk: Callable[[dict[str, Any]], None],
-    tenant: str = "demo",
-    version: str = "1",
-    params: dict[str, Any] | None = None,
-    idempotency_key: str | None = None,
-    timeout: float = 300.0,
-) -> dict[str, Any]:
-    """Like ``infer``, and calls ``on_chunk`` with each streamed chunk (``ResultChunk``) as it arrives.
+    nc: Client, *, tenant: str = "demo", idempotency_key: str | None = None, **request: Any
+) -> AsyncIterator[str | dict[str, Any]]:
+    """Yield token texts from ``tether.results.<job>.chunks`` in order, then the reply dict
+    (``request``: the keyword arguments of ``infer``).
 
-    The job id follows from the idempotency key (a fresh one when none is given), so the
-    chunk subject ``tether.results.<job>.chunks`` is subscribed before the request leaves.
-    Chunks are passed on in ``seq`` order, once each (a resumed attempt continues the sequence).
+    The job id is derived from the idempotency key (a fresh one when none is given), so the
+    chunk subscription exists before the request is sent and no chunk is missed.
     """
     key = idempotency_key or f"stream-{os.urandom(12).hex()}"
     job_id = idempotent_job_id(tenant, key)
-    expected = 0
-    early: dict[int, dict[str, Any]] = {}
-
-    async def on_msg(msg: Msg) -> None:
-        nonlocal expected
-        chunk = codec.decode(msg.data, codec.content_type_of(msg.headers))
-        seq = int(chunk.get("seq", -1))
-        if seq < expected:
-            return
-        early[seq] = chunk
-        while expected in early:
-            on_chunk(early.pop(expected))
-            expected += 1
-
-    sub = await nc.subscribe(subjects.chunks_subject(job_id), cb=on_msg)
+    sub = await nc.subscribe(subjects.chunks_subject(job_id))
+    reply_of = asyncio.ensure_future(infer(nc, tenant=tenant, idempotency_key=key, **request))
+    order = Reorder()
     try:
-        reply = await infer(
-            nc, model=model, input=input, tenant=tenant, version=version, params=params,
-            idempotency_key=key, timeout=timeout,
-        )  # fmt: skip
-        await nc.flush()
+        while not reply_of.done() or sub.pending_msgs:
+            try:
+                msg = await sub.next_msg(timeout=0.05)
+            except TimeoutError:
+                continue
+            chunk = codec.decode(msg.data, codec.content_type_of(msg.headers))
+            for _, text in order.push(int(chunk["seq"]), str(chunk["text"])):
+                yield text
+        reply = await reply_of
+        rest = order.remainder(reply.get("result"))
+        if rest:
+            yield rest  # what no chunk carried (a model that does not stream, like echo)
+        yield reply
     finally:
+        reply_of.cancel()
         await sub.unsubscribe()
-    return reply

@@ -6,6 +6,10 @@ both hold one. It is eventually consistent: built from heartbeats on
 keeps the last heartbeat per worker, so a new process knows the fleet at once
 instead of after a heartbeat period.
 
+Every heartbeat and model announcement is a signed envelope; only what the
+``PresenceGate`` admits (tether/signed.py) enters the view. Rejections are
+counted by reason in ``rejections``.
+
 Health by heartbeat age (T = heartbeat period): HEALTHY up to 2T, SUSPECT up
 to 3T, OFFLINE after; ``sweep()`` reports transitions (the scheduler logs them
 and publishes ``tether.events.worker.<state>``). Workers are indexed by the
@@ -19,6 +23,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,17 +33,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from schemas import ModelState, Presence
-from tether import codec, subjects
-from tether.errors import TetherError
+from schemas import ModelAnnouncement, ModelState, Presence
+from tether import subjects
+from tether.envelope import EnvelopeRejected, open_envelope
+from tether.settings import Settings
+from tether.signed import PresenceGate
 
 log = logging.getLogger(__name__)
 
-PresenceDecoder = Callable[[bytes, dict[str, str] | None], Presence]
 
-
-def decode_presence(data: bytes, headers: dict[str, str] | None) -> Presence:
-    return Presence.model_validate(codec.decode(data, codec.content_type_of(headers)))
+_MODELS = f"{subjects.PREFIX}.models."
+#: Presence handling yields to the event loop after this many messages in a row.
+YIELD_EVERY = 16
 
 
 class Health(StrEnum):
@@ -106,20 +112,40 @@ class FleetView:
         self,
         *,
         heartbeat_s: float,
-        decoder: PresenceDecoder = decode_presence,
+        gate: PresenceGate,
+        settings: Settings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.heartbeat_s = heartbeat_s
-        self._decoder = decoder
+        self.gate = gate
+        self._settings = settings
         self._clock = clock
         self._workers: dict[str, WorkerEntry] = {}
         self._by_model: dict[tuple[str, str], WorkerIndex] = {}
         self._health: dict[str, Health] = {}
         self.forget_after = 60  # heartbeat periods an OFFLINE worker stays listed
         self._models_seen: set[tuple[str, str]] = set()
-        self._sub = None
-        self.rejected = 0
+        self.announcements: dict[tuple[str, str, str], ModelAnnouncement] = {}
+        self._subs: list[object] = []
+        self._received = 0
         self.changed = asyncio.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.time) -> FleetView:
+        """A fleet view admitting heartbeats from workers the settings' trust store allows."""
+        from tether.security import verifier_for
+
+        gate = PresenceGate(verifier_for(settings, "worker"))
+        return cls(heartbeat_s=settings.heartbeat_s, gate=gate, settings=settings, clock=clock)
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Rejected heartbeats and announcements, by reason."""
+        return self.gate.rejections
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.gate.rejections.values())
 
     # ---- pure state ---------------------------------------------------------------------------
 
@@ -235,26 +261,52 @@ class FleetView:
 
     # ---- wiring to NATS -----------------------------------------------------------------------
 
-    def _accept(self, data: bytes, headers: dict[str, str] | None, seen_at: float | None = None) -> None:
+    def accept(
+        self, subject: str, data: bytes, *, seen_at: float | None = None, replay: bool = False
+    ) -> bool:
+        """Admit one signed heartbeat or announcement; False (counted, never in the view) if refused."""
+        if replay and self._already_seen(data):
+            return False
         try:
-            presence = self._decoder(data, headers)
-        except (TetherError, ValueError) as exc:
-            self.rejected += 1
-            log.debug("presence rejected", extra={"error": str(exc)})
-            return
-        self.observe(presence, seen_at=seen_at)
+            if subject.startswith(_MODELS):
+                ann = self.gate.announcement(subject, data)
+                self.announcements[(ann.worker_id, ann.model_id, ann.version)] = ann
+                self._models_seen.add((ann.model_id, ann.version))
+            else:
+                self.observe(self.gate.presence(subject, data), seen_at=seen_at)
+        except EnvelopeRejected:
+            return False
+        return True
+
+    def _already_seen(self, data: bytes) -> bool:
+        """A stored message that came live already, or too old to matter: skipped, not a rejection."""
+        try:
+            env = open_envelope(data)
+        except EnvelopeRejected:
+            return False
+        v = self.gate.verifier
+        return env.public_key + env.nonce in v.nonces or env.timestamp < self._clock() - v.skew_s
 
     async def start(self, nc: Client, js: JetStreamContext, region: str = "*") -> None:
-        """Subscribe to live heartbeats, then replay the last heartbeat per worker from the stream."""
-        subject = (
-            f"{subjects.PREFIX}.presence.>" if region == "*" else f"{subjects.PREFIX}.presence.{region}.>"
-        )
+        """Follow the trust store, subscribe to live heartbeats and announcements, then replay
+        the last of each per subject from the stream."""
+        if self._settings is not None:
+            from tether.security import start_trust
+
+            await start_trust(self.gate.verifier.trust, js, self._settings)
+        tail = ">" if region == "*" else f"{subjects.encode_token(region)}.>"
+        presence = f"{subjects.PREFIX}.presence.{tail}"
 
         async def on_msg(msg: Msg) -> None:
-            self._accept(msg.data, msg.headers)
+            self.accept(msg.subject, msg.data)
+            self._received += 1
+            if self._received % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a flood of forgeries must not starve placement
 
-        self._sub = await nc.subscribe(subject, cb=on_msg)
-        await self._replay(js, subject)
+        self._subs.append(await nc.subscribe(presence, cb=on_msg))
+        self._subs.append(await nc.subscribe(subjects.MODELS_ALL, cb=on_msg))
+        await self._replay(js, presence)
+        await self._replay(js, subjects.MODELS_ALL)
 
     async def _replay(self, js: JetStreamContext, subject: str) -> None:
         from streams import PRESENCE
@@ -280,7 +332,7 @@ class FleetView:
                     break
                 for m in msgs:
                     ts = m.metadata.timestamp.timestamp() if m.metadata and m.metadata.timestamp else None
-                    self._accept(m.data, m.headers, seen_at=ts)
+                    self.accept(m.subject, m.data, seen_at=ts, replay=True)
                 if msgs and msgs[-1].metadata.num_pending == 0:
                     break
         finally:
@@ -288,7 +340,8 @@ class FleetView:
                 await psub.unsubscribe()
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        await self.gate.verifier.trust.stop()

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from tether.identity import Identity
 from tether.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,16 @@ async def _serve(role: Role, stop: Callable[[], Awaitable[None]]) -> None:
     await stop()
 
 
-async def run_gateway(settings: Settings) -> None:
+async def run_gateway(settings: Settings, *, http: bool = False) -> None:
+    """The NATS entrypoint (``tether.infer``); with ``http`` also the HTTP API on ``TETHER_HTTP_PORT``."""
     from services.gateway.service import Gateway
 
+    if http:
+        from services.gateway.http.server import HttpGateway
+
+        hg = HttpGateway(settings)
+        await _serve(hg, hg.close)
+        return
     gw = Gateway(settings)
     await _serve(gw, gw.close)
 
@@ -71,11 +79,11 @@ def worker_specs(settings: Settings, *, dtype: str | None = None, quantize: str 
 
 
 async def run_worker(
-    settings: Settings, *, worker_id: str, grace_s: float = 30.0, specs: list[Any] | None = None
+    settings: Settings, *, identity: Identity, grace_s: float = 30.0, specs: list[Any] | None = None
 ) -> None:
     from services.worker.service import Worker
 
-    w = Worker(settings, worker_id=worker_id, specs=specs if specs is not None else worker_specs(settings))
+    w = Worker(settings, identity=identity, specs=specs if specs is not None else worker_specs(settings))
 
     async def stop() -> None:
         await w.drain(grace_s)

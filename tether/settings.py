@@ -68,6 +68,10 @@ class Settings:
     worker_max_queue: int = 0  # jobs a worker holds before refusing with no_capacity (0: worker_concurrency)
     admission_bench: bool = True  # run the matmul / allocation benchmark at worker start
     http_port: int = 8080
+    insecure: bool = False  # --insecure / TETHER_INSECURE=1: any signing key is trusted (never the default)
+    allowlist: Path | None = None  # None: $TETHER_HOME/trust/allowlist
+    skew_s: float = 30.0  # signed messages older / newer than this are refused
+    trust_reload_s: float = 2.0  # how often the allowlist file is checked for changes
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -102,6 +106,9 @@ class Settings:
             worker_max_queue=_int("TETHER_WORKER_MAX_QUEUE", 0),
             admission_bench=_env("TETHER_ADMISSION_BENCH", "1").lower() not in ("0", "false", "no", "off"),
             http_port=_int("TETHER_HTTP_PORT", 8080),
+            insecure=_env("TETHER_INSECURE", "") not in ("", "0", "false", "no"),
+            allowlist=Path(os.environ["TETHER_ALLOWLIST"]) if os.environ.get("TETHER_ALLOWLIST") else None,
+            skew_s=_float("TETHER_SKEW_S", 30.0),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -111,6 +118,14 @@ class Settings:
     @property
     def url(self) -> str:
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def allowlist_path(self) -> Path:
+        return self.allowlist or self.home / "trust" / "allowlist"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
 
     @property
     def store_url(self) -> str:

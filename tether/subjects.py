@@ -18,6 +18,7 @@ from tether.errors import InvalidRequest
 
 PREFIX = "tether"
 INFER = f"{PREFIX}.infer"
+INFER_TENANT_ALL = f"{PREFIX}.infer.*"  # tether.infer.<tenant>: the tenant is fixed by who may publish there
 JOBS_ALL = f"{PREFIX}.jobs.>"
 RESULTS_ALL = f"{PREFIX}.results.*"
 CHUNKS_ALL = f"{PREFIX}.results.*.chunks"
@@ -82,6 +83,17 @@ def parse_job_subject(subject: str) -> tuple[str, str, str]:
     if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "jobs":
         raise InvalidRequest(f"job subject must be tether.jobs.<tenant>.<model>.<version>, got {subject!r}")
     return decode_token(parts[2]), decode_token(parts[3]), decode_token(parts[4])
+
+
+def infer_subject(tenant: str) -> str:
+    return f"{INFER}.{encode_token(tenant)}"
+
+
+def tenant_from_infer_subject(subject: str) -> str:
+    parts = subject.split(".")
+    if len(parts) != 3 or f"{parts[0]}.{parts[1]}" != INFER:
+        raise InvalidRequest(f"infer subject must be tether.infer.<tenant>, got {subject!r}")
+    return decode_token(parts[2])
 
 
 def result_subject(job_id: str) -> str:

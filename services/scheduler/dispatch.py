@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from schemas import AttemptReport, Dispatch, DispatchAck, DispatchBatch, ReportBatch
 from tether import codec, subjects, telemetry
+from tether.dispatch_auth import DispatchSigner
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ class AttemptWatch:
 
 
 class Dispatcher:
-    def __init__(self, nc: Client, scheduler_id: str) -> None:
+    def __init__(self, nc: Client, scheduler_id: str, signer: DispatchSigner) -> None:
         self._nc = nc
+        self._signer = signer
         self.scheduler_id = scheduler_id
         self.report_to = subjects.report_subject(scheduler_id)
         self._watches: dict[tuple[str, int], AttemptWatch] = {}
@@ -97,8 +99,11 @@ class Dispatcher:
         try:
             await self._nc.publish(
                 subjects.dispatch_subject(worker_id),
-                codec.encode(batch.wire(), codec.MSGPACK),
-                headers={**telemetry.child_headers(items[0].trace), codec.CONTENT_TYPE: codec.MSGPACK},
+                self._signer.seal(worker_id, codec.encode(batch.wire(), codec.MSGPACK)),
+                headers={
+                    **telemetry.child_headers(items[0].trace),
+                    codec.CONTENT_TYPE: self._signer.content_type,
+                },
             )
         except Exception as exc:  # the ack timeout re-places these attempts
             log.warning("dispatch publish failed", extra={"worker": worker_id, "error": repr(exc)})

@@ -41,6 +41,7 @@ from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
 from streams.definitions import SCHEDULER_ACK_WAIT_S
 from tether import telemetry
 from tether.connection import connect
+from tether.dispatch_auth import DispatchSigner
 from tether.errors import (
     ModelUnknown,
     NoCapacity,
@@ -48,6 +49,7 @@ from tether.errors import (
     WorkerFailed,
 )
 from tether.fleet import FleetView
+from tether.security import node_identity
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStatus, JobStore, open_store
 from tether.store.fleetstate import FleetState
@@ -82,7 +84,7 @@ class Scheduler:
         self.settings = settings
         self.scheduler_id = scheduler_id or f"s-{os.urandom(6).hex()}"
         self.store = store or open_store(settings.store_url)
-        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.fleet = FleetView.from_settings(settings)
         self.reliability = Reliability(half_life_s=settings.reliability_half_life_s)
         self.monitor: FleetMonitor | None = None
         self.breakers = BreakerBoard(
@@ -122,7 +124,8 @@ class Scheduler:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
-        self.dispatcher = Dispatcher(nc, self.scheduler_id)
+        signer = DispatchSigner(node_identity(self.settings, "scheduler"))
+        self.dispatcher = Dispatcher(nc, self.scheduler_id, signer)
         await self.dispatcher.start()
         self.attempts = AttemptRunner(
             settings=self.settings,

@@ -69,8 +69,10 @@ class ModelCache:
         device: str = "cpu",
         on_change: Callable[[CachedModel], Awaitable[None]] | None = None,
         build: Callable[[ModelSpec], ModelRuntime] = build_runtime,
+        resolve: Callable[[ModelSpec], Awaitable[ModelSpec]] | None = None,
         progress_every_s: float = PROGRESS_EVERY_S,
     ) -> None:
+        """``resolve`` turns a spec into the one to load (e.g. a verified artifact's local copy)."""
         self.device = device
         self.budget = memory.default_budget(device) if budget is None else budget
         self.models: dict[Key, CachedModel] = {
@@ -78,6 +80,7 @@ class ModelCache:
         }
         self._on_change = on_change
         self._build = build
+        self._resolve = resolve
         self.progress_every_s = progress_every_s
         self._lock = asyncio.Lock()  # one load (and its evictions) at a time
         self._loading: CachedModel | None = None
@@ -175,7 +178,8 @@ class ModelCache:
         watcher = self._tasks.spawn(self._watch(entry, base), name=f"progress:{entry.spec.model_id}")
         runtime: ModelRuntime | None = None
         try:
-            runtime = self._build(entry.spec)
+            spec = await self._resolve(entry.spec) if self._resolve is not None else entry.spec
+            runtime = self._build(spec)
             await asyncio.to_thread(runtime.load)
         except Exception as exc:
             if runtime is not None:

@@ -32,6 +32,8 @@ from schemas import (
     Usage,
 )
 from services.worker.admission import BenchmarkResult, run_benchmark
+from services.worker.artifacts import artifact_cache
+from services.worker.artifacts import resolve as resolve_artifact
 from services.worker.cancellation import CancelBoard
 from services.worker.device_support import resolve_device
 from services.worker.model_cache import CachedModel, ModelCache
@@ -45,9 +47,15 @@ from services.worker.streaming import ChunkPublisher
 from streams import apply, topology
 from tether import codec, subjects, telemetry
 from tether.connection import connect
+from tether.dispatch_auth import DispatchGate
+from tether.e2e import FleetBox, fleet_key_path, is_sealed
+from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, EnvelopeRejected
 from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
+from tether.identity import Identity
 from tether.results import publish_final
+from tether.security import node_identity
 from tether.settings import Settings
+from tether.signed import envelope_headers, seal_message
 from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -64,9 +72,21 @@ MB = 1024 * 1024
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, worker_id: str, specs: list[ModelSpec]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        specs: list[ModelSpec],
+        identity: Identity | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        """``identity`` signs presence; default ``TETHER_HOME/keys/worker.key``. The worker id is
+        the identity's node id (``worker_id``, when given, must be that id)."""
         self.settings = settings
-        self.worker_id = worker_id
+        self.identity = identity or node_identity(settings, "worker")
+        if worker_id is not None and worker_id != self.identity.node_id:
+            raise ValueError(f"worker id {worker_id!r} does not belong to key {self.identity.node_id}")
+        worker_id = self.worker_id = self.identity.node_id
         self.state = WorkerState.NEW
         self.device = resolve_device(next((s.device for s in specs if s.runtime == "transformers"), "cpu"))
         self.cache = ModelCache(
@@ -75,6 +95,7 @@ class Worker:
             pins=[_key(p) for p in settings.pin_models],
             device=self.device,
             on_change=self._announce,
+            resolve=lambda spec: resolve_artifact(spec, artifact_cache(self.settings, self.js)),
             build=lambda spec: build_runtime(
                 spec, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000
             ),
@@ -95,6 +116,8 @@ class Worker:
         self._own_nc = False
         self._sub = None
         self.reporter: Reporter | None = None
+        self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
+        self.fleet_box = FleetBox.load(fleet_key_path(settings.keys_dir))
         self.presence = PresenceBuilder(
             worker_id=worker_id,
             region=settings.region,
@@ -123,6 +146,7 @@ class Worker:
         await apply(self.js, topology(self.settings, nc._server_info))
         self.reporter = Reporter(nc, self.worker_id)
         self.chunks = ChunkPublisher(nc, self.worker_id)
+        await self.dispatch_gate.start(self.js, self.settings)
         self._control_subs.append(await nc.subscribe(subjects.control_wildcard("cancel"), cb=self.cancels.on_message))
         self._sub = await nc.subscribe(
             subjects.dispatch_subject(self.worker_id),
@@ -174,6 +198,7 @@ class Worker:
                     await sub.unsubscribe()  # type: ignore[attr-defined]
         await self._tasks.close()
         await self._jobs.close()
+        await self.dispatch_gate.stop()
         if self.reporter is not None:
             await self.reporter.flush()  # acks and reports of attempts that ended while stopping
         await self.cache.close()
@@ -224,8 +249,8 @@ class Worker:
         p = self.presence.build()
         await self.nc.publish(
             subjects.presence_subject(self.settings.region, self.worker_id),
-            codec.encode(p.wire()),
-            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+            seal_message(self.identity, p, PURPOSE_PRESENCE),
+            headers=envelope_headers(telemetry.child_headers(None)),
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -246,8 +271,8 @@ class Worker:
         ann = self.presence.announcement(entry.served(), entry.detail)
         await self.nc.publish(
             subjects.model_subject(entry.spec.model_id, entry.spec.version, self.settings.region),
-            codec.encode(ann.wire()),
-            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+            seal_message(self.identity, ann, PURPOSE_MODEL),
+            headers=envelope_headers(telemetry.child_headers(None)),
         )
         if entry.state is not ModelState.LOADING:
             await self._beat()  # the fleet view follows model states through heartbeats
@@ -269,7 +294,11 @@ class Worker:
 
     async def _on_dispatch(self, msg: Msg) -> None:
         try:
-            batch = DispatchBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+            batch = DispatchBatch.model_validate(
+                codec.decode(self.dispatch_gate.open(msg.data), codec.MSGPACK)
+            )
+        except EnvelopeRejected:
+            return  # forged, replayed or untrusted: counted and logged by the gate
         except Exception as exc:
             log.warning("malformed dispatch dropped", extra={"error": str(exc)})
             return
@@ -307,16 +336,17 @@ class Worker:
         hop = telemetry.child_headers(d.trace)
         assert self.chunks is not None
         stream = self.chunks.stream(d.job_id, d.attempt, d.resume.seq if d.resume else 0)
-        request = RunRequest(
-            job_id=d.job_id,
-            input=d.input,
-            params=generation_params(d.params),
-            on_delta=stream.on_delta,
-            resume=Resume(text=d.resume.text, token_ids=d.resume.token_ids) if d.resume else None,
-            cancel=self.cancels.register(d.job_id, d.attempt),
-        )
         try:
             with telemetry.span("worker.run", hop, job_id=d.job_id, model=d.model_id):
+                opened = self.fleet_box.open(d.input)  # a sealed (end-to-end encrypted) input is opened here
+                request = RunRequest(
+                    job_id=d.job_id,
+                    input=opened.input,
+                    params=generation_params(d.params),
+                    on_delta=None if is_sealed(d.input) else stream.on_delta,  # no plaintext chunks for it
+                    resume=Resume(text=d.resume.text, token_ids=d.resume.token_ids) if d.resume else None,
+                    cancel=self.cancels.register(d.job_id, d.attempt),
+                )
                 async with self.cache.use(slot.spec.key) as runtime:
                     out = await runtime.run(request)
             await self.chunks.flush()  # every chunk goes out before the final result
@@ -326,7 +356,7 @@ class Worker:
                 tenant_id=d.tenant_id,
                 model_id=d.model_id,
                 version=d.version,
-                result=out.output,
+                result=opened.seal_output(out.output),
                 worker_id=self.worker_id,
                 attempts=d.attempt,
                 usage=Usage(

@@ -15,7 +15,10 @@ from streams import JOBS
 from tests.conftest import start_system
 from tests.proc_helpers import run_tether, tether_env
 from tether import client, codec, dlq, subjects
+from tether.envelope import PURPOSE_PRESENCE
+from tether.security import ensure_dev_trust
 from tether.settings import Settings
+from tether.signed import envelope_headers, seal_message
 
 
 async def _collect(nc: Client, subject: str) -> tuple[list[dict], object]:
@@ -39,11 +42,12 @@ async def _until(pred, timeout: float, what: str) -> None:  # type: ignore[no-un
 
 async def test_worker_health_transitions_are_published_as_events(settings: Settings, nc: Client) -> None:
     events, _ = await _collect(nc, "tether.events.worker.>")
+    worker = ensure_dev_trust(settings)[0]  # an allowlisted worker key that never beats again
     sched = Scheduler(settings, scheduler_id="s-events")
     await sched.start()
     try:
         ghost = Presence(
-            worker_id="w-ghost",
+            worker_id=worker.node_id,
             region="local",
             device_class="cpu",
             capacity=1,
@@ -56,13 +60,13 @@ async def test_worker_health_transitions_are_published_as_events(settings: Setti
         )
         t0 = time.monotonic()
         await nc.publish(
-            subjects.presence_subject("local", "w-ghost"),
-            codec.encode(ghost.wire()),
-            headers={codec.CONTENT_TYPE: codec.JSON},
+            subjects.presence_subject("local", worker.node_id),
+            seal_message(worker, ghost, PURPOSE_PRESENCE),
+            headers=envelope_headers(),
         )
         await _until(lambda: any(e["state"] == "OFFLINE" for e in events), 10, "OFFLINE event")
         elapsed = time.monotonic() - t0
-        states = [e["state"] for e in events if e["workerId"] == "w-ghost"]
+        states = [e["state"] for e in events if e["workerId"] == worker.node_id]
         assert states == ["HEALTHY", "SUSPECT", "OFFLINE"], events
         assert [e["subject"] for e in events][-2:] == ["tether.events.worker.suspect", "tether.events.worker.offline"]
         hb = settings.heartbeat_s
@@ -77,18 +81,16 @@ async def test_drain_over_nats_stops_the_worker_and_placements_move_at_once(
     system = await start_system(settings, ["echo"], workers=2)
     events, _ = await _collect(nc, "tether.events.worker.drained")
     try:
-        w0 = system.workers[0]
-        reply = await nc.request(
-            subjects.control_subject("drain", "w-test-0"), codec.encode({"graceS": 5}), timeout=5
-        )
-        assert json.loads(reply.data) == {"workerId": "w-test-0", "draining": True, "inflight": 0}
-        await asyncio.wait_for(w0.stopped.wait(), timeout=10)  # type: ignore[attr-defined]
+        w0, w1 = (w.worker_id for w in system.workers)  # type: ignore[attr-defined]
+        reply = await nc.request(subjects.control_subject("drain", w0), codec.encode({"graceS": 5}), timeout=5)
+        assert json.loads(reply.data) == {"workerId": w0, "draining": True, "inflight": 0}
+        await asyncio.wait_for(system.workers[0].stopped.wait(), timeout=10)  # type: ignore[attr-defined]
         await _until(lambda: bool(events), 5, "drained event")
-        assert events[0]["workerId"] == "w-test-0"
+        assert events[0]["workerId"] == w0
         replies = await asyncio.gather(
             *(client.infer(nc, model="echo", input=f"after drain {i}", timeout=20) for i in range(20))
         )
-        assert {r["workerId"] for r in replies} == {"w-test-1"}
+        assert {r["workerId"] for r in replies} == {w1}
         assert all(r["result"] == f"after drain {i}" for i, r in enumerate(replies))
     finally:
         await system.close()
@@ -158,14 +160,15 @@ async def test_reliability_and_placement_explanation_survive_a_scheduler_restart
         for i in range(5):
             reply = await client.infer(nc, model="echo", input=f"r{i}", timeout=20)
         row = await system.scheduler.store.get(reply["jobId"])  # type: ignore[attr-defined]
-        assert row["placement"]["worker"] == "w-test-0" and row["placement"]["terms"]["warm"] == 1.0
+        assert row["placement"]["worker"] == reply["workerId"] and row["placement"]["terms"]["warm"] == 1.0
         await system.scheduler.close()  # type: ignore[attr-defined]  # reports arrive after replies
-        before = system.scheduler.reliability.score("w-test-0")  # type: ignore[attr-defined]
+        wid = system.workers[0].worker_id  # type: ignore[attr-defined]
+        before = system.scheduler.reliability.score(wid)  # type: ignore[attr-defined]
         assert before > 0.8  # five successes
         fresh = Scheduler(settings, scheduler_id="s-test-2")
         await fresh.start()
         try:
-            assert abs(fresh.reliability.score("w-test-0") - before) < 0.01
+            assert abs(fresh.reliability.score(wid) - before) < 0.01
         finally:
             await fresh.close()
     finally:

@@ -22,6 +22,7 @@ from tests.tiny_models import build_tiny_gpt2
 from tether import subjects
 from tether.fleet import FleetView
 from tether.natsserver import NatsServer
+from tether.security import ensure_dev_trust
 from tether.settings import Settings
 
 PROMPT = "hello"
@@ -40,8 +41,8 @@ async def _expected(model_dir: Path) -> str:
         await asyncio.to_thread(runtime.close)
 
 
-async def _both_warm(nc: Client, timeout: float = 90.0) -> None:
-    fleet = FleetView(heartbeat_s=0.5)
+async def _both_warm(nc: Client, settings: Settings, timeout: float = 90.0) -> None:
+    fleet = FleetView.from_settings(settings)
     await fleet.start(nc, nc.jetstream())
     try:
         deadline = time.monotonic() + timeout
@@ -74,9 +75,11 @@ async def _kill_mid_stream_and_check(
         TETHER_HEARTBEAT_S=str(settings.heartbeat_s),
         TETHER_ADMISSION_BENCH="0",
     )
-    workers = {wid: procs.start("worker", "--worker-id", wid, env=env, name=wid) for wid in ("w-a", "w-b")}
+    keys = [k for k in ensure_dev_trust(settings, extra_workers=1) if k.role == "worker"]  # allowlisted
+    names = {"worker": keys[0].node_id, "worker-1": keys[1].node_id}
+    workers = {wid: procs.start("worker", "--name", name, env=env, name=name) for name, wid in names.items()}
     expected = await _expected(model_dir)
-    await _both_warm(nc)
+    await _both_warm(nc, settings)
     scheduler = Scheduler(settings, scheduler_id="s-resume")
     await scheduler.start()
     try:
@@ -109,7 +112,7 @@ async def _kill_mid_stream_and_check(
     finally:
         await scheduler.close()
 
-    survivor = "w-b" if victim == "w-a" else "w-a"
+    survivor = next(w for w in workers if w != victim)
     assert final["status"] == "completed", final
     assert final["attempts"] == 2 and final["workerId"] == survivor, final
     assert [c["seq"] for c in chunks] == list(range(len(chunks))), "a repeat or a gap in the stream"

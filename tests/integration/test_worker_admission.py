@@ -22,6 +22,8 @@ from tests.conftest import start_system
 from tests.proc_helpers import run_tether, tether_env
 from tests.tiny_models import build_tiny_gpt2
 from tether import client, codec, errors, subjects
+from tether.dispatch_auth import DispatchSigner
+from tether.security import ensure_dev_trust
 from tether.settings import Settings
 
 
@@ -44,7 +46,8 @@ def _dispatch(job: str, tenant: str, model: str, report_to: str) -> Dispatch:
 async def test_quota_guard_refuses_a_tenant_over_its_local_limit(tmp_path: Path, settings: Settings, nc: Client) -> None:
     tiny = build_tiny_gpt2(tmp_path / "tiny")
     settings.worker_tenant_limit, settings.admission_bench = 1, False
-    worker = Worker(settings, worker_id="w-quota", specs=[parse_model_spec(f"tiny:1={tiny}")])
+    worker_key, scheduler_key, *_ = ensure_dev_trust(settings)
+    worker = Worker(settings, identity=worker_key, specs=[parse_model_spec(f"tiny:1={tiny}")])
     await worker.start()
     await worker.wait_ready()
     try:
@@ -65,8 +68,8 @@ async def test_quota_guard_refuses_a_tenant_over_its_local_limit(tmp_path: Path,
         items = [_dispatch("q-1", "acme", "tiny", inbox), _dispatch("q-2", "acme", "tiny", inbox),
                  _dispatch("q-3", "other", "tiny", inbox)]  # fmt: skip
         batch = DispatchBatch(scheduler_id="s-test", report_to=inbox, items=items)
-        await nc.publish(subjects.dispatch_subject("w-quota"), codec.encode(batch.wire(), codec.MSGPACK),
-                         headers={codec.CONTENT_TYPE: codec.MSGPACK})  # fmt: skip
+        sealed = DispatchSigner(scheduler_key).seal(worker.worker_id, codec.encode(batch.wire(), codec.MSGPACK))
+        await nc.publish(subjects.dispatch_subject(worker.worker_id), sealed)
         await asyncio.wait_for(done.wait(), 30)
         refused = acks["q-2"]
         assert refused.accepted is False and refused.error.code == "no_capacity" and refused.error.retryable
@@ -103,7 +106,7 @@ async def test_cache_announces_states_and_evicts_the_lru_model_through_the_pipel
         worker = system.workers[0]
         assert worker.cache.models[("m-a", "1")].pinned
         reply = await client.infer(nc, model="m-c", input="hello", params={"maxNewTokens": 4}, timeout=60)
-        assert reply["usage"]["tokensOut"] == 4 and reply["workerId"] == "w-test-0"
+        assert reply["usage"]["tokensOut"] == 4 and reply["workerId"] == system.workers[0].worker_id  # type: ignore[attr-defined]
         await nc.flush()
         assert seen[5:] == [("m-b", "evicted"), ("m-c", "loading"), ("m-c", "warm")]
         states = {k[0]: str(m.state) for k, m in worker.cache.models.items()}
@@ -119,7 +122,7 @@ async def test_cache_announces_states_and_evicts_the_lru_model_through_the_pipel
 async def _wait_benchmarked(system: Any, timeout: float = 60.0) -> float:
     deadline = time.monotonic() + timeout
     while True:
-        entry = system.scheduler.fleet.get("w-test-0")
+        entry = system.scheduler.fleet.get(system.workers[0].worker_id)
         if entry is not None and entry.presence.gflops is not None:
             return float(entry.presence.gflops)
         assert time.monotonic() < deadline, "no benchmark in the heartbeats"

@@ -124,7 +124,7 @@ async def test_tokens_stream_in_order_before_the_final_result(cnc: Client) -> No
     assert watch.chunks_before_result == len(chunks)  # every chunk arrived before the result
     assert "".join(c["text"] for c in chunks) == result["result"]
     assert sum(len(c["tokenIds"]) for c in chunks) == result["usage"]["tokensOut"] == 24
-    assert {c["workerId"] for c in chunks} == {"w-test-0"} and {c["attempt"] for c in chunks} == {1}
+    assert {c["attempt"] for c in chunks} == {1} and len({c["workerId"] for c in chunks}) == 1
     assert 0 < result["usage"]["ttftMs"] < 10_000
 
 
@@ -178,12 +178,12 @@ async def test_heartbeats_stay_punctual_while_the_engine_is_saturated(system: Sy
     """32 concurrent long generations keep the engine's batch full; beats stay within T + 20%."""
     beats: list[float] = []
 
-    async def on_presence(msg: Any) -> None:
-        if json.loads(msg.data).get("workerId") == "w-test-0":
-            beats.append(time.monotonic())
+    async def on_presence(msg: Any) -> None:  # the subject is this worker's: every message is a beat
+        beats.append(time.monotonic())
 
     engine = system.workers[0].cache.models[(TINY, "1")].runtime.engine  # type: ignore[attr-defined]
-    sub = await cnc.subscribe(subjects.presence_subject("local", "w-test-0"), cb=on_presence)
+    worker_id = system.workers[0].worker_id  # type: ignore[attr-defined]
+    sub = await cnc.subscribe(subjects.presence_subject("local", worker_id), cb=on_presence)
     await cnc.flush()
     steps_before = engine.stats.steps
     started = time.monotonic()
@@ -205,11 +205,12 @@ async def test_heartbeats_stay_punctual_while_the_engine_is_saturated(system: Sy
     assert len(gaps) >= 3 and max(gaps) <= 1.2 * HEARTBEAT_S, [round(g, 3) for g in gaps]
 
 
-async def test_client_stream_helper_prints_tokens_as_they_come(cnc: Client) -> None:
-    seen: list[dict[str, Any]] = []
-    reply = await client.infer_stream(
-        cnc, model=TINY, input="the sky is", params={"maxNewTokens": 12}, on_chunk=seen.append, timeout=60
-    )
-    assert [c["seq"] for c in seen] == list(range(len(seen))) and seen
-    assert sum(len(c["tokenIds"]) for c in seen) == 12
-    assert "".join(c["text"] for c in seen) == reply["result"]
+async def test_client_stream_yields_tokens_then_the_reply(cnc: Client) -> None:
+    parts: list[Any] = []
+    async for part in client.infer_stream(
+        cnc, model=TINY, input="the sky is", params={"maxNewTokens": 12}, timeout=60
+    ):
+        parts.append(part)
+    *texts, reply = parts
+    assert isinstance(reply, dict) and reply["usage"]["tokensOut"] == 12
+    assert len(texts) >= 2 and "".join(texts) == reply["result"]  # streamed in pieces, nothing missing

@@ -149,7 +149,7 @@ async def test_load_progress_is_reported_while_loading(caplog: pytest.LogCapture
     async def on_change(entry: CachedModel) -> None:
         if entry.state is ModelState.LOADING and entry.progress:
             progress.append(entry.progress)
-            line = model_line(entry.served())
+            line = model_line(entry.served().wire())
             assert line.startswith("all-minilm-l6-v2:1 (loading ") and line.endswith("%)")
 
     cache = ModelCache([spec], budget=1 << 34, on_change=on_change, progress_every_s=0.01)
@@ -159,6 +159,7 @@ async def test_load_progress_is_reported_while_loading(caplog: pytest.LogCapture
         assert cache.models[spec.key].state is ModelState.WARM
         assert progress and all(0 < p <= 0.99 for p in progress), progress
         assert any(r.getMessage() == "loading model" for r in caplog.records)
-        assert "MB" in model_line(cache.models[spec.key].served())  # warm: its measured size
+        warm = cache.models[spec.key].served()
+        assert model_line(warm.wire()) == "all-minilm-l6-v2:1" and warm.size_mb and warm.size_mb > 50
     finally:
         await cache.close()
