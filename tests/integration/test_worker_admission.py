@@ -5,7 +5,6 @@ refused at start on a machine without CUDA."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tether import client, codec, errors, subjects
 from tether.dispatch_auth import DispatchSigner
 from tether.security import ensure_dev_trust
 from tether.settings import Settings
+from tether.signed import read_unverified
 
 
 def _dispatch(job: str, tenant: str, model: str, report_to: str) -> Dispatch:
@@ -94,7 +94,7 @@ async def test_cache_announces_states_and_evicts_the_lru_model_through_the_pipel
     seen: list[tuple[str, str]] = []
 
     async def on_model(msg: Any) -> None:
-        ann = json.loads(msg.data)
+        ann = read_unverified(msg.data)  # the signed announcement's payload
         if ann["state"] != "loading" or not ann.get("progress"):
             seen.append((ann["modelId"], ann["state"]))
 
