@@ -16,6 +16,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_unknown": 404,
     "not_found": 404,
     "conflict": 409,
+    "cancelled": 409,  # the job was cancelled (tether.control.cancel.<job>) before it finished
     "payload_too_large": 413,
     "quota_exceeded": 429,
     "dead_lettered": 500,
