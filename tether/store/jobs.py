@@ -64,7 +64,11 @@ class JobStore:
 
     async def open(self) -> None:
         await self.backend.connect()
-        await migrate(self.backend)
+        try:
+            await migrate(self.backend)
+        except BaseException:
+            await self.backend.close()  # an open backend's thread would keep the process alive
+            raise
         self._batcher.start()
 
     async def close(self) -> None:
