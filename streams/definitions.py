@@ -19,16 +19,17 @@ from nats.js.api import (
 )
 
 from tether import subjects
-from tether.settings import Settings
+from tether.settings import DEFAULT_JOB_LEASE_S, Settings
 
 JOBS = "JOBS"
 RESULTS = "RESULTS"
 DLQ = "DLQ"
 PRESENCE = "PRESENCE"
 SCHEDULER_CONSUMER = "schedulers"
-#: JetStream redelivers a job a scheduler holds unacknowledged after this long;
-#: a live scheduler keeps extending it (``in_progress``) while the job runs.
-SCHEDULER_ACK_WAIT_S = 30.0
+#: JetStream redelivers a job a scheduler holds unacknowledged after this long
+#: (``Settings.job_lease_s``, ``TETHER_JOB_LEASE_S``); a live scheduler keeps
+#: extending it (``in_progress``) while the job runs.
+SCHEDULER_ACK_WAIT_S = DEFAULT_JOB_LEASE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         durable_name=SCHEDULER_CONSUMER,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=SCHEDULER_ACK_WAIT_S,
+        ack_wait=settings.job_lease_s,
         max_deliver=-1,  # attempts are counted in the store; JetStream never drops a job
         max_ack_pending=max(settings.max_inflight * 4, 20_000),
         filter_subject=subjects.JOBS_ALL,

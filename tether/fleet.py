@@ -116,6 +116,21 @@ class FleetView:
                 out.append(entry)
         return out
 
+    def lost(self, worker_id: str, started_at: float | None, now: float | None = None) -> str | None:
+        """Why work placed on ``worker_id`` (whose process started at ``started_at``) cannot finish.
+
+        The worker went OFFLINE (no heartbeat for 3T), or it restarted since (a new
+        process knows nothing of the old one's jobs). None while it may still finish.
+        """
+        entry = self._workers.get(worker_id)
+        if entry is None:
+            return None
+        if started_at is not None and entry.presence.started_at != started_at:
+            return f"worker {worker_id} restarted"
+        if self.health(entry, now) is Health.OFFLINE:
+            return f"worker {worker_id} went OFFLINE (no heartbeat for {3 * self.heartbeat_s:g}s)"
+        return None
+
     def knows_model(self, model_id: str, version: str) -> bool:
         """Has any worker ever announced this model (in any state)?"""
         return (model_id, version) in self._models_seen

@@ -32,6 +32,7 @@ class Ticket:
     error: TetherError | None = None
     stream_seq: int = 0
     enqueued_at: float = 0.0  # when JetStream accepted it
+    deliveries: int = 1  # how many times JetStream has handed this job to a scheduler
 
     @property
     def job_id(self) -> str:
@@ -72,7 +73,8 @@ def read_ticket(msg: Msg, settings: Settings) -> Ticket:
     )
     if error is not None:
         error.job_id = job_id
-    return Ticket(key, headers, submission, error, seq, enqueued_at)
+    deliveries = meta.num_delivered if meta and meta.num_delivered else 1
+    return Ticket(key, headers, submission, error, seq, enqueued_at, deliveries)
 
 
 def _job_id(submission: JobSubmission | None, body: Any, headers: dict[str, str], seq: int) -> str:

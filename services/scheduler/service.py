@@ -33,7 +33,6 @@ from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.placement import LeastLoaded, Placement
 from services.scheduler.pull import PullConsumer
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
-from streams.definitions import SCHEDULER_ACK_WAIT_S
 from tether import telemetry
 from tether.connection import connect
 from tether.errors import (
@@ -174,7 +173,7 @@ class Scheduler:
 
     async def _keepalive(self) -> None:
         """Tell JetStream (and the store) we still own the jobs we hold."""
-        period = SCHEDULER_ACK_WAIT_S / 3
+        period = self.settings.job_lease_s / 3
         while True:
             await asyncio.sleep(period)
             held = list(self._held.items())
@@ -183,7 +182,7 @@ class Scheduler:
                     await msg.in_progress()
             with contextlib.suppress(Exception):
                 await self.store.renew_leases(
-                    [jid for jid, _ in held], self.scheduler_id, time.time() + SCHEDULER_ACK_WAIT_S
+                    [jid for jid, _ in held], self.scheduler_id, time.time() + self.settings.job_lease_s
                 )
 
     async def _handle(self, msg: Msg) -> None:
@@ -217,6 +216,11 @@ class Scheduler:
             return
         key, sub = t.key, t.submission
         assert sub is not None
+        if t.deliveries > 1 and self.js is not None:  # its last holder may have died after it finished
+            stored = await fetch_final(self.js, t.job_id)
+            if stored is not None:
+                await self._record_final(t, stored, stored.attempts or 1)
+                return
         if not self.fleet.knows_model(key.model_id, key.version) and self._past_grace():
             await self._finish_error(
                 t,
@@ -242,7 +246,7 @@ class Scheduler:
                 scheduler_id=self.scheduler_id,
                 worker_id=choice.worker_id,
                 placement=choice.explanation,
-                lease_until=now + SCHEDULER_ACK_WAIT_S,
+                lease_until=now + self.settings.job_lease_s,
                 expires_at=now + self.settings.dispatch_ack_s + exec_timeout,
                 now=now,
             )
@@ -287,6 +291,8 @@ class Scheduler:
             deadline=time.time() + exec_timeout,
             trace=telemetry.child_headers(t.headers),
         )
+        placed = self.fleet.get(worker_id)
+        started_at = placed.presence.started_at if placed else None
         watch = self.dispatcher.submit(worker_id, d)
         self._inflight_by_worker[worker_id] += 1
         try:
@@ -305,15 +311,19 @@ class Scheduler:
                 err = NoCapacity(f"worker {worker_id} refused: {info.message}")
                 await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
                 return err
-            report = await self._await_outcome(watch.report, key.job_id, attempt, exec_timeout)
-            if report is None:
+            report = await self._await_outcome(
+                watch.report, key.job_id, attempt, exec_timeout, worker_id, started_at
+            )
+            if isinstance(report, ResultMessage):  # its report was lost, its result is stored
+                await self._record_final(t, report, attempt)
+                return None
+            if isinstance(report, TetherError):  # timed out, or the worker died: did it finish anyway?
                 stored = await fetch_final(self.js, key.job_id) if self.js else None
                 if stored is not None:
                     await self._record_final(t, stored, attempt)
                     return None
-                err = Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
-                await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
-                return err
+                await self.store.fail_attempt(key.job_id, attempt, report.code, report.message, time.time())
+                return report
             if report.ok:
                 await self.store.finish(
                     key,
@@ -336,23 +346,45 @@ class Scheduler:
                 del self._inflight_by_worker[worker_id]
 
     async def _await_outcome(
-        self, fut: asyncio.Future[AttemptReport], job_id: str, attempt: int, exec_timeout: float
-    ) -> AttemptReport | None:
-        """Wait for the worker's report; None on timeout.
+        self,
+        fut: asyncio.Future[AttemptReport],
+        job_id: str,
+        attempt: int,
+        exec_timeout: float,
+        worker_id: str,
+        started_at: float | None,
+    ) -> AttemptReport | ResultMessage | TetherError:
+        """Wait for the worker's report; a Timeout, or WorkerFailed once the worker is lost.
 
         RUNNING is written only when the job is still running after
         ``RUNNING_WRITE_DELAY_S``: a job that finishes sooner gets its start time
-        from the report, in the same transaction as its final state.
+        from the report, in the same transaction as its final state. While waiting,
+        the worker's heartbeats are checked every T: a worker that went OFFLINE or
+        restarted will never report, so its attempt is given up at once (guarantee 3). A
+        report can also be lost (sent as a connection died); so RESULTS is checked after
+        T, 2T, 4T, ... and a stored result there ends the wait.
         """
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=RUNNING_WRITE_DELAY_S)
         except TimeoutError:
             pass
         await self.store.mark_running(job_id, attempt, time.time())
-        try:
-            return await asyncio.wait_for(fut, timeout=max(0.0, exec_timeout - RUNNING_WRITE_DELAY_S))
-        except TimeoutError:
-            return None
+        period = gap = self.settings.heartbeat_s
+        deadline = time.monotonic() + exec_timeout - RUNNING_WRITE_DELAY_S
+        check_at = time.monotonic() + gap
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout=min(left, period))
+            except TimeoutError:
+                pass
+            if why := self.fleet.lost(worker_id, started_at):
+                return WorkerFailed(f"{why} while running the job")
+            if time.monotonic() >= check_at and self.js is not None:
+                gap *= 2
+                check_at = time.monotonic() + gap
+                if (stored := await fetch_final(self.js, job_id)) is not None:
+                    return stored
+        return Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
 
     # ---- outcomes -----------------------------------------------------------------------------
 
