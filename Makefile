@@ -26,6 +26,7 @@ run: install
 
 test: install
 	$(PY) -m schemas.generate --check
+	$(PY) -m services.gateway.http.openapi_file --check
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -34,6 +35,7 @@ lint: install
 
 schemas: install
 	$(PY) -m schemas.generate
+	$(PY) -m services.gateway.http.openapi_file
 
 bench: install
 	$(PY) bench/pipeline.py

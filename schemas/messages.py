@@ -60,6 +60,8 @@ class InferParams(_Wire):
     chat: bool | None = None
     normalize: bool | None = None
     timeout_s: float | None = Field(default=None, gt=0.0)
+    region: str | None = Field(default=None, min_length=1, max_length=64)  # placement: preferred region
+    device_class: str | None = Field(default=None, min_length=1, max_length=64)  # e.g. "cpu", "cuda"
 
 
 class InferRequest(_Wire):
@@ -93,6 +95,7 @@ class ErrorInfo(_Internal):
     retryable: bool = False
     job_id: str | None = None
     field: str | None = None
+    retry_after_s: float | None = None
 
 
 class ErrorReply(_Internal):
@@ -116,6 +119,9 @@ class InferReply(_Internal):
     attempts: int = 1
     usage: Usage | None = None
     latency_ms: float | None = None
+    requested_model_id: str | None = None  # set when another model served it (an alias, or degraded)
+    requested_version: str | None = None
+    degraded: bool | None = None  # true when the queue was deep and the tenant's policy allowed a fallback
 
 
 class ResultStatus(StrEnum):

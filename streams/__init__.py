@@ -1,6 +1,27 @@
 """JetStream declarations, applied idempotently at start."""
 
 from streams.apply import apply
-from streams.definitions import DLQ, JOBS, PRESENCE, RESULTS, SCHEDULER_CONSUMER, Topology, topology
+from streams.definitions import (
+    ARTIFACTS_BUCKET,
+    DLQ,
+    JOBS,
+    PRESENCE,
+    RESULTS,
+    SCHEDULER_CONSUMER,
+    TRUST_BUCKET,
+    Topology,
+    topology,
+)
 
-__all__ = ["DLQ", "JOBS", "PRESENCE", "RESULTS", "SCHEDULER_CONSUMER", "Topology", "apply", "topology"]
+__all__ = [
+    "ARTIFACTS_BUCKET",
+    "DLQ",
+    "JOBS",
+    "PRESENCE",
+    "RESULTS",
+    "SCHEDULER_CONSUMER",
+    "TRUST_BUCKET",
+    "Topology",
+    "apply",
+    "topology",
+]

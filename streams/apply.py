@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from streams.definitions import Topology
 
@@ -25,3 +25,16 @@ async def apply(js: JetStreamContext, topo: Topology) -> None:
     for stream, ccfg in topo.consumers:
         # add_consumer creates, or updates a durable with the same name.
         await js.add_consumer(stream, ccfg)
+    for kv in topo.key_values:
+        try:
+            await js.key_value(kv.bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(kv)
+            log.info("kv bucket created", extra={"bucket": kv.bucket})
+    for obj in topo.object_stores:
+        assert obj.bucket is not None
+        try:
+            await js.object_store(obj.bucket)
+        except BucketNotFoundError:
+            await js.create_object_store(obj.bucket, config=obj)
+            log.info("object store created", extra={"bucket": obj.bucket})

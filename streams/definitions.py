@@ -13,6 +13,8 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -26,6 +28,10 @@ RESULTS = "RESULTS"
 DLQ = "DLQ"
 PRESENCE = "PRESENCE"
 SCHEDULER_CONSUMER = "schedulers"
+#: KV bucket of trusted / denied public keys (see tether/trust.py), watched by every verifier.
+TRUST_BUCKET = "TETHER_TRUST"
+#: Object store of signed model artifacts, addressed by manifest digest (see tether/artifacts/).
+ARTIFACTS_BUCKET = "TETHER_ARTIFACTS"
 #: JetStream redelivers a job a scheduler holds unacknowledged after this long
 #: (``Settings.job_lease_s``, ``TETHER_JOB_LEASE_S``); a live scheduler keeps
 #: extending it (``in_progress``) while the job runs.
@@ -36,6 +42,8 @@ SCHEDULER_ACK_WAIT_S = DEFAULT_JOB_LEASE_S
 class Topology:
     streams: tuple[StreamConfig, ...]
     consumers: tuple[tuple[str, ConsumerConfig], ...]
+    key_values: tuple[KeyValueConfig, ...] = ()
+    object_stores: tuple[ObjectStoreConfig, ...] = ()
 
 
 def cluster_replicas(server_info: dict[str, object], configured: int = 0) -> int:
@@ -100,8 +108,28 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.job_lease_s,
-        max_deliver=-1,  # attempts are counted in the store; JetStream never drops a job
+        # Attempts are counted in the store; this cap only catches a job no scheduler can get through
+        # (crashing on it each time): past it, the max-deliveries advisory sends it to the DLQ.
+        max_deliver=settings.max_deliver,
         max_ack_pending=max(settings.max_inflight * 4, 20_000),
         filter_subject=subjects.JOBS_ALL,
     )
-    return Topology(streams=(jobs, results, dlq, presence), consumers=((JOBS, schedulers),))
+    trust = KeyValueConfig(
+        bucket=TRUST_BUCKET,
+        description="Allowed (allow.<role>.<key>) and denied (deny.<key>) public keys",
+        history=1,
+        storage=StorageType.FILE,
+        replicas=r,
+    )
+    artifacts = ObjectStoreConfig(
+        bucket=ARTIFACTS_BUCKET,
+        description="Signed model artifacts: manifests (by digest) and files (by SHA-256)",
+        storage=StorageType.FILE,
+        replicas=r,
+    )
+    return Topology(
+        streams=(jobs, results, dlq, presence),
+        consumers=((JOBS, schedulers),),
+        key_values=(trust,),
+        object_stores=(artifacts,),
+    )

@@ -71,14 +71,17 @@ class System:
 
 
 async def start_system(settings: Settings, models: list[str], *, workers: int = 1) -> System:
+    """Workers signed with development keys allowlisted under ``settings.home`` (``ensure_dev_trust``)."""
     from services.gateway.service import Gateway
     from services.scheduler.service import Scheduler
     from services.worker.runtimes.catalog import parse_model_spec
     from services.worker.service import Worker
+    from tether.security import ensure_dev_trust
 
     system = System(settings)
+    keys = [i for i in ensure_dev_trust(settings, extra_workers=workers - 1) if i.role == "worker"]
     for i in range(workers):
-        w = Worker(settings, worker_id=f"w-test-{i}", specs=[parse_model_spec(m) for m in models])
+        w = Worker(settings, identity=keys[i], specs=[parse_model_spec(m) for m in models])
         await w.start()
         await w.wait_ready()
         system.workers.append(w)
@@ -86,6 +89,7 @@ async def start_system(settings: Settings, models: list[str], *, workers: int = 
     await system.scheduler.start()  # type: ignore[attr-defined]
     system.gateway = Gateway(settings, gateway_id="g-test")
     await system.gateway.start()  # type: ignore[attr-defined]
+    await system.gateway.nc.flush()  # type: ignore[attr-defined]  # its subscriptions reached the server
     return system
 
 

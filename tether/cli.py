@@ -2,9 +2,17 @@
 
     tether up                       everything on this machine (what `make run` calls)
     tether nats|gateway|scheduler|worker   one role, pointed at TETHER_NATS_URL
-    tether infer TEXT --model M     one request through tether.infer
-    tether status                   workers, models, heartbeat ages, queue depth
-    tether jobs list | show ID      job state, attempts and placement from the store
+    tether infer TEXT --model M     one request through tether.infer (--stream: tokens as they come)
+    tether status [--watch]         workers, models, queue depths, SLIs (live with --watch)
+    tether jobs list | show ID | replay --since 10m    the store's view, or RESULTS replayed
+    tether dlq list                 dead letters replayed from the DLQ stream
+    tether apikeys add|list|revoke  API keys for the HTTP gateway (tenant per key)
+    tether bench                    requests through tether.infer, latency and throughput
+    tether keys gen|show|allow|deny|list   node keys and the trust lists (tether/keys_cli.py)
+    tether models publish|verify    signed model artifacts (tether/artifacts/cli.py)
+    tether certs gen|users          TLS and per-role users for infra/nats/prod.conf (tether/certs.py)
+    tether dlq list | show ID | retry ID   dead letters
+    tether drain WORKER|all         finish in-flight jobs, then stop
 
 Exit codes: 0 ok, 1 failed, 2 usage.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -26,7 +35,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["models"] = [m for m in args.models.split(",") if m]
     if getattr(args, "region", None):
         overrides["region"] = args.region
-    return Settings.from_env(**overrides)
+    if getattr(args, "insecure", False):
+        os.environ["TETHER_INSECURE"] = "1"  # children started by `tether up` inherit it
+        overrides["insecure"] = True
+    s = Settings.from_env(**overrides)
+    if args.cmd in ("up", "gateway", "scheduler", "worker"):
+        from tether.security import warn_insecure
+
+        warn_insecure(s)
+    return s
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -66,7 +83,10 @@ def _role(coro_factory: Any) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     from tether.roles import run_gateway
 
-    return _role(lambda: run_gateway(_settings(args)))
+    s = _settings(args)
+    if args.port is not None:
+        s.http_port = args.port
+    return _role(lambda: run_gateway(s, http=args.http))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -77,11 +97,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from tether.roles import run_worker
-    from tether.workerid import worker_identity
+    from tether.security import node_identity
 
     s = _settings(args)
-    worker_id = args.worker_id or worker_identity(s.home, args.name)
-    return _role(lambda: run_worker(s, worker_id=worker_id, grace_s=args.grace))
+    identity = node_identity(s, "worker", args.name)
+    return _role(lambda: run_worker(s, identity=identity, grace_s=args.grace))
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -104,12 +124,27 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(json.dumps({"error": error}) if args.json else f"error [{code}]: {message}", file=sys.stderr)
         return 1
 
+    async def stream(nc: Any) -> int:
+        reply: dict[str, Any] = {}
+        async for part in client.infer_stream(
+            nc, model=args.model, version=args.version, tenant=args.tenant, input=args.text, params=params,
+            idempotency_key=args.idempotency_key, timeout=args.timeout,
+        ):
+            if isinstance(part, dict):
+                reply = part
+            elif not args.json:
+                print(part, end="", flush=True)
+        print(json.dumps(reply) if args.json else "")
+        return 0
+
     async def go() -> int:
         try:  # a one-shot command fails fast (nats-py: 0 would mean forever)
             nc = await connect(s.url, name="tether-cli", max_reconnect_attempts=1)
         except (OSError, NatsError) as exc:
             return fail("unavailable", f"cannot reach NATS at {s.url}: {exc}")
         try:
+            if args.stream:
+                return await stream(nc)
             reply = await client.infer(
                 nc,
                 model=args.model,
@@ -153,16 +188,123 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from tether.status import jobs_list, jobs_show
 
     s = _settings(args)
+    if args.jobs_cmd == "replay":
+        from tether.ops import cmd_replay
+
+        return asyncio.run(cmd_replay(s, since=args.since, as_json=args.json))
     if args.jobs_cmd == "show":
         return asyncio.run(jobs_show(s, args.job_id))
     return asyncio.run(jobs_list(s, status=args.status, limit=args.limit))
 
 
+async def _connected(s: Any, fn: Any) -> int:
+    """Run ``fn(nc, js)`` on a fresh connection; exit 1 with a message when NATS is unreachable."""
+    from nats.errors import Error as NatsError
+
+    from tether.connection import connect
+
+    try:
+        nc = await connect(s.url, name="tether-cli", max_reconnect_attempts=1)
+    except (OSError, NatsError) as exc:
+        print(f"error [unavailable]: cannot reach NATS at {s.url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return int(await fn(nc, nc.jetstream()))
+    finally:
+        await nc.close()
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tether import dlq
+    from tether.errors import TetherError
+
+    async def go(nc: Any, js: Any) -> int:
+        if args.dlq_cmd == "list":
+            rows = [dlq.summary(e) for e in await dlq.entries(js)]
+            if args.json:
+                print(json.dumps(rows))
+                return 0
+            table = Table(title=f"dead letters ({len(rows)})")
+            for col in ("jobId", "model", "tenant", "attempts", "error"):
+                table.add_column(col)
+            for r in rows:
+                table.add_row(*(str(r[c]) for c in ("jobId", "model", "tenant", "attempts", "error")))
+            Console().print(table)
+            return 0
+        if args.dlq_cmd == "show":
+            entry = await dlq.find(js, args.job_id)
+            if entry is None:
+                print(f"error [not_found]: job {args.job_id!r} is not in the DLQ", file=sys.stderr)
+                return 1
+            print(dlq.render_entry(entry))
+            return 0
+        try:
+            new_id = await dlq.retry(nc, js, args.job_id)
+        except TetherError as exc:
+            print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+            return 1
+        print(json.dumps({"retriedAs": new_id}) if args.json else f"resubmitted {args.job_id} as {new_id}")
+        return 0
+
+    return asyncio.run(_connected(_settings(args), go))
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    from tether import codec, subjects
+
+    async def go(nc: Any, js: Any) -> int:
+        subject = subjects.control_subject("drain", args.worker_id)
+        body = codec.encode({"graceS": args.grace})
+        if args.worker_id == "all":
+            await nc.publish(subject, body)
+            await nc.flush()
+            print("drain ordered for every worker")
+            return 0
+        try:
+            reply = await nc.request(subject, body, timeout=5.0)
+        except Exception as exc:
+            print(f"error [unavailable]: worker {args.worker_id} did not answer: {exc}", file=sys.stderr)
+            return 1
+        print(reply.data.decode())
+        return 0
+
+    return asyncio.run(_connected(_settings(args), go))
+
+
+def cmd_apikeys(args: argparse.Namespace) -> int:
+    from tether.ops import cmd_keys as run
+
+    name = getattr(args, "name", "")
+    return asyncio.run(
+        run(_settings(args), args.keys_cmd, tenant=getattr(args, "tenant", None), name=name or "",
+            digest=getattr(args, "digest", None))
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tether.ops import cmd_bench as run
+
+    return asyncio.run(run(_settings(args), model=args.model, n=args.n, concurrency=args.concurrency, text=args.text))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tether.artifacts.cli import add_parser as add_models
+    from tether.certs import add_parser as add_certs
+    from tether.keys_cli import add_parser as add_keys
+
     p = argparse.ArgumentParser(prog="tether", description="Many machines, one inference service, over NATS.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    insecure = argparse.ArgumentParser(add_help=False)
+    insecure.add_argument(
+        "--insecure", action="store_true", help="trust any signing key (development only; prints a warning)"
+    )
 
-    up = sub.add_parser("up", help="run nats-server, scheduler, worker and gateway here (development)")
+    up = sub.add_parser(
+        "up", parents=[insecure], help="run nats-server, scheduler, worker and gateway here (development)"
+    )
     up.add_argument("--no-demo", action="store_true", help="skip the demo question once ready")
     up.add_argument("--models", help="comma-separated model specs (default: echo, smollm2, minilm)")
     up.set_defaults(fn=cmd_up)
@@ -171,14 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, help="port (default TETHER_NATS_PORT or 4222)")
     n.set_defaults(fn=cmd_nats)
 
-    sub.add_parser("gateway", help="run a gateway (tether.infer)").set_defaults(fn=cmd_gateway)
-    sub.add_parser("scheduler", help="run a scheduler").set_defaults(fn=cmd_scheduler)
+    g = sub.add_parser("gateway", parents=[insecure], help="run a gateway (tether.infer; with --http also the HTTP API)")
+    g.add_argument("--http", action="store_true", help="also serve HTTP (/infer, /v1/*, dashboard at /)")
+    g.add_argument("--port", type=int, help="HTTP port (default TETHER_HTTP_PORT or 8080; 0: any free)")
+    g.set_defaults(fn=cmd_gateway)
+    sub.add_parser("scheduler", parents=[insecure], help="run a scheduler").set_defaults(fn=cmd_scheduler)
 
-    w = sub.add_parser("worker", help="run a worker")
+    w = sub.add_parser("worker", parents=[insecure], help="run a worker")
     w.add_argument("--models", help="comma-separated model specs (default TETHER_MODELS or echo)")
     w.add_argument("--region", help="region label (default TETHER_REGION or local)")
     w.add_argument("--name", default="worker", help="identity name under TETHER_HOME/keys (default worker)")
-    w.add_argument("--worker-id", help="override the worker id derived from the identity key")
     w.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
     w.set_defaults(fn=cmd_worker)
 
@@ -193,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     i.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     i.add_argument("--msgpack", action="store_true", help="send and receive msgpack instead of JSON")
+    i.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     i.set_defaults(fn=cmd_infer)
 
-    st = sub.add_parser("status", help="workers, models, heartbeat ages, queue depth")
+    st = sub.add_parser("status", parents=[insecure], help="workers, models, heartbeat ages, queue depth")
     st.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(fn=cmd_status)
@@ -206,17 +351,66 @@ def build_parser() -> argparse.ArgumentParser:
     jl.add_argument("--status", help="only this status (QUEUED, RUNNING, COMPLETED, ...)")
     jl.add_argument("--limit", type=int, default=20)
     js = jsub.add_parser("show", help="one job: state, attempts, placement, result")
-    js.add_argument("job_id")
+    js.add_argument("job_id", help="the job id (jobId of a reply)")
+    jr = jsub.add_parser("replay", help="replay final results from the RESULTS stream")
+    jr.add_argument("--since", help="from this long ago (30s, 10m, 2h, 1d) or an ISO time (default: all)")
+    jr.add_argument("--json", action="store_true", help="one result per line as JSON")
     j.set_defaults(fn=cmd_jobs)
+
+    d = sub.add_parser("dlq", help="dead-lettered jobs: list, show, retry")
+    dsub = d.add_subparsers(dest="dlq_cmd", required=True, metavar="SUBCOMMAND")
+    dl = dsub.add_parser("list", help="every entry of the DLQ stream")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    ds = dsub.add_parser("show", help="one entry: submission, last error, every attempt")
+    ds.add_argument("job_id")
+    dr = dsub.add_parser("retry", help="resubmit a dead job's input as a new job")
+    dr.add_argument("job_id")
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(fn=cmd_dlq)
+
+    dn = sub.add_parser("drain", help="tell a worker (or 'all') to finish its jobs and stop")
+    dn.add_argument("worker_id", help="worker id as shown by `tether status`, or all")
+    dn.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs (default 30)")
+    dn.set_defaults(fn=cmd_drain)
+
+    k = sub.add_parser("apikeys", help="API keys for the HTTP gateway (stored hashed in NATS)")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="SUBCOMMAND")
+    ka = ksub.add_parser("add", help="create a key for a tenant and print it (once)")
+    ka.add_argument("--tenant", required=True, help="the tenant requests with this key run as")
+    ka.add_argument("--name", default="", help="a label to recognise the key by")
+    ksub.add_parser("list", help="key digests, tenants and labels (never the keys)")
+    kr = ksub.add_parser("revoke", help="revoke keys by digest prefix (from `apikeys list`)")
+    kr.add_argument("digest", help="at least 8 hex digits of the key's digest")
+    k.set_defaults(fn=cmd_apikeys)
+
+    b = sub.add_parser("bench", help="send requests through tether.infer; print latency and throughput")
+    b.add_argument("--model", default="echo", help="model id (default echo)")
+    b.add_argument("-n", type=int, default=1000, help="number of requests (default 1000)")
+    b.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    b.add_argument("--text", default="hello", help="the input of every request")
+    b.set_defaults(fn=cmd_bench)
+    add_keys(sub)
+    add_models(sub)
+    add_certs(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nats.errors import Error as NatsError
+
+    from tether.errors import InvalidRequest, TetherError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except TetherError as exc:  # a bad argument value is a usage error (2), anything else failed (1)
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidRequest) else 1
+    except (OSError, NatsError) as exc:
+        print(f"error [unavailable]: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""One way to connect to NATS for every role: named, reconnecting forever, quiet logs."""
+"""One way to connect to NATS for every role: named, reconnecting forever, quiet logs.
+
+TLS: ``TETHER_NATS_CA`` names the CA file that signed the server's certificate
+(``tether certs gen``); ``TETHER_NATS_CERT`` / ``TETHER_NATS_KEY`` add a client
+certificate. Credentials travel in the URL: ``tls://user:password@host:4222``.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 
 import nats
 from nats.aio.client import Client
@@ -32,5 +39,16 @@ async def connect(url: str, *, name: str, **options: object) -> Client:
         "pending_size": 64 * 1024 * 1024,
         "flush_timeout": 10,
     }
+    if os.environ.get("TETHER_NATS_CA") and "tls" not in options:
+        opts["tls"] = tls_context(os.environ["TETHER_NATS_CA"])
     opts.update(options)
     return await nats.connect(**opts)  # type: ignore[arg-type]
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """A client TLS context trusting ``ca_file`` (plus a client certificate when configured)."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    cert, key = os.environ.get("TETHER_NATS_CERT"), os.environ.get("TETHER_NATS_KEY")
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx

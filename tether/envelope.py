@@ -29,21 +29,15 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from tether.errors import SignatureInvalid
-from tether.identity import (
-    PUBLIC_KEY_BYTES,
-    ROLE_PREFIX,
-    Identity,
-    decode_public_key,
-    encode_public_key,
-    worker_id_for,
-)
+from tether.identity import PUBLIC_KEY_BYTES, ROLE_PREFIX, Identity, encode_public_key, worker_id_for
+from tether.trust import KeyLike, TrustStore, parse_allowlist
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +72,7 @@ class EnvelopeRejected(SignatureInvalid):
     ) -> None:
         super().__init__(f"envelope rejected ({reason}): {message}", job_id=job_id, field=field)
         self.reason = reason
+        self.signer: bytes | None = None  # the key the envelope names, when it could be parsed
 
 
 @dataclass(slots=True)
@@ -207,48 +202,18 @@ class NonceCache:
         return True
 
 
-def parse_allowlist(text: str, *, source: str = "<allowlist>") -> tuple[set[bytes], set[bytes]]:
-    """Parse allowlist text into (allowed, denied) key sets; ValueError names the bad line.
-
-    One key per line (urlsafe base64 or hex); ``#`` starts a comment; ``deny <key>``
-    puts a key on the denylist (``allow <key>`` is also accepted). Deny wins.
-    """
-    allowed: set[bytes] = set()
-    denied: set[bytes] = set()
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        tokens = raw.split("#", 1)[0].split()
-        if not tokens:
-            continue
-        target = allowed
-        if tokens[0] in ("deny", "allow"):
-            target = denied if tokens[0] == "deny" else allowed
-            tokens = tokens[1:]
-        if len(tokens) != 1:
-            raise ValueError(f"{source}:{lineno}: expected '[deny|allow] <public key>', got {raw.strip()!r}")
-        try:
-            target.add(decode_public_key(tokens[0]))
-        except ValueError as e:
-            raise ValueError(f"{source}:{lineno}: {e}") from None
-    return allowed, denied
-
-
-KeyLike = bytes | str
 _ID_PREFIXES: Final = frozenset(f"{p}-" for p in ROLE_PREFIX.values())
 
 
-def _key(key: KeyLike) -> bytes:
-    if isinstance(key, str):
-        return decode_public_key(key)
-    if len(key) != PUBLIC_KEY_BYTES:
-        raise ValueError(f"public key must be {PUBLIC_KEY_BYTES} bytes, got {len(key)}")
-    return bytes(key)
-
-
 class Verifier:
-    """Checks envelopes against an allowlist, a denylist, a clock-skew window and a nonce cache.
+    """Checks envelopes against a ``TrustStore``, a clock-skew window and a nonce cache.
 
-    ``allow_all=True`` (insecure/development mode) skips only the allowlist check;
-    the denylist, signature, skew and replay checks still apply.
+    ``role`` (when set) is the role signers must be allowed in (``worker`` for
+    presence, ``scheduler`` for dispatch, ``publisher`` for manifests), and the
+    prefix an ``expect_node_id`` must carry. ``allow_all=True`` (``--insecure``)
+    skips only the allowlist check; the denylist, signature, skew and replay
+    checks still apply. ``fresh=False`` is for long-lived signatures (artifact
+    manifests): no skew window and no nonce cache.
     """
 
     def __init__(
@@ -256,31 +221,33 @@ class Verifier:
         allowed: Iterable[KeyLike] = (),
         denied: Iterable[KeyLike] = (),
         *,
+        trust: TrustStore | None = None,
+        role: str | None = None,
         skew_s: float = 30.0,
         allow_all: bool = False,
         max_nonces: int = 2_000_000,
         max_cached_keys: int = 10_000,
+        fresh: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.fresh = fresh
+        self.trust = trust if trust is not None else TrustStore()
+        for k in allowed:
+            self.trust.add_allowed(k)
+        for k in denied:
+            self.trust.deny(k)
+        if role is not None and role not in ROLE_PREFIX:
+            raise ValueError(f"unknown role {role!r}")
+        self.role = role
+        self._id_prefixes = frozenset({f"{ROLE_PREFIX[role]}-"}) if role else _ID_PREFIXES
         self.skew_s = float(skew_s)
         self.allow_all = allow_all
         self.clock = clock
         self.nonces = NonceCache(max_nonces)
         self.rejections: Counter[str] = Counter()
         self.accepted = 0
-        self.path: Path | None = None
-        self._file_stat: tuple[int, int, int] | None = None
-        self._file_allowed: set[bytes] = set()
-        self._file_denied: set[bytes] = set()
-        self._extra_allowed: set[bytes] = {_key(k) for k in allowed}
-        self._extra_denied: set[bytes] = {_key(k) for k in denied}
-        self._allowed: frozenset[bytes] = frozenset()
-        self._denied: frozenset[bytes] = frozenset()
         self._key_cache: dict[bytes, tuple[VerifyKey, str]] = {}
         self._max_cached_keys = max_cached_keys
-        self._rebuild()
-
-    # -- key lists ---------------------------------------------------------
 
     @classmethod
     def from_file(
@@ -288,84 +255,51 @@ class Verifier:
         path: str | os.PathLike[str],
         *,
         missing_ok: bool = False,
-        skew_s: float = 30.0,
-        allow_all: bool = False,
-        max_nonces: int = 2_000_000,
-        clock: Callable[[], float] = time.time,
+        **kwargs: Any,
     ) -> Verifier:
-        """A Verifier whose lists come from an allowlist file (see ``parse_allowlist``).
+        """A Verifier whose lists come from an allowlist file (see ``tether.trust``).
 
         Raises FileNotFoundError (unless ``missing_ok``) or ValueError for a bad file.
         """
-        v = cls(skew_s=skew_s, allow_all=allow_all, max_nonces=max_nonces, clock=clock)
-        v.path = Path(path)
-        try:
-            st = os.stat(v.path)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise
-            return v
-        v._file_allowed, v._file_denied = parse_allowlist(v.path.read_text(), source=str(v.path))
-        v._file_stat = (st.st_mtime_ns, st.st_size, st.st_ino)
-        v._rebuild()
-        return v
+        p = Path(path)
+        if not missing_ok and not p.exists():
+            raise FileNotFoundError(p)
+        if p.exists():
+            parse_allowlist(p.read_text(), source=str(p))  # a bad file is an error at start
+        return cls(trust=TrustStore(p), **kwargs)
+
+    # -- key lists (delegated to the trust store) --------------------------
+
+    @property
+    def path(self) -> Path | None:
+        return self.trust.path
 
     def reload(self) -> bool:
-        """Re-read the allowlist file if it changed (one ``stat`` otherwise); True when reloaded.
-
-        A missing or unparsable file keeps the previous lists (and logs once per change).
-        Replace the file atomically (write + rename) so a half-written file is never read.
-        """
-        if self.path is None:
-            return False
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            if self._file_stat is not None:
-                log.warning("allowlist %s disappeared; keeping the previous lists", self.path)
-                self._file_stat = None
-            return False
-        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if sig == self._file_stat:
-            return False
-        self._file_stat = sig
-        try:
-            allowed, denied = parse_allowlist(self.path.read_text(), source=str(self.path))
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            log.error("allowlist %s not reloaded, keeping the previous lists: %s", self.path, e)
-            return False
-        self._file_allowed, self._file_denied = allowed, denied
-        self._rebuild()
-        log.info("allowlist %s reloaded: %d allowed, %d denied", self.path, len(allowed), len(denied))
-        return True
+        """Re-read the allowlist file if it changed; True when reloaded."""
+        return self.trust.reload()
 
     def add_allowed(self, key: KeyLike) -> None:
-        """Allow a key (kept across reloads). A denied key stays denied."""
-        self._extra_allowed.add(_key(key))
-        self._rebuild()
+        self.trust.add_allowed(key)
 
     def deny(self, key: KeyLike) -> None:
-        """Deny a key (kept across reloads); deny wins over allow."""
-        self._extra_denied.add(_key(key))
-        self._rebuild()
+        self.trust.deny(key)
 
     @property
     def allowed(self) -> frozenset[bytes]:
-        return self._allowed
+        return self.trust.allowed
 
     @property
     def denied(self) -> frozenset[bytes]:
-        return self._denied
-
-    def _rebuild(self) -> None:
-        self._allowed = frozenset(self._file_allowed | self._extra_allowed)
-        self._denied = frozenset(self._file_denied | self._extra_denied)
+        return self.trust.denied
 
     # -- verification ------------------------------------------------------
 
-    def _reject(self, reason: str, message: str) -> EnvelopeRejected:
+    def reject(self, reason: str, message: str, signer: bytes | None = None) -> EnvelopeRejected:
+        """Count a rejection by ``reason`` and return the error to raise."""
         self.rejections[reason] += 1
-        return EnvelopeRejected(reason, message)
+        err = EnvelopeRejected(reason, message)
+        err.signer = signer
+        return err
 
     def _cached_key(self, pk: bytes) -> tuple[VerifyKey, str]:
         """(VerifyKey, node-id hash suffix) for a public key, cached (bounded)."""
@@ -395,33 +329,43 @@ class Verifier:
         except EnvelopeRejected as e:
             self.rejections[e.reason] += 1
             raise
+        try:
+            return self._check(env, body, purpose, now, expect_node_id)
+        except EnvelopeRejected as e:
+            e.signer = env.public_key
+            raise
+
+    def _check(
+        self, env: Envelope, body: bytes, purpose: str, now: float | None, expect_node_id: str | None
+    ) -> Envelope:
         if env.purpose != purpose:
-            raise self._reject("wrong_purpose", f"sealed for {env.purpose!r}, expected {purpose!r}")
+            raise self.reject("wrong_purpose", f"sealed for {env.purpose!r}, expected {purpose!r}")
         pk = env.public_key
-        if pk in self._denied:
-            raise self._reject("denied_key", f"key {env.public_key_b64} is denylisted")
-        if not self.allow_all and pk not in self._allowed:
-            raise self._reject("unknown_key", f"key {env.public_key_b64} is not allowlisted")
+        if self.trust.is_denied(pk):
+            raise self.reject("denied_key", f"key {env.public_key_b64} is denylisted")
+        if not self.allow_all and not self.trust.allows(pk, self.role):
+            what = f" for role {self.role}" if self.role else ""
+            raise self.reject("unknown_key", f"key {env.public_key_b64} is not allowlisted{what}")
         if now is None:
             now = self.clock()
         skew = self.skew_s
         ts = env.timestamp
+        if not self.fresh:
+            ts, now, skew = 0.0, 0.0, math.inf  # a long-lived signature: no window, no nonce
         if ts < now - skew:
-            raise self._reject("stale", f"timestamp {now - ts:.1f}s old (skew window {skew:g}s)")
+            raise self.reject("stale", f"timestamp {now - ts:.1f}s old (skew window {skew:g}s)")
         if ts > now + skew:
-            raise self._reject("stale", f"timestamp {ts - now:.1f}s in the future (skew window {skew:g}s)")
+            raise self.reject("stale", f"timestamp {ts - now:.1f}s in the future (skew window {skew:g}s)")
         vk, id_suffix = self._cached_key(pk)
         if expect_node_id is not None and (
-            expect_node_id[2:] != id_suffix or expect_node_id[:2] not in _ID_PREFIXES
+            expect_node_id[2:] != id_suffix or expect_node_id[:2] not in self._id_prefixes
         ):
-            raise self._reject(
-                "id_mismatch", f"node id {expect_node_id!r} does not belong to the signing key"
-            )
+            raise self.reject("id_mismatch", f"node id {expect_node_id!r} does not belong to the signing key")
         try:
             vk.verify(CONTEXT + body, env.signature)
         except BadSignatureError:
-            raise self._reject("bad_signature", "signature does not verify") from None
-        if not self.nonces.add(pk + env.nonce, ts + skew, now):
-            raise self._reject("replayed", "nonce already seen")
+            raise self.reject("bad_signature", "signature does not verify") from None
+        if self.fresh and not self.nonces.add(pk + env.nonce, ts + skew, now):
+            raise self.reject("replayed", "nonce already seen")
         self.accepted += 1
         return env

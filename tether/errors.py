@@ -9,13 +9,14 @@
     ├── Timeout                      timeout           yes
     ├── WorkerFailed                 worker_failed     yes
     ├── DeadLettered                 dead_lettered     no
+    ├── Conflict                     conflict          no
     ├── Unauthorized                 unauthorized      no
     │   └── SignatureInvalid         signature_invalid no
     ├── ArtifactInvalid              artifact_invalid  no
     ├── StoreError                   store_unavailable yes
     └── Internal                     internal          yes
 
-Errors travel as data: ``{"code", "message", "retryable", "job_id"?}``
+Errors travel as data: ``{"code", "message", "retryable", "jobId"?, "field"?, "retryAfterS"?}``
 (``ErrorInfo`` in ``schemas``). ``TetherError.to_wire()`` produces it and
 ``error_from_wire()`` turns it back into the matching exception.
 """
@@ -29,11 +30,19 @@ class TetherError(Exception):
     code: ClassVar[str] = "internal"
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, job_id: str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        field: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.job_id = job_id
         self.field = field
+        self.retry_after_s = retry_after_s  # when a retry may succeed (quota refill, shed)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"code": self.code, "message": self.message, "retryable": self.retryable}
@@ -41,6 +50,8 @@ class TetherError(Exception):
             out["jobId"] = self.job_id
         if self.field is not None:
             out["field"] = self.field
+        if self.retry_after_s is not None:
+            out["retryAfterS"] = round(self.retry_after_s, 3)
         return out
 
 
@@ -78,6 +89,12 @@ class WorkerFailed(TetherError):
 
 class DeadLettered(TetherError):
     code = "dead_lettered"
+
+
+class Conflict(TetherError):
+    """The request contradicts an earlier one (an idempotency key reused with a different body)."""
+
+    code = "conflict"
 
 
 class Unauthorized(TetherError):
@@ -119,5 +136,10 @@ ERROR_CODES: tuple[str, ...] = tuple(sorted(_BY_CODE))
 def error_from_wire(data: dict[str, Any]) -> TetherError:
     """Rebuild the exception a wire error describes (unknown codes become ``TetherError``)."""
     cls = _BY_CODE.get(str(data.get("code")), TetherError)
-    err = cls(str(data.get("message", "")), job_id=data.get("jobId"), field=data.get("field"))
-    return err
+    retry_after = data.get("retryAfterS")
+    return cls(
+        str(data.get("message", "")),
+        job_id=data.get("jobId"),
+        field=data.get("field"),
+        retry_after_s=float(retry_after) if isinstance(retry_after, int | float) else None,
+    )

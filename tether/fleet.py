@@ -6,8 +6,14 @@ both hold one. It is eventually consistent: built from heartbeats on
 keeps the last heartbeat per worker, so a new process knows the fleet at once
 instead of after a heartbeat period.
 
+Every heartbeat and model announcement is a signed envelope; only what the
+``PresenceGate`` admits (tether/signed.py) enters the view. Rejections are
+counted by reason in ``rejections``.
+
 Health by heartbeat age (T = heartbeat period): HEALTHY up to 2T, SUSPECT up
-to 3T, OFFLINE after.
+to 3T, OFFLINE after; ``sweep()`` reports transitions (the scheduler logs them
+and publishes ``tether.events.worker.<state>``). Workers are indexed by the
+models they serve, so finding candidates costs O(matches), not O(fleet).
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from nats.aio.client import Client
@@ -25,17 +33,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from schemas import ModelState, Presence
-from tether import codec, subjects
-from tether.errors import TetherError
+from schemas import ModelAnnouncement, ModelState, Presence
+from tether import subjects
+from tether.envelope import EnvelopeRejected, open_envelope
+from tether.settings import Settings
+from tether.signed import PresenceGate
 
 log = logging.getLogger(__name__)
 
-PresenceDecoder = Callable[[bytes, dict[str, str] | None], Presence]
 
-
-def decode_presence(data: bytes, headers: dict[str, str] | None) -> Presence:
-    return Presence.model_validate(codec.decode(data, codec.content_type_of(headers)))
+_MODELS = f"{subjects.PREFIX}.models."
+#: Presence handling yields to the event loop after this many messages in a row.
+YIELD_EVERY = 16
 
 
 class Health(StrEnum):
@@ -44,14 +53,58 @@ class Health(StrEnum):
     OFFLINE = "OFFLINE"
 
 
+#: Model states a worker can take jobs for: warm now, or evicted from memory but loadable on demand.
+SERVABLE_STATES = (ModelState.WARM, ModelState.EVICTED)
+
+
 @dataclass(slots=True)
 class WorkerEntry:
     presence: Presence
     last_seen: float
+    served: dict[tuple[str, str], ModelState] = field(default_factory=dict)
 
     @property
     def worker_id(self) -> str:
         return self.presence.worker_id
+
+
+class WorkerIndex:
+    """Workers serving one model: O(1) add and remove, and random samples without copying."""
+
+    __slots__ = ("_entries", "_pos")
+
+    def __init__(self) -> None:
+        self._entries: list[WorkerEntry] = []
+        self._pos: dict[str, int] = {}
+
+    def put(self, entry: WorkerEntry) -> None:
+        i = self._pos.get(entry.worker_id)
+        if i is None:
+            self._pos[entry.worker_id] = len(self._entries)
+            self._entries.append(entry)
+        else:
+            self._entries[i] = entry
+
+    def discard(self, worker_id: str) -> None:
+        i = self._pos.pop(worker_id, None)
+        if i is None:
+            return
+        last = self._entries.pop()
+        if i < len(self._entries):
+            self._entries[i] = last
+            self._pos[last.worker_id] = i
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[WorkerEntry]:
+        return list(self._entries)
+
+    def sample(self, k: int, rng: random.Random) -> list[WorkerEntry]:
+        n = len(self._entries)
+        if n <= k:
+            return list(self._entries)
+        return [self._entries[i] for i in rng.sample(range(n), k)]
 
 
 class FleetView:
@@ -59,19 +112,45 @@ class FleetView:
         self,
         *,
         heartbeat_s: float,
-        decoder: PresenceDecoder = decode_presence,
+        gate: PresenceGate,
+        settings: Settings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.heartbeat_s = heartbeat_s
-        self._decoder = decoder
+        self.gate = gate
+        self._settings = settings
         self._clock = clock
         self._workers: dict[str, WorkerEntry] = {}
+        self._by_model: dict[tuple[str, str], WorkerIndex] = {}
+        self._health: dict[str, Health] = {}
+        self.forget_after = 60  # heartbeat periods an OFFLINE worker stays listed
         self._models_seen: set[tuple[str, str]] = set()
-        self._sub = None
-        self.rejected = 0
+        self.announcements: dict[tuple[str, str, str], ModelAnnouncement] = {}
+        self._subs: list[object] = []
+        self._received = 0
         self.changed = asyncio.Event()
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.time) -> FleetView:
+        """A fleet view admitting heartbeats from workers the settings' trust store allows."""
+        from tether.security import verifier_for
+
+        gate = PresenceGate(verifier_for(settings, "worker"))
+        return cls(heartbeat_s=settings.heartbeat_s, gate=gate, settings=settings, clock=clock)
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Rejected heartbeats and announcements, by reason."""
+        return self.gate.rejections
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.gate.rejections.values())
+
     # ---- pure state ---------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
 
     def observe(self, presence: Presence, *, seen_at: float | None = None) -> None:
         now = self._clock() if seen_at is None else seen_at
@@ -82,7 +161,22 @@ class FleetView:
             and presence.seq <= prev.presence.seq
         ):
             return  # out of order or duplicate
-        self._workers[presence.worker_id] = WorkerEntry(presence, now)
+        entry = WorkerEntry(presence, now)
+        self._workers[presence.worker_id] = entry
+        served = {
+            (m.model_id, m.version): m.state for m in presence.models if m.state in SERVABLE_STATES
+        }
+        old = prev.served if prev is not None else {}
+        entry.served = served
+        for key in old.keys() - served.keys():
+            index = self._by_model.get(key)
+            if index is not None:
+                index.discard(presence.worker_id)
+        for key in served:
+            index = self._by_model.get(key)
+            if index is None:
+                index = self._by_model[key] = WorkerIndex()
+            index.put(entry)
         for m in presence.models:
             self._models_seen.add((m.model_id, m.version))
         self.changed.set()
@@ -95,41 +189,68 @@ class FleetView:
             return Health.SUSPECT
         return Health.OFFLINE
 
+    def sweep(self, now: float | None = None) -> list[tuple[WorkerEntry, Health | None, Health]]:
+        """Health transitions since the last sweep: ``(entry, old or None if new, new)``.
+
+        Workers OFFLINE for ``forget_after`` heartbeat periods are dropped from the view.
+        """
+        now = self._clock() if now is None else now
+        changes: list[tuple[WorkerEntry, Health | None, Health]] = []
+        for worker_id, entry in list(self._workers.items()):
+            state = self.health(entry, now)
+            old = self._health.get(worker_id)
+            if state is not old:
+                self._health[worker_id] = state
+                changes.append((entry, old, state))
+            if state is Health.OFFLINE and now - entry.last_seen > self.forget_after * self.heartbeat_s:
+                self.forget(worker_id)
+        return changes
+
+    def forget(self, worker_id: str) -> None:
+        entry = self._workers.pop(worker_id, None)
+        self._health.pop(worker_id, None)
+        if entry is not None:
+            for key in entry.served:
+                index = self._by_model.get(key)
+                if index is not None:
+                    index.discard(worker_id)
+
+    def mark_draining(self, worker_id: str) -> bool:
+        """A drain was ordered: stop placing on the worker now, before its next heartbeat says so."""
+        entry = self._workers.get(worker_id)
+        if entry is None:
+            return False
+        entry.presence = entry.presence.model_copy(update={"draining": True})
+        return True
+
     def workers(self) -> list[WorkerEntry]:
         return list(self._workers.values())
 
     def get(self, worker_id: str) -> WorkerEntry | None:
         return self._workers.get(worker_id)
 
+    def serving(self, model_id: str, version: str) -> list[WorkerEntry]:
+        """Every known worker that lists the model warm or loadable (health not checked: O(matches))."""
+        index = self._by_model.get((model_id, version))
+        return index.entries() if index else []
+
+    def serving_index(self, model_id: str, version: str) -> WorkerIndex | None:
+        """The model's index itself, for sampling without copying it."""
+        return self._by_model.get((model_id, version))
+
+    def model_state(self, entry: WorkerEntry, model_id: str, version: str) -> ModelState:
+        return entry.served.get((model_id, version), ModelState.FAILED)
+
     def candidates(self, model_id: str, version: str, now: float | None = None) -> list[WorkerEntry]:
         """Workers heard from within 3T, not draining, with the model warm."""
         now = self._clock() if now is None else now
-        out = []
-        for entry in self._workers.values():
-            p = entry.presence
-            if p.draining or self.health(entry, now) is Health.OFFLINE:
-                continue
-            if any(
-                m.model_id == model_id and m.version == version and m.state == ModelState.WARM
-                for m in p.models
-            ):
-                out.append(entry)
-        return out
-
-    def lost(self, worker_id: str, started_at: float | None, now: float | None = None) -> str | None:
-        """Why work placed on ``worker_id`` (whose process started at ``started_at``) cannot finish.
-
-        The worker went OFFLINE (no heartbeat for 3T), or it restarted since (a new
-        process knows nothing of the old one's jobs). None while it may still finish.
-        """
-        entry = self._workers.get(worker_id)
-        if entry is None:
-            return None
-        if started_at is not None and entry.presence.started_at != started_at:
-            return f"worker {worker_id} restarted"
-        if self.health(entry, now) is Health.OFFLINE:
-            return f"worker {worker_id} went OFFLINE (no heartbeat for {3 * self.heartbeat_s:g}s)"
-        return None
+        return [
+            e
+            for e in self.serving(model_id, version)
+            if not e.presence.draining
+            and e.served.get((model_id, version)) is ModelState.WARM
+            and self.health(e, now) is not Health.OFFLINE
+        ]
 
     def knows_model(self, model_id: str, version: str) -> bool:
         """Has any worker ever announced this model (in any state)?"""
@@ -140,26 +261,52 @@ class FleetView:
 
     # ---- wiring to NATS -----------------------------------------------------------------------
 
-    def _accept(self, data: bytes, headers: dict[str, str] | None, seen_at: float | None = None) -> None:
+    def accept(
+        self, subject: str, data: bytes, *, seen_at: float | None = None, replay: bool = False
+    ) -> bool:
+        """Admit one signed heartbeat or announcement; False (counted, never in the view) if refused."""
+        if replay and self._already_seen(data):
+            return False
         try:
-            presence = self._decoder(data, headers)
-        except (TetherError, ValueError) as exc:
-            self.rejected += 1
-            log.debug("presence rejected", extra={"error": str(exc)})
-            return
-        self.observe(presence, seen_at=seen_at)
+            if subject.startswith(_MODELS):
+                ann = self.gate.announcement(subject, data)
+                self.announcements[(ann.worker_id, ann.model_id, ann.version)] = ann
+                self._models_seen.add((ann.model_id, ann.version))
+            else:
+                self.observe(self.gate.presence(subject, data), seen_at=seen_at)
+        except EnvelopeRejected:
+            return False
+        return True
+
+    def _already_seen(self, data: bytes) -> bool:
+        """A stored message that came live already, or too old to matter: skipped, not a rejection."""
+        try:
+            env = open_envelope(data)
+        except EnvelopeRejected:
+            return False
+        v = self.gate.verifier
+        return env.public_key + env.nonce in v.nonces or env.timestamp < self._clock() - v.skew_s
 
     async def start(self, nc: Client, js: JetStreamContext, region: str = "*") -> None:
-        """Subscribe to live heartbeats, then replay the last heartbeat per worker from the stream."""
-        subject = (
-            f"{subjects.PREFIX}.presence.>" if region == "*" else f"{subjects.PREFIX}.presence.{region}.>"
-        )
+        """Follow the trust store, subscribe to live heartbeats and announcements, then replay
+        the last of each per subject from the stream."""
+        if self._settings is not None:
+            from tether.security import start_trust
+
+            await start_trust(self.gate.verifier.trust, js, self._settings)
+        tail = ">" if region == "*" else f"{subjects.encode_token(region)}.>"
+        presence = f"{subjects.PREFIX}.presence.{tail}"
 
         async def on_msg(msg: Msg) -> None:
-            self._accept(msg.data, msg.headers)
+            self.accept(msg.subject, msg.data)
+            self._received += 1
+            if self._received % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a flood of forgeries must not starve placement
 
-        self._sub = await nc.subscribe(subject, cb=on_msg)
-        await self._replay(js, subject)
+        self._subs.append(await nc.subscribe(presence, cb=on_msg))
+        self._subs.append(await nc.subscribe(subjects.MODELS_ALL, cb=on_msg))
+        await self._replay(js, presence)
+        await self._replay(js, subjects.MODELS_ALL)
 
     async def _replay(self, js: JetStreamContext, subject: str) -> None:
         from streams import PRESENCE
@@ -185,7 +332,7 @@ class FleetView:
                     break
                 for m in msgs:
                     ts = m.metadata.timestamp.timestamp() if m.metadata and m.metadata.timestamp else None
-                    self._accept(m.data, m.headers, seen_at=ts)
+                    self.accept(m.subject, m.data, seen_at=ts, replay=True)
                 if msgs and msgs[-1].metadata.num_pending == 0:
                     break
         finally:
@@ -193,7 +340,8 @@ class FleetView:
                 await psub.unsubscribe()
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        await self.gate.verifier.trust.stop()

@@ -10,7 +10,8 @@ Encodings (one rule everywhere):
 
 Key files: ``<path>`` holds the secret seed as one JSON line
 ``{"version": 1, "role": ..., "seed": <urlsafe b64>}`` with mode 0600;
-``<path>.pub`` holds ``<public key> # <node id> <role>``, a valid allowlist line.
+``<path>.pub`` holds ``<public key> <role>  # <node id>``, a valid allowlist line
+(see ``tether.trust``) that allows the key in its own role only.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class Identity:
                     f"key file {p} already exists; refusing to overwrite a node identity "
                     "(pass force=True to replace it)"
                 ) from None
-        line = f"{self.public_key_b64} # {self.node_id} {self.role}\n"
+        line = f"{self.public_key_b64} {self.role}  # {self.node_id}\n"
         _replace_atomic(pub_path(p), line.encode("ascii"), 0o644)
 
     @classmethod
@@ -206,15 +207,22 @@ def _write_fd(fd: int, data: bytes) -> None:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600; FileExistsError if it is already there."""
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    """Create ``path`` (mode 0600) with all of ``data`` at once; FileExistsError if it is there.
+
+    The content goes to a temporary file first and is hard-linked into place, so a
+    process racing to load the key never reads a half-written file.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
     try:
+        os.fchmod(fd, 0o600)
         _write_fd(fd, data)
-    except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+        fd = -1
+        os.link(tmp, path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _replace_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -231,6 +239,12 @@ def _replace_atomic(path: Path, data: bytes, mode: int) -> None:
             os.close(fd)
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a secret file with mode 0600 (atomically, replacing any previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _replace_atomic(path, data, 0o600)
 
 
 def generate(role: str) -> Identity:

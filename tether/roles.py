@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from tether.identity import Identity
 from tether.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,27 @@ async def _serve(role: Role, stop: Callable[[], Awaitable[None]]) -> None:
     except BaseException:
         await role.close()  # release what a partial start opened, so the process exits with the error
         raise
-    await stopping.wait()
+    ended: asyncio.Event | None = getattr(role, "stopped", None)  # a role that can end itself (drain)
+    waits = [asyncio.ensure_future(stopping.wait())]
+    if ended is not None:
+        waits.append(asyncio.ensure_future(ended.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     log.info("stopping")
     await stop()
 
 
-async def run_gateway(settings: Settings) -> None:
+async def run_gateway(settings: Settings, *, http: bool = False) -> None:
+    """The NATS entrypoint (``tether.infer``); with ``http`` also the HTTP API on ``TETHER_HTTP_PORT``."""
     from services.gateway.service import Gateway
 
+    if http:
+        from services.gateway.http.server import HttpGateway
+
+        hg = HttpGateway(settings)
+        await _serve(hg, hg.close)
+        return
     gw = Gateway(settings)
     await _serve(gw, gw.close)
 
@@ -48,14 +62,14 @@ async def run_scheduler(settings: Settings) -> None:
     await _serve(sch, sch.drain)
 
 
-async def run_worker(settings: Settings, *, worker_id: str, grace_s: float = 30.0) -> None:
+async def run_worker(settings: Settings, *, identity: Identity, grace_s: float = 30.0) -> None:
     from services.worker.runtimes.catalog import parse_model_spec
     from services.worker.service import Worker
 
     cache = str(settings.home / "cache" / "converted")  # GGUF converted once, reloaded in < 1 s after
     w = Worker(
         settings,
-        worker_id=worker_id,
+        identity=identity,
         specs=[parse_model_spec(m, convert_cache=cache) for m in settings.models],
     )
 

@@ -51,12 +51,23 @@ class Settings:
     exec_timeout_per_token_s: float = 0.5
     exec_timeout_cap_s: float = 900.0
     max_attempts: int = 3
+    max_deliver: int = 100  # JetStream deliveries of one job before the DLQ advisory path takes it
+    breaker_threshold: int = 5  # failures of a (model, region) within the window that open its breaker
+    breaker_window_s: float = 30.0
+    breaker_open_s: float = 10.0  # open this long, then one probe (half-open)
+    reliability_half_life_s: float = 600.0
+    placement_weights: str = ""  # "load=2,warm=3,..." overrides (see scoring.Weights)
+    placement_sample: int = 16  # candidates scored per decision
     queue_wait_s: float = 120.0  # a job waits at most this long for a worker serving its model
     scheduler_batch: int = 256  # jobs fetched from JOBS per pull
     max_inflight: int = 4096  # jobs one scheduler holds at once (JOBS ack pending)
     worker_concurrency: int = 256  # jobs one worker runs at once (echo); heavy runtimes serialise
     models: list[str] = field(default_factory=lambda: ["echo"])
     http_port: int = 8080
+    insecure: bool = False  # --insecure / TETHER_INSECURE=1: any signing key is trusted (never the default)
+    allowlist: Path | None = None  # None: $TETHER_HOME/trust/allowlist
+    skew_s: float = 30.0  # signed messages older / newer than this are refused
+    trust_reload_s: float = 2.0  # how often the allowlist file is checked for changes
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -75,9 +86,19 @@ class Settings:
             dispatch_ack_s=_float("TETHER_DISPATCH_ACK_S", 5.0),
             job_lease_s=_float("TETHER_JOB_LEASE_S", DEFAULT_JOB_LEASE_S),
             max_attempts=_int("TETHER_MAX_ATTEMPTS", 3),
+            max_deliver=_int("TETHER_MAX_DELIVER", 100),
+            breaker_threshold=_int("TETHER_BREAKER_THRESHOLD", 5),
+            breaker_window_s=_float("TETHER_BREAKER_WINDOW_S", 30.0),
+            breaker_open_s=_float("TETHER_BREAKER_OPEN_S", 10.0),
+            reliability_half_life_s=_float("TETHER_RELIABILITY_HALF_LIFE_S", 600.0),
+            placement_weights=_env("TETHER_WEIGHTS", ""),
+            placement_sample=_int("TETHER_PLACEMENT_SAMPLE", 16),
             queue_wait_s=_float("TETHER_QUEUE_WAIT_S", 120.0),
             models=[m for m in _env("TETHER_MODELS", "echo").split(",") if m.strip()],
             http_port=_int("TETHER_HTTP_PORT", 8080),
+            insecure=_env("TETHER_INSECURE", "") not in ("", "0", "false", "no"),
+            allowlist=Path(os.environ["TETHER_ALLOWLIST"]) if os.environ.get("TETHER_ALLOWLIST") else None,
+            skew_s=_float("TETHER_SKEW_S", 30.0),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -87,6 +108,14 @@ class Settings:
     @property
     def url(self) -> str:
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def allowlist_path(self) -> Path:
+        return self.allowlist or self.home / "trust" / "allowlist"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
 
     @property
     def store_url(self) -> str:

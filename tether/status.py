@@ -7,91 +7,149 @@ import json
 import time
 from typing import Any
 
-from rich.console import Console
+from nats.js import JetStreamContext
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 
-from streams import JOBS, SCHEDULER_CONSUMER
 from tether.connection import connect
 from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.settings import Settings
 from tether.store import open_store
+from tether.store.fleetstate import FleetState
+from tether.views import models_view, queue_view, workers_view
+
+
+async def breakers(settings: Settings) -> list[dict[str, Any]] | dict[str, str]:
+    """Circuit breaker states the schedulers recorded in the store (CLOSED ones included)."""
+    try:
+        async with open_store(settings.store_url) as store:
+            rows = await FleetState(store).breakers()
+    except Exception as exc:
+        return {"error": str(exc)}
+    return [
+        {k: r[k] for k in ("model_id", "version", "region", "state", "failures", "opened_at", "updated_at")}
+        for r in rows
+    ]
+
+
+async def _collect(settings: Settings, js: JetStreamContext, fleet: FleetView) -> dict[str, Any]:
+    from services.gateway.backlog import Backlog
+    from services.gateway.slis import merge, read_snapshots
+
+    try:
+        depths = await Backlog(js, ttl_s=0).depths()
+    except Exception:
+        depths = {}
+    try:
+        slis = merge(await read_snapshots(js))
+    except Exception as exc:  # no gateway has run yet: no bucket
+        slis = {"error": str(exc)}
+    return {
+        "workers": workers_view(fleet),
+        "models": models_view(fleet, depths),
+        "queue": await queue_view(js),
+        "slis": slis,
+        "breakers": await breakers(settings),
+    }
 
 
 async def snapshot(settings: Settings) -> dict[str, Any]:
     nc = await connect(settings.url, name="tether-status", max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
-        fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        fleet = FleetView.from_settings(settings)
         await fleet.start(nc, js)
-        await fleet.stop()
-        now = time.time()
-        workers = []
-        for e in sorted(fleet.workers(), key=lambda e: e.worker_id):
-            p = e.presence
-            workers.append(
-                {
-                    "workerId": p.worker_id,
-                    "health": str(fleet.health(e, now)),
-                    "region": p.region,
-                    "device": p.device_class,
-                    "models": [f"{m.model_id}:{m.version} ({m.state})" for m in p.models],
-                    "queueDepth": p.queue_depth,
-                    "capacity": p.capacity,
-                    "draining": p.draining,
-                    "heartbeatAgeS": round(now - e.last_seen, 1),
-                }
-            )
-        queue: dict[str, Any] = {}
         try:
-            ci = await js.consumer_info(JOBS, SCHEDULER_CONSUMER)
-            queue = {
-                "waiting": ci.num_pending,
-                "inFlight": ci.num_ack_pending,
-                "redelivered": ci.num_redelivered,
-            }
-        except Exception as exc:
-            queue = {"error": str(exc)}
-        return {"workers": workers, "queue": queue, "models": [f"{m}:{v}" for m, v in fleet.models()]}
+            return await _collect(settings, js, fleet)
+        finally:
+            await fleet.stop()
     finally:
         await nc.close()
 
 
-def _render(snap: dict[str, Any], console: Console) -> None:
-    t = Table(title="workers")
-    for col in ("worker", "health", "region", "device", "models", "queue", "heartbeat age"):
-        t.add_column(col)
+_HEALTH_STYLE = {"HEALTHY": "green", "SUSPECT": "yellow", "OFFLINE": "red"}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def render(snap: dict[str, Any]) -> Group:
+    workers = Table(title="workers", title_justify="left")
+    for col in ("worker", "health", "tier", "region", "models warm", "queue", "heartbeat age"):
+        workers.add_column(col)
     for w in snap["workers"]:
-        t.add_row(
+        style = _HEALTH_STYLE.get(w["health"], "")
+        workers.add_row(
             w["workerId"],
-            w["health"] + (" (draining)" if w["draining"] else ""),
+            f"[{style}]{w['health']}[/]" + (" (draining)" if w["draining"] else ""),
+            w["tier"],
             w["region"],
-            w["device"],
-            "\n".join(w["models"]),
+            ", ".join(f"{m['modelId']}:{m['version']}" for m in w["models"] if m["state"] == "warm") or "-",
             f"{w['queueDepth']}/{w['capacity']}",
-            f"{w['heartbeatAgeS']}s",
+            f"{w['heartbeatAgeS']:.1f}s",
         )
-    console.print(t)
+    slis = snap.get("slis") or {}
+    latency = slis.get("latencyMs") or {}
+    models = Table(title="models", title_justify="left")
+    for col in ("model", "task", "warm replicas", "queued", "p50 ms", "p95 ms"):
+        models.add_column(col)
+    for m in snap["models"]:
+        lat = latency.get(m["modelId"], {})
+        models.add_row(
+            f"{m['modelId']}:{m['version']}",
+            m["task"] or "-",
+            str(m["replicas"]),
+            str(m["queueDepth"]),
+            str(lat.get("p50", "-")),
+            str(lat.get("p95", "-")),
+        )
     q = snap["queue"]
-    console.print(
+    summary = (
         f"JOBS queue: waiting {q.get('waiting', '?')}, in flight {q.get('inFlight', '?')}, "
-        f"redelivered {q.get('redelivered', '?')}"
+        f"redelivered {q.get('redelivered', '?')}   |   last 5 min: {slis.get('requests', 0)} requests, "
+        f"success {_pct(slis.get('successRate'))}, throttled {_pct(slis.get('throttleRate'))}, "
+        f"shed {_pct(slis.get('shedRate'))} ({slis.get('gateways', 0)} gateways)"
     )
+    parts: list[Any] = [workers, models]
+    rows = snap.get("breakers")
+    if isinstance(rows, list) and rows:
+        b = Table(title="circuit breakers (model, region)", title_justify="left")
+        for col in ("model", "region", "state", "failures in window"):
+            b.add_column(col)
+        for r in rows:
+            b.add_row(f"{r['model_id']}:{r['version']}", r["region"], r["state"], str(r["failures"]))
+        parts.append(b)
+    return Group(*parts, summary)
 
 
 async def show_status(settings: Settings, *, watch: bool = False, as_json: bool = False) -> int:
+    """One snapshot, or with ``watch`` a table that refreshes every second until Ctrl-C."""
     console = Console()
-    while True:
-        snap = await snapshot(settings)
-        if as_json:
+    nc = await connect(settings.url, name="tether-status", max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        await fleet.start(nc, js)
+        snap = await _collect(settings, js, fleet)
+        if as_json and not watch:
             print(json.dumps(snap))
-        else:
-            if watch:
-                console.clear()
-            _render(snap, console)
-        if not watch:
             return 0
-        await asyncio.sleep(1.0)
+        if not watch:
+            console.print(render(snap))
+            return 0
+        with Live(render(snap), console=console, refresh_per_second=2, screen=False) as live:
+            while True:
+                await asyncio.sleep(1.0)
+                snap = await _collect(settings, js, fleet)
+                if as_json:
+                    print(json.dumps(snap), flush=True)
+                else:
+                    live.update(render(snap))
+    finally:
+        await nc.close()
 
 
 async def jobs_list(settings: Settings, *, status: str | None, limit: int) -> int:

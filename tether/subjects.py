@@ -18,6 +18,7 @@ from tether.errors import InvalidRequest
 
 PREFIX = "tether"
 INFER = f"{PREFIX}.infer"
+INFER_TENANT_ALL = f"{PREFIX}.infer.*"  # tether.infer.<tenant>: the tenant is fixed by who may publish there
 JOBS_ALL = f"{PREFIX}.jobs.>"
 RESULTS_ALL = f"{PREFIX}.results.*"
 CHUNKS_ALL = f"{PREFIX}.results.*.chunks"
@@ -84,6 +85,17 @@ def parse_job_subject(subject: str) -> tuple[str, str, str]:
     return decode_token(parts[2]), decode_token(parts[3]), decode_token(parts[4])
 
 
+def infer_subject(tenant: str) -> str:
+    return f"{INFER}.{encode_token(tenant)}"
+
+
+def tenant_from_infer_subject(subject: str) -> str:
+    parts = subject.split(".")
+    if len(parts) != 3 or f"{parts[0]}.{parts[1]}" != INFER:
+        raise InvalidRequest(f"infer subject must be tether.infer.<tenant>, got {subject!r}")
+    return decode_token(parts[2])
+
+
 def result_subject(job_id: str) -> str:
     return f"{PREFIX}.results.{encode_token(job_id)}"
 
@@ -119,6 +131,11 @@ def dlq_subject(model: str, version: str) -> str:
 
 def control_subject(action: str, target: str = "all") -> str:
     return f"{PREFIX}.control.{action}.{encode_token(target)}"
+
+
+def control_wildcard(action: str) -> str:
+    """Every target of one control action, e.g. ``tether.control.drain.*``."""
+    return f"{PREFIX}.control.{action}.*"
 
 
 def event_subject(kind: str, state: str) -> str:

@@ -1,5 +1,7 @@
 """``tether up``: the whole system on one machine, for development and the demo.
 
+Creates development keys and an allowlist under ``TETHER_HOME`` on first start
+(security stays on; ``--insecure`` skips the allowlist, with a warning).
 Starts nats-server (unless ``TETHER_NATS_URL`` points at one), then a
 scheduler, a worker and a gateway as child processes, waits until the models
 are warm, prints where everything listens with a working example, asks the
@@ -16,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tether.natsserver import NatsServer
@@ -24,13 +26,16 @@ from tether.settings import Settings
 
 DEMO_MODELS = ["echo", "smollm2-135m-instruct", "all-minilm-l6-v2"]
 DEMO_QUESTION = "What is the capital of France?"
-ROLES = ("scheduler", "worker", "gateway")
+ROLES: tuple[tuple[str, ...], ...] = (("scheduler",), ("worker",), ("gateway", "--http"))
+# The seed pilot's curl example asks for phi-2 version 1.0: served here by SmolLM2 (override with the variable).
+SEED_ALIASES = "phi-2:1.0=smollm2-135m-instruct"
 
 
 @dataclass(slots=True)
 class Child:
     role: str
     log: Path
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started: float = field(default=0.0)
@@ -39,7 +44,7 @@ class Child:
 def _spawn(child: Child, env: dict[str, str]) -> None:
     out = open(child.log, "ab")
     child.proc = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli", child.role],
+        [sys.executable, "-m", "tether.cli", child.role, *child.args],
         env=env,
         stdout=out,
         stderr=out,
@@ -67,6 +72,15 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
     env = dict(os.environ)
     env["TETHER_HOME"] = str(home)
     env.setdefault("TETHER_MODELS", ",".join(DEMO_MODELS))
+    env.setdefault("TETHER_MODEL_ALIASES", SEED_ALIASES)
+    if not settings.insecure:  # development keys and a matching allowlist, made on first start
+        from tether.security import ensure_dev_trust
+
+        idents = ensure_dev_trust(replace(settings, home=home))
+        print(
+            f"keys          {home / 'keys'}   allowlist {settings.allowlist or home / 'trust' / 'allowlist'}"
+        )
+        print("              " + ", ".join(f"{i.role} {i.node_id}" for i in idents), flush=True)
     models = [m for m in env["TETHER_MODELS"].split(",") if m]
 
     server: NatsServer | None = None
@@ -79,7 +93,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
     url = server.url if server else settings.url
     env["TETHER_NATS_URL"] = url
 
-    children = [Child(role, logs / f"{role}.log") for role in ROLES]
+    children = [Child(role, logs / f"{role}.log", tuple(args)) for role, *args in ROLES]
     started = time.time()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,7 +105,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
             print(
                 f"{child.role:<13} pid {child.proc.pid if child.proc else '?'}   log {child.log}", flush=True
             )
-        ready = asyncio.create_task(_wait_ready(url, models, ready_timeout, since=started))
+        ready = asyncio.create_task(_wait_ready(settings, url, models, ready_timeout, since=started))
         while not stopping.is_set():
             if ready.done():
                 if ready.exception() is not None:
@@ -132,7 +146,9 @@ def _supervise(children: list[Child], env: dict[str, str]) -> None:
             _spawn(child, env)
 
 
-async def _wait_ready(url: str, models: list[str], timeout: float, *, since: float) -> None:
+async def _wait_ready(
+    settings: Settings, url: str, models: list[str], timeout: float, *, since: float
+) -> None:
     """Until a worker announces every model warm and the gateway answers an echo request."""
     from schemas import ModelState
     from services.worker.runtimes.catalog import parse_model_spec
@@ -143,7 +159,7 @@ async def _wait_ready(url: str, models: list[str], timeout: float, *, since: flo
     wanted = {(s.model_id, s.version) for s in (parse_model_spec(m) for m in models)}
     nc = await connect(url, name="tether-up")
     try:
-        fleet = FleetView(heartbeat_s=5.0)
+        fleet = FleetView.from_settings(settings)
         await fleet.start(nc, nc.jetstream())
         deadline = time.monotonic() + timeout
         while True:
@@ -182,6 +198,9 @@ async def _announce(url: str, models: list[str], settings: Settings, demo: bool)
         f'  try     tether infer "{DEMO_QUESTION}" --model smollm2-135m-instruct\n'
         f"  or      nats --server {url} request tether.infer "
         '\'{"tenantId":"demo","modelId":"echo","version":"1","input":"hello"}\'\n'
+        f"  HTTP    http://127.0.0.1:{settings.http_port}   dashboard: / , API: /docs\n"
+        f"  curl    curl -XPOST http://localhost:{settings.http_port}/infer -H 'Content-Type: application/json' "
+        f"-d '{{\"tenantId\":\"demo\",\"modelId\":\"echo\",\"version\":\"1\",\"input\":\"hello\"}}'\n"
         f"  status  tether status\n",
         flush=True,
     )

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -23,10 +24,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import ErrorInfo, ErrorReply, InferReply, InferRequest, JobSubmission, ResultMessage, parse
+from services.gateway.admission import Admission, Admitted
+from services.gateway.config import GatewayConfig
+from services.gateway.slis import Slis, publish_snapshots
 from streams import JOBS, apply, topology
+from streams.kv import apply_kv, kv_buckets
 from tether import codec, subjects, telemetry
 from tether.connection import connect
-from tether.errors import ModelUnknown, TetherError, Timeout, error_from_wire
+from tether.errors import TetherError, Timeout, Unauthorized, error_from_wire
 from tether.fleet import FleetView
 from tether.jobids import idempotent_job_id, new_job_id
 from tether.limits import check_params, check_size
@@ -37,13 +42,20 @@ from tether.tasks import TaskGroup
 log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "gateways"
+OnJob = Callable[[str], Awaitable[None]]
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, gateway_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, gateway_id: str | None = None, config: GatewayConfig | None = None
+    ) -> None:
         self.settings = settings
         self.gateway_id = gateway_id or f"g-{os.urandom(6).hex()}"
-        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.fleet = FleetView.from_settings(settings)
+        self.config = config or GatewayConfig.from_env()
+        self.admission = Admission(self.config, self.fleet)
+        self.slis = Slis()
+        self._background = TaskGroup(f"gateway-bg:{self.gateway_id}")
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._own_nc = False
@@ -59,9 +71,13 @@ class Gateway:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
+        await apply_kv(self.js, kv_buckets(self.settings, nc._server_info))
         await self.fleet.start(nc, self.js)
+        await self.admission.start(self.js)
         self._subs.append(await nc.subscribe(subjects.RESULTS_ALL, cb=self._on_result))
         self._subs.append(await nc.subscribe(subjects.INFER, queue=QUEUE_GROUP, cb=self._on_infer))
+        self._subs.append(await nc.subscribe(subjects.INFER_TENANT_ALL, queue=QUEUE_GROUP, cb=self._on_infer))
+        self._background.spawn(publish_snapshots(self.js, self.gateway_id, self.slis), name="slis")
         log.info("gateway started", extra={"gateway": self.gateway_id})
 
     async def close(self) -> None:
@@ -73,6 +89,7 @@ class Gateway:
                 await sub.unsubscribe()
         await self._requests.wait(timeout=5.0)
         await self._requests.close()
+        await self._background.close()
         await self.fleet.stop()
         for futs in self._pending.values():
             for f in futs:
@@ -99,7 +116,7 @@ class Gateway:
         try:
             ctype = codec.content_type_of(msg.headers)
             check_size(len(msg.data), self.settings)
-            req = parse(InferRequest, codec.decode(msg.data, ctype))
+            req = parse(InferRequest, tenant_from_subject(msg.subject, codec.decode(msg.data, ctype)))
             reply: dict[str, Any] = (await self.infer(req, dict(msg.headers or {}))).wire()
         except TetherError as exc:
             self.stats[f"error.{exc.code}"] += 1
@@ -118,18 +135,33 @@ class Gateway:
 
     # ---- the one path every entrypoint uses ---------------------------------------------------
 
-    async def infer(self, req: InferRequest, headers: dict[str, str] | None = None) -> InferReply:
-        """Validate, enqueue once, and wait for the final result."""
+    async def infer(
+        self, req: InferRequest, headers: dict[str, str] | None = None, *, on_job: OnJob | None = None
+    ) -> InferReply:
+        """Admit, enqueue once, and wait for the final result; ``on_job(job_id)`` runs before the publish
+        (the HTTP gateway subscribes to the job's token chunks there)."""
         t0 = time.perf_counter()
+        try:
+            reply = await self._infer(req, headers, on_job, t0)
+        except TetherError as exc:
+            self.slis.record(req.model_id, exc.code)
+            raise
+        self.slis.record(reply.model_id, "ok", reply.latency_ms)
+        return reply
+
+    async def _infer(
+        self, req: InferRequest, headers: dict[str, str] | None, on_job: OnJob | None, t0: float
+    ) -> InferReply:
         check_params(req.params, self.settings)
-        if not self.fleet.knows_model(req.model_id, req.version):
-            raise ModelUnknown(
-                f"modelId {req.model_id!r} version {req.version!r} is not served by any worker",
-                field="modelId",
-            )
+        admitted = await self.admission.admit(req)
+        req = admitted.request
         job_id = (
             idempotent_job_id(req.tenant_id, req.idempotency_key) if req.idempotency_key else new_job_id()
         )
+        if req.idempotency_key:
+            await self.admission.claim_key(job_id, req)
+        if on_job is not None:
+            await on_job(job_id)
         hop = telemetry.child_headers(headers)
         fut: asyncio.Future[ResultMessage] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(job_id, []).append(fut)
@@ -137,7 +169,7 @@ class Gateway:
             if req.idempotency_key:
                 existing = await fetch_final(self.js, job_id)  # type: ignore[arg-type]
                 if existing is not None:
-                    return self._reply(existing, t0)
+                    return self._reply(existing, t0, admitted)
             sub = JobSubmission(
                 job_id=job_id,
                 input=req.input,
@@ -154,7 +186,7 @@ class Gateway:
             if ack.duplicate and not fut.done():  # the job exists already; it may have finished
                 existing = await fetch_final(self.js, job_id)  # type: ignore[arg-type]
                 if existing is not None:
-                    return self._reply(existing, t0)
+                    return self._reply(existing, t0, admitted)
             timeout = (
                 req.params.timeout_s
                 if req.params and req.params.timeout_s
@@ -168,7 +200,7 @@ class Gateway:
                     f"{subjects.result_subject(job_id)}",
                     job_id=job_id,
                 ) from None
-            return self._reply(result, t0)
+            return self._reply(result, t0, admitted)
         finally:
             futs = self._pending.get(job_id)
             if futs is not None:
@@ -177,12 +209,12 @@ class Gateway:
                 if not futs:
                     del self._pending[job_id]
 
-    def _reply(self, result: ResultMessage, t0: float) -> InferReply:
+    def _reply(self, result: ResultMessage, t0: float, admitted: Admitted) -> InferReply:
         if result.error is not None or result.status != "completed":
             info = result.error.model_dump() if result.error else {"code": "internal", "message": "no result"}
             raise error_from_wire({**info, "jobId": result.job_id})
         self.stats["completed"] += 1
-        return InferReply(
+        reply = InferReply(
             job_id=result.job_id,
             result=result.result,
             model_id=result.model_id,
@@ -192,6 +224,7 @@ class Gateway:
             usage=result.usage,
             latency_ms=round((time.perf_counter() - t0) * 1000, 3),
         )
+        return admitted.annotate(reply)
 
     async def _on_result(self, msg: Msg) -> None:
         try:
@@ -208,3 +241,15 @@ class Gateway:
         for f in futs:
             if not f.done():
                 f.set_result(result)
+
+
+def tenant_from_subject(subject: str, body: Any) -> Any:
+    """On ``tether.infer.<tenant>`` the tenant is the subject's (NATS permissions decide who may publish
+    there); a body naming another tenant is refused, a body naming none gets it filled in."""
+    if subject == subjects.INFER or not isinstance(body, dict):
+        return body
+    tenant = subjects.tenant_from_infer_subject(subject)
+    claimed = body.get("tenantId")
+    if claimed is not None and claimed != tenant:
+        raise Unauthorized(f"tenantId {claimed!r} does not match the subject's tenant", field="tenantId")
+    return {**body, "tenantId": tenant}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -20,6 +21,7 @@ from nats.aio.msg import Msg
 
 from schemas import AttemptReport, Dispatch, DispatchAck, DispatchBatch, ReportBatch
 from tether import codec, subjects, telemetry
+from tether.dispatch_auth import DispatchSigner
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class AttemptWatch:
     """What the scheduler waits on for one attempt: the worker's ack, then its report."""
 
     worker_id: str
+    sent_at: float = field(default_factory=time.monotonic)
     accepted: asyncio.Future[DispatchAck] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -38,11 +41,13 @@ class AttemptWatch:
 
 
 class Dispatcher:
-    def __init__(self, nc: Client, scheduler_id: str) -> None:
+    def __init__(self, nc: Client, scheduler_id: str, signer: DispatchSigner) -> None:
         self._nc = nc
+        self._signer = signer
         self.scheduler_id = scheduler_id
         self.report_to = subjects.report_subject(scheduler_id)
         self._watches: dict[tuple[str, int], AttemptWatch] = {}
+        self._rtt: dict[str, float] = {}  # worker -> smoothed dispatch-to-ack seconds
         self._outbox: dict[str, list[Dispatch]] = {}
         self._wake = asyncio.Event()
         self._sub = None
@@ -68,6 +73,15 @@ class Dispatcher:
         self._wake.set()
         return watch
 
+    def rtt(self, worker_id: str) -> float | None:
+        """Smoothed dispatch-to-ack round trip to ``worker_id`` (None before the first ack)."""
+        return self._rtt.get(worker_id)
+
+    def _sample_rtt(self, watch: AttemptWatch) -> None:
+        sample = time.monotonic() - watch.sent_at
+        old = self._rtt.get(watch.worker_id)
+        self._rtt[watch.worker_id] = sample if old is None else 0.8 * old + 0.2 * sample
+
     def forget(self, job_id: str, attempt: int) -> None:
         self._watches.pop((job_id, attempt), None)
 
@@ -85,8 +99,11 @@ class Dispatcher:
         try:
             await self._nc.publish(
                 subjects.dispatch_subject(worker_id),
-                codec.encode(batch.wire(), codec.MSGPACK),
-                headers={**telemetry.child_headers(items[0].trace), codec.CONTENT_TYPE: codec.MSGPACK},
+                self._signer.seal(worker_id, codec.encode(batch.wire(), codec.MSGPACK)),
+                headers={
+                    **telemetry.child_headers(items[0].trace),
+                    codec.CONTENT_TYPE: self._signer.content_type,
+                },
             )
         except Exception as exc:  # the ack timeout re-places these attempts
             log.warning("dispatch publish failed", extra={"worker": worker_id, "error": repr(exc)})
@@ -103,6 +120,7 @@ class Dispatcher:
         for ack in batch.acks:
             watch = self._watches.get((ack.job_id, ack.attempt))
             if watch is not None and not watch.accepted.done():
+                self._sample_rtt(watch)
                 watch.accepted.set_result(ack)
         for report in batch.reports:
             watch = self._watches.get((report.job_id, report.attempt))

@@ -40,21 +40,35 @@ class Ticket:
 
 
 def read_ticket(msg: Msg, settings: Settings) -> Ticket:
-    headers = dict(msg.headers or {})
+    """The ticket of a job delivered by the JOBS consumer."""
     meta = msg.metadata
-    seq = meta.sequence.stream if meta and meta.sequence else 0
-    enqueued_at = meta.timestamp.timestamp() if meta and meta.timestamp else 0.0
+    ticket = ticket_from(
+        msg.subject,
+        msg.data,
+        dict(msg.headers or {}),
+        seq=meta.sequence.stream if meta and meta.sequence else 0,
+        enqueued_at=meta.timestamp.timestamp() if meta and meta.timestamp else 0.0,
+        settings=settings,
+    )
+    ticket.deliveries = meta.num_delivered if meta and meta.num_delivered else 1
+    return ticket
+
+
+def ticket_from(
+    subject: str, data: bytes, headers: dict[str, str], *, seq: int, enqueued_at: float, settings: Settings
+) -> Ticket:
+    """A ticket from a JOBS message however it was read (delivery, or a direct get by sequence)."""
     error: TetherError | None = None
     try:
-        tenant, model, version = subjects.parse_job_subject(msg.subject)
+        tenant, model, version = subjects.parse_job_subject(subject)
     except TetherError as exc:
         tenant, model, version, error = UNKNOWN, UNKNOWN, UNKNOWN, exc
 
     body: Any = None
     submission: JobSubmission | None = None
     try:
-        check_size(len(msg.data), settings)
-        body = codec.decode(msg.data, codec.content_type_of(headers))
+        check_size(len(data), settings)
+        body = codec.decode(data, codec.content_type_of(headers))
         submission = parse(JobSubmission, body)
         check_params(submission.params, settings)
     except TetherError as exc:
@@ -73,8 +87,7 @@ def read_ticket(msg: Msg, settings: Settings) -> Ticket:
     )
     if error is not None:
         error.job_id = job_id
-    deliveries = meta.num_delivered if meta and meta.num_delivered else 1
-    return Ticket(key, headers, submission, error, seq, enqueued_at, deliveries)
+    return Ticket(key, headers, submission, error, seq, enqueued_at)
 
 
 def _job_id(submission: JobSubmission | None, body: Any, headers: dict[str, str], seq: int) -> str:

@@ -19,41 +19,42 @@ import random
 import time
 from collections import Counter
 from enum import StrEnum
-from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic import BaseModel
 
-from schemas import AttemptReport, Dispatch, ErrorInfo, ResultMessage
+from schemas import ResultMessage
 from services.scheduler import outcomes
+from services.scheduler.advisories import MaxDeliveries
+from services.scheduler.attempts import AttemptRunner
+from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket, read_ticket
-from services.scheduler.placement import LeastLoaded, Placement
+from services.scheduler.monitor import FleetMonitor
+from services.scheduler.placement import Placement
 from services.scheduler.pull import PullConsumer
+from services.scheduler.reliability import Reliability
+from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
 from tether import telemetry
 from tether.connection import connect
+from tether.dispatch_auth import DispatchSigner
 from tether.errors import (
     ModelUnknown,
     NoCapacity,
     TetherError,
-    Timeout,
     WorkerFailed,
-    error_from_wire,
 )
 from tether.fleet import FleetView
 from tether.results import fetch_final
+from tether.security import node_identity
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStatus, JobStore, open_store
+from tether.store.fleetstate import FleetState
 from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
-
-
-#: A job still running this long after dispatch gets its RUNNING state written at once.
-RUNNING_WRITE_DELAY_S = 0.05
 
 
 class SchedulerState(StrEnum):
@@ -82,8 +83,22 @@ class Scheduler:
         self.settings = settings
         self.scheduler_id = scheduler_id or f"s-{os.urandom(6).hex()}"
         self.store = store or open_store(settings.store_url)
-        self.placement = placement or LeastLoaded()
-        self.fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        self.fleet = FleetView.from_settings(settings)
+        self.reliability = Reliability(half_life_s=settings.reliability_half_life_s)
+        self.monitor: FleetMonitor | None = None
+        self.breakers = BreakerBoard(
+            BreakerPolicy(settings.breaker_threshold, settings.breaker_window_s, settings.breaker_open_s),
+            on_transition=lambda t: self.monitor.on_breaker(t) if self.monitor else None,
+        )
+        self.placement: Placement = placement or AffinityPlacement(
+            self.fleet,
+            weights=Weights.parse(settings.placement_weights),
+            sample=settings.placement_sample,
+            reliability=self.reliability.score,
+            rtt=lambda w: self.dispatcher.rtt(w) if self.dispatcher else None,
+            breaker_allows=lambda m, v, r: self.breakers.allows((m, v, r)),
+        )
+        self._advisories: MaxDeliveries | None = None
         self.state = SchedulerState.NEW
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -92,7 +107,7 @@ class Scheduler:
         self._jobs = TaskGroup(f"scheduler-jobs:{self.scheduler_id}")
         self._held: dict[str, Msg] = {}
         self.dispatcher: Dispatcher | None = None
-        self._inflight_by_worker: Counter[str] = Counter()
+        self.attempts: AttemptRunner | None = None
         self._puller: PullConsumer | None = None
         self._started = 0.0
         self.stats: Counter[str] = Counter()
@@ -108,12 +123,34 @@ class Scheduler:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
-        self.dispatcher = Dispatcher(nc, self.scheduler_id)
+        signer = DispatchSigner(node_identity(self.settings, "scheduler"))
+        self.dispatcher = Dispatcher(nc, self.scheduler_id, signer)
         await self.dispatcher.start()
+        self.attempts = AttemptRunner(
+            settings=self.settings,
+            store=self.store,
+            js=self.js,
+            dispatcher=self.dispatcher,
+            fleet=self.fleet,
+            scheduler_id=self.scheduler_id,
+            stats=self.stats,
+        )
+        self.monitor = FleetMonitor(
+            nc=nc,
+            fleet=self.fleet,
+            state=FleetState(self.store),
+            reliability=self.reliability,
+            breakers=self.breakers,
+            scheduler_id=self.scheduler_id,
+        )
+        await self.monitor.load()
+        self._advisories = MaxDeliveries(nc, self.js, self.store, self.settings)
+        await self._advisories.start()
         await self.fleet.start(nc, self.js)
         self._started = time.time()
         self.state = SchedulerState.RUNNING
         self._tasks.spawn(self.dispatcher.run(), name="dispatch")
+        self._tasks.spawn(self.monitor.run(), name="monitor")
         self._tasks.spawn(self._consume(), name="consume")
         self._tasks.spawn(self._keepalive(), name="keepalive")
         log.info(
@@ -143,6 +180,10 @@ class Scheduler:
         self._held.clear()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        if self._advisories is not None:
+            await self._advisories.stop()
+        if self.monitor is not None:
+            await self.monitor.persist()
         await self.fleet.stop()
         if self.nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
@@ -233,12 +274,23 @@ class Scheduler:
             )
             return
         avoid: set[str] = set()
+        params = sub.params
+        needs = JobNeeds(
+            key.model_id,
+            key.version,
+            region=(params.region if params and params.region else self.settings.region),
+            device_class=params.device_class if params else None,
+        )
         while True:
-            candidates = self.fleet.candidates(key.model_id, key.version)
-            choice = self.placement.choose(candidates, inflight=self._inflight_by_worker, avoid=avoid)
+            assert self.attempts is not None
+            choice = self.placement.choose(needs, inflight=self.attempts.inflight_by_worker, avoid=avoid)
             if choice is None:
                 await self._wait_for_capacity(t)  # final no_capacity error, or Requeue
                 return
+            worker = self.fleet.get(choice.worker_id)
+            breaker: BreakerKey = (
+                key.model_id, key.version, worker.presence.region if worker else self.settings.region
+            )
             now = time.time()
             exec_timeout = self._exec_timeout(t)
             attempt = await self.store.reserve(
@@ -256,7 +308,9 @@ class Scheduler:
             if attempt > self.settings.max_attempts:
                 await self._dead_letter(t, attempt - 1, WorkerFailed("max attempts reached"))
                 return
-            err = await self._attempt(t, choice.worker_id, attempt, exec_timeout)
+            self.breakers.begin(breaker)
+            err = await self.attempts.run(t, choice.worker_id, attempt, exec_timeout)
+            self._account(breaker, choice.worker_id, err)
             if err is None:
                 return
             avoid.add(choice.worker_id)
@@ -271,120 +325,20 @@ class Scheduler:
             self.stats["retries"] += 1
             await asyncio.sleep(_backoff(attempt))
 
-    async def _attempt(
-        self, t: Ticket, worker_id: str, attempt: int, exec_timeout: float
-    ) -> TetherError | None:
-        """Dispatch one attempt and wait for its outcome. None means the job is finished."""
-        assert self.dispatcher is not None and t.submission is not None
-        key = t.key
-        d = Dispatch(
-            job_id=key.job_id,
-            attempt=attempt,
-            retry_token=f"{key.job_id}#{attempt}",
-            tenant_id=key.tenant_id,
-            model_id=key.model_id,
-            version=key.version,
-            input=_wire_input(t.submission.input),
-            params=t.submission.params.wire() if t.submission.params else {},
-            report_to=self.dispatcher.report_to,
-            scheduler_id=self.scheduler_id,
-            deadline=time.time() + exec_timeout,
-            trace=telemetry.child_headers(t.headers),
-        )
-        placed = self.fleet.get(worker_id)
-        started_at = placed.presence.started_at if placed else None
-        watch = self.dispatcher.submit(worker_id, d)
-        self._inflight_by_worker[worker_id] += 1
-        try:
-            try:
-                ack = await asyncio.wait_for(
-                    asyncio.shield(watch.accepted), timeout=self.settings.dispatch_ack_s
-                )
-            except TimeoutError:
-                err: TetherError = WorkerFailed(
-                    f"worker {worker_id} did not accept the job within {self.settings.dispatch_ack_s:g}s"
-                )
-                await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
-                return err
-            if not ack.accepted:
-                info = ack.error or ErrorInfo(code="no_capacity", message="refused", retryable=True)
-                err = NoCapacity(f"worker {worker_id} refused: {info.message}")
-                await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
-                return err
-            report = await self._await_outcome(
-                watch.report, key.job_id, attempt, exec_timeout, worker_id, started_at
-            )
-            if isinstance(report, ResultMessage):  # its report was lost, its result is stored
-                await self._record_final(t, report, attempt)
-                return None
-            if isinstance(report, TetherError):  # timed out, or the worker died: did it finish anyway?
-                stored = await fetch_final(self.js, key.job_id) if self.js else None
-                if stored is not None:
-                    await self._record_final(t, stored, attempt)
-                    return None
-                await self.store.fail_attempt(key.job_id, attempt, report.code, report.message, time.time())
-                return report
-            if report.ok:
-                await self.store.finish(
-                    key,
-                    JobStatus.COMPLETED,
-                    time.time(),
-                    attempt=attempt,
-                    worker_id=worker_id,
-                    started_at=report.started_at,
-                )
-                self.stats["completed"] += 1
-                return None
-            info = report.error or ErrorInfo(code="worker_failed", message="unknown failure", retryable=True)
-            failure = error_from_wire(info.wire())
-            await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
-            return failure
-        finally:
-            self.dispatcher.forget(key.job_id, attempt)
-            self._inflight_by_worker[worker_id] -= 1
-            if self._inflight_by_worker[worker_id] <= 0:
-                del self._inflight_by_worker[worker_id]
+    def _account(self, breaker: BreakerKey, worker_id: str, err: TetherError | None) -> None:
+        """Feed an attempt's outcome to the breaker and the worker's reliability.
 
-    async def _await_outcome(
-        self,
-        fut: asyncio.Future[AttemptReport],
-        job_id: str,
-        attempt: int,
-        exec_timeout: float,
-        worker_id: str,
-        started_at: float | None,
-    ) -> AttemptReport | ResultMessage | TetherError:
-        """Wait for the worker's report; a Timeout, or WorkerFailed once the worker is lost.
-
-        RUNNING is written only when the job is still running after
-        ``RUNNING_WRITE_DELAY_S``: a job that finishes sooner gets its start time
-        from the report, in the same transaction as its final state. While waiting,
-        the worker's heartbeats are checked every T: a worker that went OFFLINE or
-        restarted will never report, so its attempt is given up at once (guarantee 3). A
-        report can also be lost (sent as a connection died); so RESULTS is checked after
-        T, 2T, 4T, ... and a stored result there ends the wait.
+        Refusals for lack of capacity say nothing about the model's health and are not counted;
+        neither are final errors about the request itself (bad input).
         """
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout=RUNNING_WRITE_DELAY_S)
-        except TimeoutError:
-            pass
-        await self.store.mark_running(job_id, attempt, time.time())
-        period = gap = self.settings.heartbeat_s
-        deadline = time.monotonic() + exec_timeout - RUNNING_WRITE_DELAY_S
-        check_at = time.monotonic() + gap
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout=min(left, period))
-            except TimeoutError:
-                pass
-            if why := self.fleet.lost(worker_id, started_at):
-                return WorkerFailed(f"{why} while running the job")
-            if time.monotonic() >= check_at and self.js is not None:
-                gap *= 2
-                check_at = time.monotonic() + gap
-                if (stored := await fetch_final(self.js, job_id)) is not None:
-                    return stored
-        return Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
+        if err is None:
+            self.breakers.success(breaker)
+            self.reliability.record(worker_id, True)
+        elif err.retryable and err.code != NoCapacity.code:
+            self.breakers.failure(breaker, f"{err.code}: {err.message}")
+            self.reliability.record(worker_id, False)
+        else:
+            self.breakers.abandon(breaker)
 
     # ---- outcomes -----------------------------------------------------------------------------
 
@@ -441,13 +395,6 @@ class Scheduler:
 
     def _past_grace(self) -> bool:
         return time.time() - self._started > 3 * self.settings.heartbeat_s
-
-
-def _wire_input(value: Any) -> Any:
-    """The submission's input as plain data (chat messages become dicts)."""
-    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        return [m.model_dump(by_alias=True, exclude_none=True, mode="json") for m in value]
-    return value
 
 
 def _backoff(attempt: int) -> float:

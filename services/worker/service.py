@@ -31,6 +31,8 @@ from schemas import (
     ServedModel,
     Usage,
 )
+from services.worker.artifacts import artifact_cache
+from services.worker.artifacts import resolve as resolve_artifact
 from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder
 from services.worker.reporting import Reporter
@@ -39,9 +41,15 @@ from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from streams import apply, topology
 from tether import codec, subjects, telemetry
 from tether.connection import connect
+from tether.dispatch_auth import DispatchGate
+from tether.e2e import FleetBox, fleet_key_path
+from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, EnvelopeRejected
 from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
+from tether.identity import Identity
 from tether.results import publish_final
+from tether.security import node_identity
 from tether.settings import Settings
+from tether.signed import envelope_headers, seal_message
 from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -69,9 +77,21 @@ class ServedSlot:
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, worker_id: str, specs: list[ModelSpec]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        specs: list[ModelSpec],
+        identity: Identity | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        """``identity`` signs presence; default ``TETHER_HOME/keys/worker.key``. The worker id is
+        the identity's node id (``worker_id``, when given, must be that id)."""
         self.settings = settings
-        self.worker_id = worker_id
+        self.identity = identity or node_identity(settings, "worker")
+        if worker_id is not None and worker_id != self.identity.node_id:
+            raise ValueError(f"worker id {worker_id!r} does not belong to key {self.identity.node_id}")
+        worker_id = self.worker_id = self.identity.node_id
         self.state = WorkerState.NEW
         self.slots: dict[tuple[str, str], ServedSlot] = {
             (s.model_id, s.version): ServedSlot(s) for s in specs
@@ -83,6 +103,8 @@ class Worker:
         self._own_nc = False
         self._sub = None
         self.reporter: Reporter | None = None
+        self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
+        self.fleet_box = FleetBox.load(fleet_key_path(settings.keys_dir))
         self.presence = PresenceBuilder(
             worker_id=worker_id,
             region=settings.region,
@@ -95,6 +117,9 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self._load_lock = asyncio.Lock()
+        self.stopped = asyncio.Event()  # set once closed (a drain ordered over NATS ends the process)
+        self._control_subs: list[object] = []
+        self._drain_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -107,12 +132,17 @@ class Worker:
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info))
         self.reporter = Reporter(nc, self.worker_id)
+        await self.dispatch_gate.start(self.js, self.settings)
         self._sub = await nc.subscribe(
             subjects.dispatch_subject(self.worker_id),
             cb=self._on_dispatch,
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
         )
+        for target in (self.worker_id, "all"):
+            self._control_subs.append(
+                await nc.subscribe(subjects.control_subject("drain", target), cb=self._on_drain)
+            )
         self.state = WorkerState.RUNNING
         await self._beat()
         self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
@@ -144,21 +174,34 @@ class Worker:
     async def close(self) -> None:
         if self.state is WorkerState.STOPPED:
             return
+        ended = "drained" if self.state is WorkerState.DRAINING else "stopped"
         self.state = WorkerState.STOPPED
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in [self._sub, *self._control_subs]:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()  # type: ignore[attr-defined]
         await self._tasks.close()
         await self._jobs.close()
+        await self.dispatch_gate.stop()
         if self.reporter is not None:
             await self.reporter.flush()  # acks and reports of attempts that ended while stopping
         for slot in self.slots.values():
             if slot.runtime is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(slot.runtime.close)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    subjects.event_subject("worker", ended),
+                    codec.encode(
+                        {"kind": "worker", "workerId": self.worker_id, "state": ended.upper(), "ts": time.time()}
+                    ),
+                    headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+                )
         if self.nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        self.stopped.set()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     async def __aenter__(self) -> Worker:
@@ -168,6 +211,23 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _on_drain(self, msg: Msg) -> None:
+        """``tether.control.drain.<worker>`` (or ``.all``): drain within the given grace, then stop."""
+        grace = 30.0
+        with contextlib.suppress(Exception):
+            body = codec.decode(msg.data, codec.content_type_of(msg.headers)) if msg.data else {}
+            grace = float(body.get("graceS", grace))
+        log.warning("drain ordered", extra={"worker": self.worker_id, "grace_s": grace})
+        if msg.reply and self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    msg.reply,
+                    codec.encode({"workerId": self.worker_id, "draining": True, "inflight": len(self._jobs)}),
+                    headers={codec.CONTENT_TYPE: codec.JSON},
+                )
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drain(grace))
+
     # ---- presence -----------------------------------------------------------------------------
 
     async def _beat(self) -> None:
@@ -175,8 +235,8 @@ class Worker:
         p = self.presence.build()
         await self.nc.publish(
             subjects.presence_subject(self.settings.region, self.worker_id),
-            codec.encode(p.wire()),
-            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+            seal_message(self.identity, p, PURPOSE_PRESENCE),
+            headers=envelope_headers(telemetry.child_headers(None)),
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -195,8 +255,8 @@ class Worker:
         ann = self.presence.announcement(slot.served(), slot.detail)
         await self.nc.publish(
             subjects.model_subject(slot.spec.model_id, slot.spec.version, self.settings.region),
-            codec.encode(ann.wire()),
-            headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+            seal_message(self.identity, ann, PURPOSE_MODEL),
+            headers=envelope_headers(telemetry.child_headers(None)),
         )
 
     async def _load(self, slot: ServedSlot) -> None:
@@ -206,7 +266,8 @@ class Worker:
         try:
             # One load at a time: bounded memory, and no racing lazy imports inside transformers.
             async with self._load_lock:
-                runtime = build_runtime(slot.spec)
+                spec = await resolve_artifact(slot.spec, artifact_cache(self.settings, self.js))
+                runtime = build_runtime(spec)
                 await asyncio.to_thread(runtime.load)
         except Exception as exc:
             if runtime is not None:
@@ -231,7 +292,11 @@ class Worker:
 
     async def _on_dispatch(self, msg: Msg) -> None:
         try:
-            batch = DispatchBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
+            batch = DispatchBatch.model_validate(
+                codec.decode(self.dispatch_gate.open(msg.data), codec.MSGPACK)
+            )
+        except EnvelopeRejected:
+            return  # forged, replayed or untrusted: counted and logged by the gate
         except Exception as exc:
             log.warning("malformed dispatch dropped", extra={"error": str(exc)})
             return
@@ -269,14 +334,15 @@ class Worker:
         try:
             with telemetry.span("worker.run", hop, job_id=d.job_id, model=d.model_id):
                 params = generation_params(d.params)
-                out = await slot.runtime.run(RunRequest(job_id=d.job_id, input=d.input, params=params))
+                opened = self.fleet_box.open(d.input)  # a sealed (end-to-end encrypted) input is opened here
+                out = await slot.runtime.run(RunRequest(job_id=d.job_id, input=opened.input, params=params))
             result = ResultMessage(
                 job_id=d.job_id,
                 status=ResultStatus.COMPLETED,
                 tenant_id=d.tenant_id,
                 model_id=d.model_id,
                 version=d.version,
-                result=out.output,
+                result=opened.seal_output(out.output),
                 worker_id=self.worker_id,
                 attempts=d.attempt,
                 usage=Usage(
@@ -288,6 +354,8 @@ class Worker:
             assert self.js is not None
             await publish_final(self.js, result, hop, budget_s=max(5.0, d.deadline - time.time()))
         except asyncio.CancelledError:
+            # stopped before finishing (drain grace expired): hand the job back for re-placement now
+            await self._report(d, hop, started, WorkerFailed(f"worker {self.worker_id} stopped; job handed back"))
             raise
         except Exception as exc:
             err = exc if isinstance(exc, TetherError) else WorkerFailed(f"{type(exc).__name__}: {exc}")

@@ -19,7 +19,7 @@ async def test_json_request_gets_one_reply(echo_system, nc: Client) -> None:
     reply = json.loads(msg.data)
     assert reply.get("result") == "hello", reply
     assert reply["modelId"] == "echo" and reply["version"] == "1"
-    assert reply["workerId"] == "w-test-0"
+    assert reply["workerId"] == echo_system.workers[0].worker_id
     assert reply["jobId"].startswith("j-")
 
 
@@ -49,9 +49,10 @@ async def test_job_rows_walk_the_lifecycle(echo_system, nc: Client, settings) ->
         attempts = await store.attempts(reply["jobId"])
         reservations = await store.reservations(reply["jobId"])
     assert row is not None and row["status"] == "COMPLETED"
-    assert row["attempts"] == 1 and row["worker_id"] == "w-test-0"
+    worker_id = echo_system.workers[0].worker_id
+    assert row["attempts"] == 1 and row["worker_id"] == worker_id
     assert row["created_at"] <= row["reserved_at"] <= row["started_at"] <= row["finished_at"]
-    assert row["placement"]["worker"] == "w-test-0"
+    assert row["placement"]["worker"] == worker_id
     assert [a["status"] for a in attempts] == ["COMPLETED"]
     assert reservations[0]["retry_token"] == f"{reply['jobId']}#1" and reservations[0]["released_at"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ from tether import client, codec, subjects
 from tether.connection import connect
 from tether.natsserver import NatsServer
 from tether.settings import Settings
+from tether.signed import read_unverified
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -87,12 +87,16 @@ def _cosine(a: list[float], b: list[float]) -> float:
 # ---------------------------------------------------------------------- tiny GPT-2
 
 
-async def test_tiny_gpt2_greedy_runs_to_the_limit_and_repeats(mnc: Client) -> None:
+async def test_tiny_gpt2_greedy_runs_to_the_limit_and_repeats(models_system: System, mnc: Client) -> None:
     params = {"maxNewTokens": 8}
     first = await client.infer(mnc, model=TINY, input="the capital of france is", params=params, timeout=60)
     second = await client.infer(mnc, model=TINY, input="the capital of france is", params=params, timeout=60)
     assert isinstance(first["result"], str) and first["result"].strip(), first
-    assert first["modelId"] == TINY and first["version"] == "1" and first["workerId"] == "w-test-0"
+    assert (
+        first["modelId"] == TINY
+        and first["version"] == "1"
+        and first["workerId"] == models_system.workers[0].worker_id
+    )
     usage = first["usage"]
     assert usage["tokensOut"] == 8, usage  # <eos> has a zero embedding row: greedy never stops early
     assert usage["tokensIn"] == 5 and usage["finishReason"] == "length", usage
@@ -128,8 +132,8 @@ async def test_heartbeats_keep_flowing_during_a_long_generation(models_system: S
     beats: list[tuple[float, dict]] = []
 
     async def on_presence(msg) -> None:
-        payload = json.loads(msg.data)
-        if payload.get("workerId") == "w-test-0":
+        payload = read_unverified(msg.data)
+        if payload.get("workerId") == models_system.workers[0].worker_id:
             beats.append((time.monotonic(), payload))
 
     sub = await mnc.subscribe(subjects.PRESENCE_ALL, cb=on_presence)

@@ -31,6 +31,11 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     finally:
         p.cleanup()
 
+SEED_CURL = """curl -XPOST http://localhost:3000/infer \\
+  -H 'Content-Type: application/json' \\
+  -d '{"tenantId":"demo-tenant","modelId":"phi-2","version":"1.0","input":"What
+  is the capital of France?"}'"""
+
 
 def _logs(home: Path) -> str:
     parts = []
@@ -54,10 +59,18 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     home = tmp_path / "home"
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
+    http_port = free_port()
     up = procs.start(
         "up",
         "--no-demo",
-        env=tether_env(home, port=port, TETHER_MODELS="echo", TETHER_HEARTBEAT_S="1"),
+        env=tether_env(
+            home,
+            port=port,
+            TETHER_MODELS="echo",
+            TETHER_HEARTBEAT_S="1",
+            TETHER_HTTP_PORT=str(http_port),
+            TETHER_MODEL_ALIASES="phi-2:1.0=echo",  # the seed's model name, served by echo here
+        ),
         name="up",
     )
     cli = tether_env(home, url=url, COLUMNS="250")
@@ -74,12 +87,22 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     assert sum("nats-server" in c.name() for c in children) == 1, names
     assert sum("tether.cli" in " ".join(c.cmdline()) for c in children) == 3, names
 
+    # the seed pilot's own curl example, as written but for the port
+    seed = SEED_CURL.replace("localhost:3000", f"localhost:{http_port}")
+    r = subprocess.run(["bash", "-c", seed], capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    seed_reply = json.loads(r.stdout)
+    assert seed_reply["result"] == "What\n  is the capital of France?" and seed_reply["jobId"], seed_reply
+    assert seed_reply["requestedModelId"] == "phi-2" and seed_reply["modelId"] == "echo"
+
     r = run_tether("infer", "as json", "--model", "echo", "--json", env=cli)
     assert r.returncode == 0, r.stderr
     reply = json.loads(r.stdout)
     assert {"jobId", "result", "modelId", "version", "workerId"} <= reply.keys(), reply
     assert reply["result"] == "as json" and reply["modelId"] == "echo" and reply["version"] == "1"
     assert reply["workerId"] == worker_identity(home)  # the worker's key lives under TETHER_HOME
+    allowlist = (home / "trust" / "allowlist").read_text()  # development keys, allowlisted on first start
+    assert f"# {reply['workerId']}" in allowlist and "scheduler" in allowlist and "publisher" in allowlist
     job_id = reply["jobId"]
 
     r = run_tether("infer", "x", "--model", "nope", env=cli)
@@ -93,7 +116,7 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
         return snap if [w["health"] for w in snap["workers"]] == ["HEALTHY"] else None
 
     snap = poll(status, timeout=30, what="one HEALTHY worker in `tether status`")
-    assert "echo:1 (warm)" in snap["workers"][0]["models"], snap
+    assert {"modelId": "echo", "version": "1", "state": "warm"}.items() <= snap["workers"][0]["models"][0].items()
     assert snap["workers"][0]["workerId"] == reply["workerId"]
     assert {"waiting", "inFlight", "redelivered"} <= snap["queue"].keys(), snap
 
@@ -106,6 +129,9 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     shown = poll(completed, timeout=30, what=f"job {job_id} COMPLETED in the store")
     assert len(shown["attempts"]) == 1, shown
     assert shown["result"]["result"] == "as json", shown
+    placement = shown["job"]["placement"]  # why this worker: the score and each weighted term
+    assert placement["policy"] == "affinity" and placement["worker"] == reply["workerId"], placement
+    assert {"region", "device", "load", "warm", "reliability", "rtt"} == placement["terms"].keys(), placement
 
     r = run_tether("jobs", "list", env=cli)
     assert r.returncode == 0, r.stderr
@@ -164,6 +190,9 @@ def test_separate_role_processes_and_a_stable_worker_id(tmp_path: Path, procs: P
     poll(lambda: "listening on" in procs.output(nats), timeout=30, what="`tether nats` announced")
 
     env = tether_env(home, url=url, TETHER_HEARTBEAT_S="1", TETHER_MODELS="echo")
+    for role in ("worker", "scheduler"):  # security is on: the worker's key must be allowlisted
+        made = run_tether("keys", "gen", "--role", role, "--allow", env=env)
+        assert made.returncode == 0, made.stderr
     scheduler = procs.start("scheduler", env=env, name="scheduler")
     worker = procs.start("worker", "--models", "echo", env=env, name="worker")
     gateway = procs.start("gateway", env=env, name="gateway")

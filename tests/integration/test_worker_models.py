@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from nats.aio.client import Client
 
 from schemas import ModelState
 from services.worker.runtimes.catalog import parse_model_spec
 from services.worker.service import Worker
 from tether import client
+from tether.security import ensure_dev_trust
+from tether.signed import read_unverified
 
 
 async def test_failed_load_is_announced_and_other_models_still_serve(settings, nc: Client, tmp_path) -> None:
@@ -19,11 +19,12 @@ async def test_failed_load_is_announced_and_other_models_still_serve(settings, n
     announcements: list[dict] = []
 
     async def collect(msg) -> None:
-        announcements.append(json.loads(msg.data))
+        announcements.append(read_unverified(msg.data))
 
     sub = await nc.subscribe("tether.models.>", cb=collect)
     broken = parse_model_spec(f"broken:1={tmp_path / 'no-such-model'}")
-    worker = Worker(settings, worker_id="w-mixed", specs=[parse_model_spec("echo"), broken])
+    ensure_dev_trust(settings)
+    worker = Worker(settings, specs=[parse_model_spec("echo"), broken])
     await worker.start()
     await worker.wait_ready()
     scheduler, gateway = Scheduler(settings, scheduler_id="s-m"), Gateway(settings, gateway_id="g-m")

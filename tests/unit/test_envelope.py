@@ -1,9 +1,8 @@
-"""Signed envelopes: one test per rejection path, allowlist files, the nonce cache."""
+"""Signed envelopes: one test per rejection path, and the nonce cache."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -16,7 +15,6 @@ from tether.envelope import (
     NonceCache,
     Verifier,
     open_envelope,
-    parse_allowlist,
     seal,
 )
 from tether.identity import Identity
@@ -294,102 +292,3 @@ def test_nonce_cache_keyed_by_signer() -> None:
     assert c.add(b"B" * 32 + b"n" * 16, 10.0, 0.0)
     assert not c.add(b"A" * 32 + b"n" * 16, 10.0, 1.0)
     assert c.add(b"A" * 32 + b"n" * 16, 20.0, 11.0)  # expired, forgotten
-
-
-# -- allowlist file --------------------------------------------------------------
-
-
-def write_list(path: Path, text: str, mtime_ns: int) -> None:
-    path.write_text(text)
-    os.utime(path, ns=(mtime_ns, mtime_ns))
-
-
-def test_parse_allowlist_formats() -> None:
-    a, b, c = (Identity.generate("worker") for _ in range(3))
-    text = (
-        "# fleet keys\n"
-        f"{a.public_key_b64}   # w-1 worker\n"
-        "\n"
-        f"allow {b.public_key.hex()}\n"
-        f"deny {c.public_key_b64}\n"
-    )
-    allowed, denied = parse_allowlist(text)
-    assert allowed == {a.public_key, b.public_key}
-    assert denied == {c.public_key}
-    with pytest.raises(ValueError, match=":2:"):
-        parse_allowlist(f"{a.public_key_b64}\nnot-a-key\n")
-    with pytest.raises(ValueError):
-        parse_allowlist(f"deni {a.public_key_b64}\n")
-
-
-def test_pub_file_is_an_allowlist_line(tmp_path: Path, worker: Identity) -> None:
-    key = tmp_path / "w.key"
-    worker.save(key)
-    allowed, _ = parse_allowlist((tmp_path / "w.key.pub").read_text())
-    assert allowed == {worker.public_key}
-
-
-def test_allowlist_reload_on_change(tmp_path: Path) -> None:
-    a, b = Identity.generate("worker"), Identity.generate("worker")
-    path = tmp_path / "allowlist"
-    write_list(path, f"{a.public_key_b64}\n", 1_000_000_000)
-    v = Verifier.from_file(path)
-    assert v.verify(seal(a, b"x", "presence", timestamp=NOW), purpose="presence", now=NOW)
-    reject(v, seal(b, b"x", "presence", timestamp=NOW), "unknown_key")
-    assert v.reload() is False  # unchanged: nothing re-read
-
-    write_list(path, f"deny {a.public_key_b64}\n{b.public_key_b64}\n", 2_000_000_000)
-    assert v.reload() is True
-    assert v.reload() is False
-    reject(v, seal(a, b"x", "presence", timestamp=NOW), "denied_key")
-    assert v.verify(seal(b, b"x", "presence", timestamp=NOW), purpose="presence", now=NOW)
-
-
-def test_reload_skipped_when_mtime_unchanged(tmp_path: Path) -> None:
-    a = Identity.generate("worker")
-    path = tmp_path / "allowlist"
-    write_list(path, f"{a.public_key_b64}\n", 1_000_000_000)
-    v = Verifier.from_file(path)
-    st = path.stat()
-    # Same size, same mtime, same inode: treated as unchanged (stat only).
-    b = Identity.generate("worker")
-    with path.open("r+") as f:
-        f.write(f"{b.public_key_b64}\n")
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert v.reload() is False
-    assert v.allowed == {a.public_key}
-
-
-def test_reload_keeps_lists_on_bad_or_missing_file(tmp_path: Path) -> None:
-    a = Identity.generate("worker")
-    path = tmp_path / "allowlist"
-    write_list(path, f"{a.public_key_b64}\n", 1_000_000_000)
-    v = Verifier.from_file(path)
-    write_list(path, "garbage line here\n", 2_000_000_000)
-    assert v.reload() is False
-    assert v.allowed == {a.public_key}
-    path.unlink()
-    assert v.reload() is False
-    assert v.allowed == {a.public_key}
-
-
-def test_runtime_keys_survive_reload(tmp_path: Path) -> None:
-    a, b = Identity.generate("worker"), Identity.generate("worker")
-    path = tmp_path / "allowlist"
-    write_list(path, "# empty\n", 1_000_000_000)
-    v = Verifier.from_file(path)
-    v.add_allowed(a.public_key)
-    write_list(path, f"{b.public_key_b64}\n", 2_000_000_000)
-    assert v.reload()
-    assert v.allowed == {a.public_key, b.public_key}
-
-
-def test_from_file_missing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        Verifier.from_file(tmp_path / "nope")
-    v = Verifier.from_file(tmp_path / "later", missing_ok=True)
-    assert v.allowed == frozenset()
-    a = Identity.generate("worker")
-    write_list(tmp_path / "later", f"{a.public_key_b64}\n", 1_000_000_000)
-    assert v.reload() is True
-    assert v.allowed == {a.public_key}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from tether.store.backend import SqlBackend, Stmt
+from tether.store.backend import SqlBackend, Stmt, StmtResult
 from tether.store.batcher import WriteBatcher
 from tether.store.schema import migrate
 
@@ -83,6 +83,10 @@ class JobStore:
         await self.close()
 
     # ---- writes -------------------------------------------------------------------------------
+
+    async def submit(self, statements: list[Stmt]) -> list[StmtResult]:
+        """Run ``statements`` in the next group commit (for the store's other tables)."""
+        return await self._batcher.submit(statements)
 
     async def enqueue(self, job: JobKey, now: float) -> None:
         """Record a job as QUEUED (no-op when the row exists)."""

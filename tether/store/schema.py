@@ -71,6 +71,30 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "index reservations by retry token (attempt close looks them up by token)",
         ("CREATE INDEX IF NOT EXISTS reservations_by_token ON reservations(retry_token)",),
     ),
+    (
+        3,
+        "worker reliability and circuit breakers, kept across scheduler restarts",
+        (
+            """CREATE TABLE IF NOT EXISTS worker_reliability (
+                worker_id TEXT PRIMARY KEY,
+                successes REAL NOT NULL,
+                failures REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS breakers (
+                model_id TEXT NOT NULL,
+                version TEXT NOT NULL,
+                region TEXT NOT NULL,
+                state TEXT NOT NULL,
+                failures INTEGER NOT NULL,
+                opened_at REAL,
+                scheduler_id TEXT,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (model_id, version, region)
+            )""",
+            "CREATE INDEX IF NOT EXISTS reservations_expiring ON reservations(expires_at) WHERE released_at IS NULL",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,173 @@
+"""Scheduler benchmark: placement decision time by fleet size, and presence ingest rate.
+
+    .venv/bin/python bench/scheduler.py [--decisions 20000] [--heartbeats 100000]
+
+1. Placement: a FleetView holding 100, 1,000 and 10,000 simulated workers
+   (3 regions, 2 device classes, random queue depths, every worker serving the
+   job's model plus others), the scheduler's AffinityPlacement with reliability
+   and RTT lookups; p50/p99 of one ``choose()`` and the growth from 100 to
+   10,000 workers. Target: p99 under 200 us at 10,000, growth well below linear.
+2. Presence ingest: (a) in process, heartbeats decoded, validated and applied
+   to the fleet view per second; (b) through a real nats-server, a publisher
+   process sends heartbeats of 10,000 workers as fast as it can while one
+   FleetView subscriber (what a scheduler runs) absorbs them. Target >= 10,000/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from schemas import ModelState, Presence, ServedModel
+from services.scheduler.scoring import AffinityPlacement, JobNeeds
+from tether import codec, subjects
+from tether.fleet import FleetView
+from tether.natsserver import NatsServer
+
+REGIONS = ("eu", "us", "ap")
+
+
+def make_presence(i: int, rng: random.Random, seq: int = 1) -> Presence:
+    models = [ServedModel(model_id="m", version="1", task="generate", state=ModelState.WARM)]
+    models += [
+        ServedModel(model_id=f"other-{k}", version="1", task="generate", state=ModelState.WARM)
+        for k in rng.sample(range(50), 3)
+    ]
+    return Presence(
+        worker_id=f"w-{i:05d}",
+        region=REGIONS[i % 3],
+        device_class="cuda" if i % 4 == 0 else "cpu",
+        capacity=8,
+        queue_depth=rng.randrange(0, 8),
+        models=models,
+        heartbeat_s=5.0,
+        started_at=1.0,
+        seq=seq,
+        ts=time.time(),
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def placement_times(n_workers: int, decisions: int) -> tuple[float, float]:
+    rng = random.Random(n_workers)
+    now = time.time()
+    fleet = FleetView(heartbeat_s=5.0, clock=lambda: now)  # every worker fresh for the whole run
+    for i in range(n_workers):
+        fleet.observe(make_presence(i, rng))
+    reliability = {f"w-{i:05d}": rng.random() for i in range(n_workers)}
+    rtt = {f"w-{i:05d}": rng.random() / 100 for i in range(n_workers)}
+    placement = AffinityPlacement(fleet, reliability=reliability.__getitem__, rtt=rtt.get, rng=rng)
+    needs = JobNeeds("m", "1", region="eu", device_class="cuda")
+    inflight = {f"w-{i:05d}": rng.randrange(0, 4) for i in range(0, n_workers, 7)}
+    times = []
+    for _ in range(decisions):
+        t0 = time.perf_counter_ns()
+        choice = placement.choose(needs, inflight=inflight)
+        times.append((time.perf_counter_ns() - t0) / 1000)
+        assert choice is not None
+    return pct(times, 0.5), pct(times, 0.99)
+
+
+def ingest_in_process(n: int) -> float:
+    rng = random.Random(7)
+    fleet = FleetView(heartbeat_s=5.0)
+    headers = {codec.CONTENT_TYPE: codec.JSON}
+    msgs = [codec.encode(make_presence(i % 10_000, rng, seq=1 + i // 10_000).wire()) for i in range(n)]
+    t0 = time.perf_counter()
+    for data in msgs:
+        fleet._accept(data, headers)
+    return n / (time.perf_counter() - t0)
+
+
+PUBLISHER = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1], pending_size=256 * 1024 * 1024)
+    payloads = [line.rstrip(b"\\n").split(b" ", 1) for line in open(sys.argv[2], "rb")]
+    for subject, data in payloads:
+        await nc.publish(subject.decode(), data, headers={"Content-Type": "application/json"})
+    await nc.flush(timeout=60)
+    await nc.close()
+asyncio.run(main())
+"""
+
+
+async def ingest_through_nats(n: int) -> tuple[float, int]:
+    import nats
+
+    rng = random.Random(11)
+    tmp = Path(tempfile.mkdtemp(prefix="tether-bench-presence-"))
+    server = NatsServer(store_dir=tmp / "js", log_file=tmp / "nats.log")
+    server.start()
+    try:
+        lines = []
+        for i in range(n):
+            p = make_presence(i % 10_000, rng, seq=1 + i // 10_000)
+            lines.append(subjects.presence_subject(p.region, p.worker_id).encode() + b" " + codec.encode(p.wire()))
+        (tmp / "payloads").write_bytes(b"\n".join(lines) + b"\n")
+        nc = await nats.connect(server.url)
+        fleet = FleetView(heartbeat_s=5.0)
+        done = asyncio.Event()
+        count = 0
+        first = last = 0.0
+
+        async def on_msg(msg):  # type: ignore[no-untyped-def]
+            nonlocal count, first, last
+            if count == 0:
+                first = time.perf_counter()
+            fleet._accept(msg.data, msg.headers)
+            count += 1
+            last = time.perf_counter()
+            if count >= n:
+                done.set()
+
+        await nc.subscribe(
+            f"{subjects.PREFIX}.presence.>", cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+        await nc.flush()
+        pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, server.url, str(tmp / "payloads")])
+        try:
+            await asyncio.wait_for(done.wait(), timeout=120)
+        except TimeoutError:
+            pass
+        pub.wait(60)
+        await nc.close()
+        return count / max(1e-9, last - first), count
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--decisions", type=int, default=20_000)
+    p.add_argument("--heartbeats", type=int, default=100_000)
+    args = p.parse_args()
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    print(f"placement decision time ({args.decisions} decisions each), microseconds:")
+    results = {}
+    for n in (100, 1_000, 10_000):
+        p50, p99 = placement_times(n, args.decisions)
+        results[n] = (p50, p99)
+        print(f"  {n:>6} workers   p50 {p50:7.1f}   p99 {p99:7.1f}")
+    g50 = results[10_000][0] / results[100][0]
+    g99 = results[10_000][1] / results[100][1]
+    print(f"  growth 100 -> 10,000 workers (100x): p50 x{g50:.2f}, p99 x{g99:.2f}")
+    rate = ingest_in_process(args.heartbeats)
+    print(f"presence ingest, in process (decode + validate + apply): {rate:,.0f} heartbeats/s")
+    rate, count = asyncio.run(ingest_through_nats(args.heartbeats))
+    print(f"presence ingest through nats-server, one subscriber: {rate:,.0f} heartbeats/s ({count} received)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Tether errors as HTTP responses: one status per wire error code, in Tether's or OpenAI's shape."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from tether.errors import TetherError
+
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "signature_invalid": 401,
+    "model_unknown": 404,
+    "not_found": 404,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "quota_exceeded": 429,
+    "dead_lettered": 500,
+    "artifact_invalid": 500,
+    "internal": 500,
+    "worker_failed": 502,
+    "no_capacity": 503,
+    "store_unavailable": 503,
+    "timeout": 504,
+}
+
+# OpenAI's error "type" for each status class, so its client raises the matching exception
+_OPENAI_TYPE: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class NotFound(TetherError):
+    """A job (or other resource) the caller may see does not exist. HTTP-only: 404 ``not_found``."""
+
+    code = "not_found"
+
+
+def status_of(exc: TetherError) -> int:
+    return STATUS_BY_CODE.get(exc.code, 500)
+
+
+def _headers(exc: TetherError) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if exc.job_id:
+        headers["X-Job-Id"] = exc.job_id
+    return headers
+
+
+def tether_error(exc: TetherError) -> JSONResponse:
+    """``{"error": {"code", "message", "retryable", ...}}`` with the code's status."""
+    return JSONResponse({"error": exc.to_wire()}, status_code=status_of(exc), headers=_headers(exc))
+
+
+def openai_error_body(exc: TetherError) -> dict[str, Any]:
+    status = status_of(exc)
+    return {
+        "error": {
+            "message": exc.message,
+            "type": _OPENAI_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "param": exc.field,
+            "code": exc.code,
+        }
+    }
+
+
+def openai_error(exc: TetherError) -> JSONResponse:
+    """OpenAI's error shape, so the ``openai`` client raises ``RateLimitError``, ``NotFoundError`` ..."""
+    return JSONResponse(openai_error_body(exc), status_code=status_of(exc), headers=_headers(exc))

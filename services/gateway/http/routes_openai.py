@@ -1,0 +1,143 @@
+"""OpenAI-compatible routes: ``/v1/completions``, ``/v1/chat/completions`` (``stream: true`` as SSE in
+OpenAI's chunk format, ending with ``data: [DONE]``), ``/v1/embeddings`` and ``/v1/models``.
+
+Each request becomes an ``InferRequest`` and goes through ``Gateway.infer`` like any other, so
+quotas, shedding, idempotency (``Idempotency-Key``) and errors are the same; errors use OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` shape with Tether's code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from schemas import InferReply, InferRequest
+from services.gateway.http import openai_shapes as oa
+from services.gateway.http import sse
+from services.gateway.http.context import (
+    ANONYMOUS_TENANT,
+    caller_of,
+    idempotency_key,
+    read_json,
+    state_of,
+    tenant_of,
+    trace_headers,
+)
+from services.gateway.http.errors import openai_error_body
+from services.gateway.http.jobstream import Chunk, JobStream
+from services.gateway.http.openapi_docs import body_schema
+from tether.errors import TetherError
+
+router = APIRouter(prefix="/v1")
+
+ChunkBody = Callable[[str, str, int, dict[str, Any], str | None], dict[str, Any]]
+GenBody = TypeVar("GenBody", oa.CompletionRequest, oa.ChatCompletionRequest)
+ToInfer = Callable[[Any, str, str | None], InferRequest]
+Respond = Callable[[InferReply, int], dict[str, Any]]
+
+
+async def _tenant(request: Request) -> str:
+    return tenant_of(await caller_of(request), None, default=ANONYMOUS_TENANT)
+
+
+async def _run(request: Request, req: InferRequest) -> InferReply:
+    return await state_of(request).gateway.infer(req, trace_headers(request))
+
+
+async def _generate(request: Request, shape: type[GenBody], to_infer: ToInfer, respond: Respond, chunk: ChunkBody) -> Any:
+    body = oa.parse_openai(shape, await read_json(request))
+    req = to_infer(body, await _tenant(request), idempotency_key(request, None))
+    if body.stream:
+        return await _stream(request, req, chunk)
+    reply = await _run(request, req)
+    return JSONResponse(respond(reply, int(time.time())), headers={"X-Job-Id": reply.job_id})
+
+
+@router.post("/completions", summary="OpenAI text completion", openapi_extra=body_schema(oa.CompletionRequest))
+async def completions(request: Request) -> Any:
+    return await _generate(request, oa.CompletionRequest, oa.completion_to_infer, oa.completion_response, _completion_chunk)
+
+
+@router.post(
+    "/chat/completions",
+    summary="OpenAI chat completion (the model's chat template applies)",
+    openapi_extra=body_schema(oa.ChatCompletionRequest),
+)
+async def chat_completions(request: Request) -> Any:
+    return await _generate(request, oa.ChatCompletionRequest, oa.chat_to_infer, oa.chat_response, _chat_chunk)
+
+
+@router.post("/embeddings", summary="OpenAI embeddings", openapi_extra=body_schema(oa.EmbeddingRequest))
+async def embeddings(request: Request) -> Any:
+    body = oa.parse_openai(oa.EmbeddingRequest, await read_json(request))
+    req = oa.embedding_to_infer(body, await _tenant(request), idempotency_key(request, None))
+    reply = await _run(request, req)
+    out = oa.embeddings_response(reply, body.encoding_format, many=isinstance(body.input, list))
+    return JSONResponse(out, headers={"X-Job-Id": reply.job_id})
+
+
+@router.get("/models", summary="OpenAI model list (id, or id@version for versions other than 1)")
+async def list_models(request: Request) -> Any:
+    await caller_of(request)
+    gateway = state_of(request).gateway
+    names = gateway.fleet.models() + [a for a, t in gateway.config.aliases.items() if gateway.fleet.knows_model(*t)]
+    return oa.models_list(sorted(set(names)))
+
+
+def _completion_chunk(job_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{job_id}",
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"text": delta.get("content", ""), "index": 0, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def _chat_chunk(job_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{job_id}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+async def _stream(request: Request, req: InferRequest, chunk: ChunkBody) -> StreamingResponse:
+    job = JobStream(state_of(request).gateway, req, trace_headers(request))
+    try:
+        job_id = await job.start()
+    except BaseException:
+        await job.close()
+        raise
+    return StreamingResponse(
+        _openai_events(job, chunk), media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, "X-Job-Id": job_id}
+    )
+
+
+async def _openai_events(job: JobStream, chunk: ChunkBody) -> AsyncIterator[bytes]:
+    assert job.job_id is not None
+    model = oa.model_name(job.req.model_id, job.req.version)
+    try:
+        if chunk is _chat_chunk:
+            yield sse.event(chunk(job.job_id, model, job.created, {"role": "assistant", "content": ""}, None))
+        async for ev in job.events():
+            if isinstance(ev, Chunk):
+                yield sse.event(chunk(job.job_id, model, job.created, {"content": ev.text}, None))
+                continue
+            if not isinstance(ev.result, str) and oa.text_of(ev.result):  # a non-text result, said once
+                yield sse.event(chunk(job.job_id, model, job.created, {"content": oa.text_of(ev.result)}, None))
+            final = chunk(job.job_id, model, job.created, {}, oa.finish_reason(ev))
+            final["usage"] = oa.usage(ev)
+            yield sse.event(final)
+        yield sse.DONE
+    except TetherError as exc:
+        job.done = True
+        yield sse.event(openai_error_body(exc))
+    finally:
+        await job.close()

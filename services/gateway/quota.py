@@ -1,0 +1,121 @@
+"""Per-tenant token buckets whose state lives in NATS, so every gateway draws from the same bucket.
+
+The arithmetic (``take``) is pure. ``SharedBuckets`` keeps one bucket per rule and
+tenant in the KV bucket ``tether_quota`` and changes it only by compare-and-set on the
+entry's revision: two gateways racing for the last token cannot both win, the loser
+re-reads and decides again. Time is the wall clock of the gateway that takes the token;
+gateways on different machines need reasonably synchronised clocks (NTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from services.gateway.config import GatewayConfig, ModelKey, QuotaRule, Rate
+from streams.kv import QUOTA_BUCKET
+from tether.errors import QuotaExceeded
+
+MAX_CAS_TRIES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    tokens: float
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    state: BucketState  # the state to store when allowed
+    retry_after_s: float  # 0 when allowed
+
+
+def take(state: BucketState | None, rate: Rate, now: float, cost: float = 1.0) -> Decision:
+    """Refill ``state`` up to ``now`` and try to take ``cost`` tokens. A missing state is a full bucket."""
+    if state is None:
+        tokens = rate.burst
+    else:
+        elapsed = max(0.0, now - state.ts)  # a clock that stepped back refills nothing
+        tokens = min(rate.burst, state.tokens + elapsed * rate.per_s)
+    if tokens >= cost:
+        return Decision(True, BucketState(tokens - cost, now), 0.0)
+    return Decision(False, BucketState(tokens, now), (cost - tokens) / rate.per_s)
+
+
+def bucket_key(rule: QuotaRule, tenant: str) -> str:
+    """One KV key per (rule scope, tenant): ``q.<sha256 prefix>`` (KV keys allow few characters)."""
+    scope = f"{tenant}\x00{rule.model or '*'}"
+    return "q." + hashlib.sha256(scope.encode()).hexdigest()[:40]
+
+
+def _encode(state: BucketState) -> bytes:
+    return json.dumps({"tokens": state.tokens, "ts": state.ts}).encode()
+
+
+def _decode(raw: bytes | None) -> BucketState | None:
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return BucketState(float(data["tokens"]), float(data["ts"]))
+
+
+class SharedBuckets:
+    """Token buckets in the ``tether_quota`` KV bucket, updated by compare-and-set."""
+
+    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self._kv: KeyValue | None = None
+
+    async def start(self, js: JetStreamContext) -> None:
+        if self.config.quotas:
+            self._kv = await js.key_value(QUOTA_BUCKET)
+
+    async def admit(self, tenant: str, model: ModelKey) -> None:
+        """Take one token from every bucket that applies, or raise ``QuotaExceeded`` with a retry time."""
+        rules = self.config.rules_for(tenant, model)
+        if not rules or self._kv is None:
+            return
+        for rule in rules:
+            await self._take(rule, tenant)
+
+    async def _take(self, rule: QuotaRule, tenant: str) -> None:
+        assert self._kv is not None
+        key = bucket_key(rule, tenant)
+        for _ in range(MAX_CAS_TRIES):
+            try:
+                entry = await self._kv.get(key)
+                revision, state = entry.revision, _decode(entry.value)
+            except KeyNotFoundError:
+                revision, state = None, None
+            decision = take(state, rule.rate, self._clock())
+            if not decision.allowed:
+                scope = f"model {rule.model}" if rule.model else "all models"
+                raise QuotaExceeded(
+                    f"tenant {tenant!r} is over its rate of {rule.rate.per_s:g}/s (burst "
+                    f"{rule.rate.burst:g}) for {scope}",
+                    field="tenantId",
+                    retry_after_s=decision.retry_after_s,
+                )
+            try:
+                if revision is None:
+                    await self._kv.create(key, _encode(decision.state))
+                else:
+                    await self._kv.update(key, _encode(decision.state), last=revision)
+                return
+            except KeyWrongLastSequenceError:
+                await asyncio.sleep(random.uniform(0, 0.002))  # another gateway won; re-read and decide again
+        raise QuotaExceeded(
+            f"tenant {tenant!r}: quota state too contended, retry shortly", field="tenantId", retry_after_s=0.05
+        )

@@ -1,0 +1,184 @@
+"""One attempt of a job: dispatch it to the chosen worker and wait for how it ends.
+
+The worker must accept within ``dispatch_ack_s``; then the attempt runs until
+the worker's report, the execution timeout, or the worker going OFFLINE (no
+heartbeat for 3T), whichever comes first. A job still running after
+``RUNNING_WRITE_DELAY_S`` gets its RUNNING state written; one that finishes
+sooner gets its start time from the report, in the same transaction as its
+final state. A report can be lost (sent as a connection died, e.g. across a
+nats-server restart): while waiting, RESULTS is looked up after T, 2T, 4T, ...
+and a stored result ends the wait. The outcome is ``None`` (finished: result
+stored) or the error that the scheduler's retry loop acts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+from nats.js import JetStreamContext
+from pydantic import BaseModel
+
+from schemas import AttemptReport, Dispatch, ErrorInfo, ResultMessage
+from services.scheduler import outcomes
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.intake import Ticket
+from tether import telemetry
+from tether.errors import NoCapacity, TetherError, Timeout, WorkerFailed, error_from_wire
+from tether.fleet import FleetView, Health
+from tether.results import fetch_final
+from tether.settings import Settings
+from tether.store import JobStatus, JobStore
+
+#: A job still running this long after dispatch gets its RUNNING state written at once.
+RUNNING_WRITE_DELAY_S = 0.05
+
+
+class WorkerOffline(WorkerFailed):
+    """The worker running an attempt stopped heartbeating (OFFLINE after 3T): re-place the job."""
+
+
+class AttemptRunner:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        js: JetStreamContext,
+        dispatcher: Dispatcher,
+        fleet: FleetView,
+        scheduler_id: str,
+        stats: Counter[str],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.js = js
+        self.dispatcher = dispatcher
+        self.fleet = fleet
+        self.scheduler_id = scheduler_id
+        self.stats = stats
+        self.inflight_by_worker: Counter[str] = Counter()
+
+    async def run(
+        self, t: Ticket, worker_id: str, attempt: int, exec_timeout: float
+    ) -> TetherError | None:
+        """Dispatch one attempt and wait for its outcome. None means the job is finished."""
+        assert self.dispatcher is not None and t.submission is not None
+        key = t.key
+        d = Dispatch(
+            job_id=key.job_id,
+            attempt=attempt,
+            retry_token=f"{key.job_id}#{attempt}",
+            tenant_id=key.tenant_id,
+            model_id=key.model_id,
+            version=key.version,
+            input=_wire_input(t.submission.input),
+            params=t.submission.params.wire() if t.submission.params else {},
+            report_to=self.dispatcher.report_to,
+            scheduler_id=self.scheduler_id,
+            deadline=time.time() + exec_timeout,
+            trace=telemetry.child_headers(t.headers),
+        )
+        watch = self.dispatcher.submit(worker_id, d)
+        self.inflight_by_worker[worker_id] += 1
+        try:
+            try:
+                ack = await asyncio.wait_for(
+                    asyncio.shield(watch.accepted), timeout=self.settings.dispatch_ack_s
+                )
+            except TimeoutError:
+                err: TetherError = WorkerFailed(
+                    f"worker {worker_id} did not accept the job within {self.settings.dispatch_ack_s:g}s"
+                )
+                await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
+                return err
+            if not ack.accepted:
+                info = ack.error or ErrorInfo(code="no_capacity", message="refused", retryable=True)
+                err = NoCapacity(f"worker {worker_id} refused: {info.message}")
+                await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
+                return err
+            try:
+                report = await self._await_outcome(watch.report, key.job_id, attempt, exec_timeout, worker_id)
+            except WorkerOffline as off:
+                await self.store.fail_attempt(key.job_id, attempt, off.code, off.message, time.time())
+                return off
+            if isinstance(report, ResultMessage):  # its report was lost; its result is stored
+                await outcomes.record_final(self.store, t, report, attempt)
+                return None
+            if report is None:
+                stored = await fetch_final(self.js, key.job_id) if self.js else None
+                if stored is not None:
+                    await outcomes.record_final(self.store, t, stored, attempt)
+                    return None
+                err = Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
+                await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
+                return err
+            if report.ok:
+                await self.store.finish(
+                    key,
+                    JobStatus.COMPLETED,
+                    time.time(),
+                    attempt=attempt,
+                    worker_id=worker_id,
+                    started_at=report.started_at,
+                )
+                self.stats["completed"] += 1
+                return None
+            info = report.error or ErrorInfo(code="worker_failed", message="unknown failure", retryable=True)
+            failure = error_from_wire(info.wire())
+            await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
+            return failure
+        finally:
+            self.dispatcher.forget(key.job_id, attempt)
+            self.inflight_by_worker[worker_id] -= 1
+            if self.inflight_by_worker[worker_id] <= 0:
+                del self.inflight_by_worker[worker_id]
+
+    async def _await_outcome(
+        self,
+        fut: asyncio.Future[AttemptReport],
+        job_id: str,
+        attempt: int,
+        exec_timeout: float,
+        worker_id: str,
+    ) -> AttemptReport | ResultMessage | None:
+        """Wait for the worker's report; None on timeout, ``WorkerOffline`` when the worker goes OFFLINE.
+
+        RUNNING is written only when the job is still running after
+        ``RUNNING_WRITE_DELAY_S``: a job that finishes sooner gets its start time
+        from the report, in the same transaction as its final state.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=RUNNING_WRITE_DELAY_S)
+        except TimeoutError:
+            pass
+        await self.store.mark_running(job_id, attempt, time.time())
+        deadline = time.monotonic() + max(0.0, exec_timeout - RUNNING_WRITE_DELAY_S)
+        lookup_gap = self.settings.heartbeat_s
+        lookup_at = time.monotonic() + lookup_gap
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout=min(left, self.settings.heartbeat_s))
+            except TimeoutError:
+                pass
+            entry = self.fleet.get(worker_id)
+            if entry is None or self.fleet.health(entry) is Health.OFFLINE:
+                raise WorkerOffline(f"worker {worker_id} went offline while running the job")
+            if time.monotonic() >= lookup_at:  # the report may have been lost: is the result stored?
+                lookup_gap *= 2
+                lookup_at = time.monotonic() + lookup_gap
+                if (stored := await fetch_final(self.js, job_id)) is not None:
+                    return stored
+
+
+
+def _wire_input(value: Any) -> Any:
+    """The submission's input as plain data (chat messages become dicts)."""
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return [m.model_dump(by_alias=True, exclude_none=True, mode="json") for m in value]
+    return value

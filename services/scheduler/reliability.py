@@ -1,0 +1,68 @@
+"""Per-worker reliability: a success rate whose memory fades with a half-life.
+
+Each outcome adds weight 1 to successes or failures after both totals decay by
+``0.5 ** (elapsed / half_life_s)``; the score is a Laplace-smoothed success rate
+``(s + 1) / (s + f + 2)`` (0.5 for a worker never seen, towards 1.0 for one that
+always succeeds). Pure, with an injected clock; the scheduler persists the
+totals in the store so a restarted scheduler keeps them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Record:
+    successes: float = 0.0
+    failures: float = 0.0
+    updated_at: float = 0.0
+
+    def decayed(self, now: float, half_life_s: float) -> Record:
+        if self.updated_at <= 0 or now <= self.updated_at:
+            return Record(self.successes, self.failures, max(self.updated_at, now))
+        k = 0.5 ** ((now - self.updated_at) / half_life_s)
+        return Record(self.successes * k, self.failures * k, now)
+
+    def score(self) -> float:
+        return (self.successes + 1.0) / (self.successes + self.failures + 2.0)
+
+
+class Reliability:
+    def __init__(self, *, half_life_s: float = 600.0, clock: Callable[[], float] = time.time) -> None:
+        self.half_life_s = half_life_s
+        self._clock = clock
+        self._records: dict[str, Record] = {}
+        self._dirty: set[str] = set()
+
+    def record(self, worker_id: str, ok: bool) -> None:
+        now = self._clock()
+        r = self._records.get(worker_id, Record(updated_at=now)).decayed(now, self.half_life_s)
+        if ok:
+            r.successes += 1.0
+        else:
+            r.failures += 1.0
+        self._records[worker_id] = r
+        self._dirty.add(worker_id)
+
+    def score(self, worker_id: str) -> float:
+        r = self._records.get(worker_id)
+        if r is None:
+            return 0.5
+        return r.decayed(self._clock(), self.half_life_s).score()
+
+    def get(self, worker_id: str) -> Record | None:
+        return self._records.get(worker_id)
+
+    def load(self, rows: Iterable[tuple[str, float, float, float]]) -> None:
+        """Restore persisted ``(worker_id, successes, failures, updated_at)`` totals."""
+        for worker_id, s, f, at in rows:
+            self._records[worker_id] = Record(float(s), float(f), float(at))
+
+    def take_dirty(self) -> list[tuple[str, Record]]:
+        """Records changed since the last call (what needs writing to the store)."""
+        out = [(w, self._records[w]) for w in sorted(self._dirty) if w in self._records]
+        self._dirty.clear()
+        return out

@@ -1,0 +1,197 @@
+"""Affinity scoring: which live worker should run this job, and why.
+
+Hard filters first: the worker serves the model (warm, or evicted but loadable),
+is HEALTHY (not SUSPECT or OFFLINE), is not draining, and the breaker of
+(model, version, worker's region) lets work through. Workers that just failed
+this job are avoided while any other can serve it.
+
+Each survivor gets weighted terms, every one in [0, 1]:
+
+=========== ================================================================
+region      1 when the worker is in the job's preferred region (else the scheduler's)
+device      1 when the job asked for no device class or the worker has it
+load        1 / (1 + (reported queue depth + this scheduler's in-flight) / capacity)
+warm        1 when the model is warm (no load before the first token)
+reliability the worker's decaying success rate (see ``reliability.py``)
+rtt         1 / (1 + measured dispatch round trip / 10 ms)
+=========== ================================================================
+
+Decisions stay fast in big fleets: at most ``sample`` candidates are scored,
+drawn at random from the model's index (the "power of d choices" idea), so the
+cost does not grow with the fleet; a full scan happens only when no sampled
+worker passes the filters.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from schemas import ModelState
+from services.scheduler.placement import Choice
+from tether.fleet import FleetView, WorkerEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    region: float = 1.0
+    device: float = 1.0
+    load: float = 2.0
+    warm: float = 3.0
+    reliability: float = 2.0
+    rtt: float = 0.5
+
+    @classmethod
+    def parse(cls, text: str) -> Weights:
+        """``"load=3,warm=2"`` -> Weights with those two changed (the README's TETHER_WEIGHTS)."""
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, raw = part.partition("=")
+            if name.strip() not in cls.__dataclass_fields__:
+                raise ValueError(f"unknown weight {name.strip()!r} (known: {', '.join(cls.__dataclass_fields__)})")
+            values[name.strip()] = float(raw)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class JobNeeds:
+    model_id: str
+    version: str
+    region: str
+    device_class: str | None = None
+
+
+SERVABLE = (ModelState.WARM, ModelState.EVICTED)
+
+
+def terms(
+    entry: WorkerEntry,
+    needs: JobNeeds,
+    *,
+    inflight: int,
+    reliability: float,
+    rtt_s: float | None,
+    model_state: ModelState,
+) -> dict[str, float]:
+    p = entry.presence
+    depth = p.queue_depth + inflight
+    return {
+        "region": 1.0 if p.region == needs.region else 0.0,
+        "device": 1.0 if needs.device_class in (None, p.device_class) else 0.0,
+        "load": 1.0 / (1.0 + depth / max(1, p.capacity)),
+        "warm": 1.0 if model_state is ModelState.WARM else 0.0,
+        "reliability": reliability,
+        "rtt": 1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010),
+    }
+
+
+def total(t: Mapping[str, float], w: Weights) -> float:
+    """The weighted sum of ``terms`` (what ``AffinityPlacement`` computes inline)."""
+    return sum(getattr(w, k) * v for k, v in t.items())
+
+
+class AffinityPlacement:
+    name = "affinity"
+
+    def __init__(
+        self,
+        fleet: FleetView,
+        *,
+        weights: Weights | None = None,
+        sample: int = 16,
+        reliability: Callable[[str], float] = lambda _w: 0.5,
+        rtt: Callable[[str], float | None] = lambda _w: None,
+        breaker_allows: Callable[[str, str, str], bool] = lambda _m, _v, _r: True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.weights = weights or Weights()
+        self.sample = sample
+        self._reliability = reliability
+        self._rtt = rtt
+        self._breaker_allows = breaker_allows
+        self._rng = rng or random.Random()
+        self._weights_dict = asdict(self.weights)
+
+    def choose(
+        self, needs: JobNeeds, *, inflight: Mapping[str, int], avoid: Collection[str] = ()
+    ) -> Choice | None:
+        index = self.fleet.serving_index(needs.model_id, needs.version)
+        if not index:
+            return None
+        now = self.fleet.now()
+        excluded: dict[str, int] = {}
+        picked = self._best(needs, index.sample(self.sample, self._rng), inflight, avoid, now, excluded)
+        if len(index) > self.sample and (picked is None or picked[0].worker_id in avoid):
+            excluded.clear()  # nothing usable in the sample: look at everyone
+            picked = self._best(needs, index.entries(), inflight, avoid, now, excluded)
+        if picked is None:
+            return None
+        entry, score, t = picked
+        explanation: dict[str, Any] = {
+            "policy": self.name,
+            "worker": entry.worker_id,
+            "score": round(score, 4),
+            "terms": {k: round(v, 4) for k, v in t.items()},
+            "weights": self._weights_dict,
+            "candidates": len(index),
+            "scored": min(len(index), self.sample),
+            "excluded": excluded,
+            "avoided": sorted(avoid),
+        }
+        return Choice(entry.worker_id, explanation)
+
+    def _best(
+        self,
+        needs: JobNeeds,
+        entries: list[WorkerEntry],
+        inflight: Mapping[str, int],
+        avoid: Collection[str],
+        now: float,
+        excluded: dict[str, int],
+    ) -> tuple[WorkerEntry, float, dict[str, float]] | None:
+        # The hot loop of every decision: plain arithmetic, the terms dict is built for the winner only.
+        w = self.weights
+        key = (needs.model_id, needs.version)
+        healthy_after = now - 2 * self.fleet.heartbeat_s
+        best: WorkerEntry | None = None
+        best_avoided: WorkerEntry | None = None
+        best_score = best_avoided_score = -1.0
+        for entry in entries:
+            p = entry.presence
+            if p.draining or entry.last_seen < healthy_after:
+                reason = "draining" if p.draining else self.fleet.health(entry, now).lower()
+                excluded[reason] = excluded.get(reason, 0) + 1
+                continue
+            if not self._breaker_allows(needs.model_id, needs.version, p.region):
+                excluded["breaker_open"] = excluded.get("breaker_open", 0) + 1
+                continue
+            wid = p.worker_id
+            rtt_s = self._rtt(wid)
+            score = (
+                (w.region if p.region == needs.region else 0.0)
+                + (w.device if needs.device_class is None or needs.device_class == p.device_class else 0.0)
+                + w.load / (1.0 + (p.queue_depth + inflight.get(wid, 0)) / (p.capacity or 1))
+                + (w.warm if entry.served.get(key) is ModelState.WARM else 0.0)
+                + w.reliability * self._reliability(wid)
+                + w.rtt * (1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010))
+            )
+            if wid in avoid:
+                if score > best_avoided_score:
+                    best_avoided, best_avoided_score = entry, score
+            elif score > best_score:
+                best, best_score = entry, score
+        winner, score = (best, best_score) if best is not None else (best_avoided, best_avoided_score)
+        if winner is None:
+            return None
+        t = terms(
+            winner,
+            needs,
+            inflight=inflight.get(winner.worker_id, 0),
+            reliability=self._reliability(winner.worker_id),
+            rtt_s=self._rtt(winner.worker_id),
+            model_state=self.fleet.model_state(winner, needs.model_id, needs.version),
+        )
+        return winner, score, t

@@ -1,0 +1,70 @@
+"""KV buckets the gateways share, declared as data and created idempotently at start.
+
+| bucket | key | value |
+| --- | --- | --- |
+| ``tether_quota`` | ``q.<hash of tenant and scope>`` | token bucket state ``{"tokens", "ts"}`` (compare-and-set) |
+| ``tether_apikeys`` | ``k.<sha256 of the API key>`` | ``{"tenant", "name", "createdAt"}``; the key itself is never stored |
+| ``tether_idempotency`` | ``i.<job id>`` | SHA-256 of the first request body sent with that key |
+| ``tether_gateways`` | ``g.<gateway id>`` | the gateway's SLI snapshot, rewritten every few seconds |
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+
+from streams.definitions import cluster_replicas
+from tether.settings import Settings
+
+QUOTA_BUCKET = "tether_quota"
+APIKEYS_BUCKET = "tether_apikeys"
+IDEMPOTENCY_BUCKET = "tether_idempotency"
+GATEWAYS_BUCKET = "tether_gateways"
+GATEWAY_SNAPSHOT_TTL_S = 30.0
+
+
+def kv_buckets(settings: Settings, server_info: dict[str, object] | None = None) -> tuple[KeyValueConfig, ...]:
+    r = cluster_replicas(server_info or {}, settings.replicas)
+    return (
+        KeyValueConfig(
+            bucket=QUOTA_BUCKET,
+            description="Per-tenant token buckets shared by every gateway",
+            history=1,
+            ttl=24 * 3600.0,
+            storage=StorageType.FILE,
+            replicas=r,
+        ),
+        KeyValueConfig(
+            bucket=APIKEYS_BUCKET,
+            description="API key hashes -> tenant",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=r,
+        ),
+        KeyValueConfig(
+            bucket=IDEMPOTENCY_BUCKET,
+            description="Idempotency key -> fingerprint of the first request body",
+            history=1,
+            ttl=settings.results_max_age_s,
+            storage=StorageType.FILE,
+            replicas=r,
+        ),
+        KeyValueConfig(
+            bucket=GATEWAYS_BUCKET,
+            description="Live SLI snapshots, one per gateway",
+            history=1,
+            ttl=GATEWAY_SNAPSHOT_TTL_S,
+            storage=StorageType.MEMORY,
+            replicas=r,
+        ),
+    )
+
+
+async def apply_kv(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...]) -> None:
+    """Create each bucket that does not exist yet (an existing one is left as it is)."""
+    for cfg in buckets:
+        try:
+            await js.key_value(cfg.bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(cfg)

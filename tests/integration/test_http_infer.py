@@ -1,0 +1,128 @@
+"""HTTP ``POST /infer`` (the seed pilot's shape), job and fleet views, API keys, idempotency, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest_asyncio
+
+from tests.http_helpers import HttpSystem, http_system
+from tether.settings import Settings
+
+ECHO = {"modelId": "echo", "version": "1"}
+
+
+@pytest_asyncio.fixture
+async def http_echo(settings: Settings) -> AsyncIterator[HttpSystem]:
+    async with http_system(settings, ["echo"]) as hs:
+        yield hs
+
+
+async def test_seed_body_answers_job_id_and_result(http_echo: HttpSystem) -> None:
+    r = await http_echo.client.post("/infer", json={"tenantId": "demo-tenant", **ECHO, "input": "hello"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["result"] == "hello" and body["jobId"].startswith("j-")
+    assert r.headers["X-Job-Id"] == body["jobId"]
+    assert body["workerId"] == "w-test-0" and body["attempts"] == 1
+
+
+async def test_raw_newline_inside_a_json_string_is_accepted(http_echo: HttpSystem) -> None:
+    # the seed's curl example sends its multi-line input as written
+    raw = b'{"tenantId":"demo-tenant","modelId":"echo","version":"1","input":"What\n  is the capital?"}'
+    r = await http_echo.client.post("/infer", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"] == "What\n  is the capital?"
+
+
+async def test_get_job_shows_status_attempts_placement_and_result(http_echo: HttpSystem) -> None:
+    r = await http_echo.client.post("/infer", json={"tenantId": "demo", **ECHO, "input": "look me up"})
+    job_id = r.json()["jobId"]
+    await asyncio.sleep(0.2)  # the scheduler records COMPLETED right after the result
+    view = (await http_echo.client.get(f"/jobs/{job_id}")).json()
+    assert view["status"] == "COMPLETED" and view["result"] == "look me up"
+    assert view["attempts"] == 1 and view["attemptHistory"][0]["workerId"] == "w-test-0"
+    assert view["placement"]["worker"] == "w-test-0"
+    missing = await http_echo.client.get("/jobs/j-doesnotexist")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_workers_and_models(http_echo: HttpSystem) -> None:
+    workers = (await http_echo.client.get("/workers")).json()["workers"]
+    assert [w["workerId"] for w in workers] == ["w-test-0"]
+    assert workers[0]["health"] == "HEALTHY" and workers[0]["models"][0]["modelId"] == "echo"
+    models = (await http_echo.client.get("/models")).json()["models"]
+    assert {(m["modelId"], m["version"], m["replicas"]) for m in models} == {("echo", "1", 1)}
+
+
+async def test_api_key_sets_the_tenant_and_bad_keys_are_401(http_echo: HttpSystem) -> None:
+    c = http_echo.client
+    ok = await c.post("/infer", json={**ECHO, "input": "keyed"}, headers=http_echo.auth)
+    assert ok.status_code == 200, ok.text
+    view = (await c.get(f"/jobs/{ok.json()['jobId']}", headers=http_echo.auth)).json()
+    assert view["tenantId"] == "acme"
+    other = await c.post("/infer", json={"tenantId": "globex", **ECHO, "input": "x"}, headers=http_echo.auth)
+    assert other.status_code == 401 and other.json()["error"]["field"] == "tenantId"
+    bad = await c.post("/infer", json={**ECHO, "input": "x"}, headers={"Authorization": "Bearer tk_nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
+    scheme = await c.post("/infer", json={**ECHO, "input": "x"}, headers={"Authorization": "Basic abc"})
+    assert scheme.status_code == 401
+    # another tenant's job is invisible to this key
+    anon = await c.post("/infer", json={"tenantId": "globex", **ECHO, "input": "theirs"})
+    hidden = await c.get(f"/jobs/{anon.json()['jobId']}", headers=http_echo.auth)
+    assert hidden.status_code == 404
+
+
+async def test_idempotency_key_header_runs_once(http_echo: HttpSystem) -> None:
+    c = http_echo.client
+    hdrs = {**http_echo.auth, "Idempotency-Key": "order-42"}
+    first = await c.post("/infer", json={**ECHO, "input": "once"}, headers=hdrs)
+    second = await c.post("/infer", json={**ECHO, "input": "once"}, headers=hdrs)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["jobId"] == second.json()["jobId"]
+    assert first.json()["result"] == second.json()["result"] == "once"
+    await asyncio.sleep(0.2)
+    view = (await c.get(f"/jobs/{first.json()['jobId']}", headers=http_echo.auth)).json()
+    assert view["attempts"] == 1  # ran once
+    conflict = await c.post("/infer", json={**ECHO, "input": "different"}, headers=hdrs)
+    assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "conflict"
+
+
+async def test_error_statuses(http_echo: HttpSystem) -> None:
+    c = http_echo.client
+    cases: list[tuple[httpx.Response, int, str]] = [
+        (await c.post("/infer", json={"tenantId": "t", **ECHO}), 400, "invalid_request"),
+        (await c.post("/infer", content=b"{not json", headers={"Content-Type": "application/json"}), 400, "invalid_request"),
+        (await c.post("/infer", json=[1, 2]), 400, "invalid_request"),
+        (await c.post("/infer", json={"tenantId": "t", **ECHO, "input": "x", "bogus": 1}), 400, "invalid_request"),
+        (await c.post("/infer", json={"tenantId": "t", "modelId": "nope", "input": "x"}), 404, "model_unknown"),
+        (
+            await c.post("/infer", json={"tenantId": "t", **ECHO, "input": "x", "params": {"maxNewTokens": 10**6}}),
+            400,
+            "invalid_request",
+        ),
+        (await c.post("/infer", content=b"x" * (2 * 1024 * 1024)), 413, "payload_too_large"),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+    assert cases[3][0].json()["error"]["field"] == "bogus"
+
+
+async def test_timeout_is_504_with_the_job_id(http_echo: HttpSystem) -> None:
+    body = {"tenantId": "t", **ECHO, "input": "slow", "params": {"timeoutS": 0.001}}
+    r = await http_echo.client.post("/infer", json=body)
+    if r.status_code == 200:  # echo can beat a 1 ms deadline; the path is still exercised below
+        return
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    assert r.headers["X-Job-Id"] == r.json()["error"]["jobId"]
+
+
+async def test_openapi_is_served(http_echo: HttpSystem) -> None:
+    spec = (await http_echo.client.get("/openapi.json")).json()
+    assert "/infer" in spec["paths"] and "/v1/chat/completions" in spec["paths"]
+    assert "InferRequest" in spec["components"]["schemas"]
+    assert json.dumps(spec)  # serialisable

@@ -1,0 +1,121 @@
+"""``POST /infer?stream=true``: SSE framing, chunk order, the final result, errors, client disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest_asyncio
+from nats.aio.client import Client
+
+from schemas import CancelRequest, ResultMessage
+from services.gateway.http import sse
+from tests.http_helpers import HttpSystem, hold_model, http_system
+from tether import codec, subjects
+from tether.jobids import idempotent_job_id
+from tether.results import publish_final
+from tether.settings import Settings
+
+HELD = "held"  # announced by a worker that then leaves: its jobs wait in the queue
+
+
+@pytest_asyncio.fixture
+async def hs(settings: Settings) -> AsyncIterator[HttpSystem]:
+    async with http_system(settings, ["echo"]) as system:
+        await hold_model(settings, HELD)
+        yield system
+
+
+async def _events(client: httpx.AsyncClient, body: dict, **kw) -> tuple[httpx.Response, list[dict[str, str]]]:
+    r = await client.post("/infer", params={"stream": "true"}, json=body, **kw)
+    return r, sse.parse(r.text)
+
+
+async def test_echo_streams_job_chunk_result(hs: HttpSystem) -> None:
+    r, events = await _events(hs.client, {"tenantId": "t", "modelId": "echo", "input": "streamed hello"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert [e["event"] for e in events] == ["job", "chunk", "result"]
+    job_id = json.loads(events[0]["data"])["jobId"]
+    chunk = json.loads(events[1]["data"])
+    assert chunk == {"jobId": job_id, "seq": 0, "text": "streamed hello"} and events[1]["id"] == "0"
+    assert json.loads(events[2]["data"])["result"] == "streamed hello"
+    assert r.headers["X-Job-Id"] == job_id
+
+
+async def test_chunks_are_forwarded_in_seq_order_then_the_final_result(hs: HttpSystem, nc: Client) -> None:
+    key = "stream-order-1"
+    job_id = idempotent_job_id("acme", key)  # known before submitting, so the test can act as the worker
+    body = {"modelId": HELD, "input": "ignored"}
+    task = asyncio.create_task(_events(hs.client, body, headers={**hs.auth, "Idempotency-Key": key}))
+    await _wait_subscribed(nc, job_id)
+    subject = subjects.chunks_subject(job_id)
+    for seq, text in [(2, " three"), (0, "one"), (1, " two"), (1, " two"), (3, " four")]:
+        payload = {"jobId": job_id, "seq": seq, "text": text}
+        headers = {codec.CONTENT_TYPE: codec.MSGPACK}
+        await nc.publish(subject, codec.encode(payload, codec.MSGPACK), headers=headers)
+    final = ResultMessage(
+        job_id=job_id, status="completed", tenant_id="acme", model_id=HELD, version="1",
+        result="one two three four five", worker_id="w-fake", finished_at=time.time(),
+    )
+    await nc.flush()
+    await publish_final(nc.jetstream(), final, {})
+    r, events = await asyncio.wait_for(task, 10)
+    assert r.status_code == 200, r.text
+    chunks = [json.loads(e["data"]) for e in events if e["event"] == "chunk"]
+    assert [c["seq"] for c in chunks] == [0, 1, 2, 3, 4]
+    assert "".join(c["text"] for c in chunks) == "one two three four five"  # the tail comes from the result
+    assert events[-1]["event"] == "result" and json.loads(events[-1]["data"])["workerId"] == "w-fake"
+
+
+async def test_a_refused_stream_is_a_plain_json_error(hs: HttpSystem) -> None:
+    r = await hs.client.post("/infer", params={"stream": "true"}, json={"tenantId": "t", "modelId": "nope", "input": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_unknown"
+
+
+async def test_a_final_error_ends_the_stream_with_an_error_event(hs: HttpSystem, nc: Client) -> None:
+    key = "stream-error-1"
+    job_id = idempotent_job_id("acme", key)
+    headers = {**hs.auth, "Idempotency-Key": key}
+    task = asyncio.create_task(_events(hs.client, {"modelId": HELD, "input": "x"}, headers=headers))
+    await _wait_subscribed(nc, job_id)
+    final = ResultMessage(
+        job_id=job_id, status="failed", tenant_id="acme", model_id=HELD, version="1",
+        error={"code": "worker_failed", "message": "boom", "retryable": True}, finished_at=time.time(),
+    )
+    await publish_final(nc.jetstream(), final, {})
+    _, events = await asyncio.wait_for(task, 10)
+    assert [e["event"] for e in events] == ["job", "error"]
+    assert json.loads(events[1]["data"])["error"]["code"] == "worker_failed"
+
+
+async def test_client_disconnect_cancels_the_job(hs: HttpSystem, nc: Client) -> None:
+    cancels: asyncio.Queue[CancelRequest] = asyncio.Queue()
+
+    async def on_cancel(msg) -> None:
+        await cancels.put(CancelRequest.model_validate(codec.decode(msg.data)))
+
+    await nc.subscribe(subjects.control_subject("cancel", "*").rsplit(".", 1)[0] + ".>", cb=on_cancel)
+    await nc.flush()
+    async with httpx.AsyncClient(base_url=hs.url, timeout=10) as client:
+        async with client.stream("POST", "/infer?stream=true", json={"tenantId": "t", "modelId": HELD, "input": "x"}) as r:
+            lines = r.aiter_lines()
+            assert await anext(lines) == "event: job"
+            data = await anext(lines)
+            job_id = json.loads(data.removeprefix("data: "))["jobId"]
+        # leaving the block closes the connection mid-stream
+    cancel = await asyncio.wait_for(cancels.get(), 5)
+    assert cancel.job_id == job_id and cancel.reason == "client disconnected"
+
+
+async def _wait_subscribed(nc: Client, job_id: str) -> None:
+    """Until the gateway listens for the job's chunks (it subscribes before it publishes the job)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = await nc.jetstream().stream_info("JOBS", subjects_filter=subjects.JOBS_ALL)
+        if info.state.messages:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the job was never queued")

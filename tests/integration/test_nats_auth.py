@@ -1,0 +1,195 @@
+"""nats-server with infra/nats/prod.conf on loopback: TLS required, per-role users, subject permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+
+from tether import certs, subjects
+from tether.connection import connect, tls_context
+from tether.identity import Identity
+from tether.natsauth import NatsUser, write_auth
+from tether.natsserver import INFRA_DIR, NatsServer
+
+WORKER_A, WORKER_B = Identity.generate("worker").node_id, Identity.generate("worker").node_id
+
+
+@dataclass
+class Prod:
+    server: NatsServer
+    ca: str
+    users: dict[str, NatsUser]
+    errors: list[str]
+
+    async def as_user(self, name: str | None, **kw: object) -> Client:
+        host = f"127.0.0.1:{self.server.port}"
+        u = self.users.get(name or "")
+        url = f"tls://{u.name}:{u.password}@{host}" if u else f"tls://{host}"
+
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        opts: dict[str, object] = {
+            "tls": tls_context(self.ca),
+            "max_reconnect_attempts": 0,
+            "error_cb": on_error,
+        }
+        opts.update(kw)
+        return await connect(url, name=f"test-{name}", allow_reconnect=False, **opts)
+
+    async def violation(self, text: str) -> None:
+        for _ in range(100):
+            if any("permissions violation" in e.lower() and text in e for e in self.errors):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no permissions violation for {text!r}: {self.errors}")
+
+
+@pytest.fixture
+def prod_server(tmp_path: Path) -> Iterator[Prod]:
+    conf_dir = tmp_path / "nats"
+    conf_dir.mkdir()
+    shutil.copy(INFRA_DIR / "prod.conf", conf_dir / "prod.conf")
+    certs.generate(conf_dir, ["localhost", "127.0.0.1"])
+    users = [NatsUser.new("admin"), NatsUser.new("client"), NatsUser.new("worker", WORKER_A)]
+    users.append(NatsUser.new("worker", WORKER_B))
+    write_auth(conf_dir, users)
+    server = NatsServer(
+        store_dir=tmp_path / "js", config=conf_dir / "prod.conf", log_file=tmp_path / "nats-server.log"
+    )
+    server.start()
+    try:
+        yield Prod(server, str(conf_dir / "ca.pem"), {u.name: u for u in users}, [])
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def admin(prod_server: Prod) -> AsyncIterator[Client]:
+    nc = await prod_server.as_user("admin")
+    yield nc
+    await nc.close()
+
+
+def test_tls_is_required(prod_server: Prod) -> None:
+    with socket.create_connection(("127.0.0.1", prod_server.server.port), timeout=5) as s:
+        info = s.recv(4096).decode()
+        assert info.startswith("INFO ")
+        assert json.loads(info[5:])["tls_required"] is True
+        s.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')  # plain text after the INFO
+        reply = b""
+        try:
+            while chunk := s.recv(4096):
+                reply += chunk
+        except OSError:
+            pass
+        assert b"PONG" not in reply  # the server never talks plain text to us
+
+
+async def test_client_without_credentials_is_refused(prod_server: Prod) -> None:
+    with pytest.raises(Exception) as ei:
+        nc = await prod_server.as_user(None)
+        await nc.close()
+    assert "authorization" in str(ei.value).lower() or prod_server.errors
+    # right credentials, but a client that does not trust the server's CA gets no connection either
+    admin = prod_server.users["admin"]
+    with pytest.raises(ssl.SSLError):
+        await connect(
+            f"tls://{admin.name}:{admin.password}@127.0.0.1:{prod_server.server.port}",
+            name="untrusted-ca",
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            tls=ssl.create_default_context(),
+        )
+
+
+async def test_worker_cannot_publish_jobs_or_read_another_workers_dispatch(
+    prod_server: Prod, admin: Client
+) -> None:
+    seen: list[str] = []
+
+    async def record(msg) -> None:  # type: ignore[no-untyped-def]
+        seen.append(msg.subject)
+
+    await admin.subscribe("tether.>", cb=record)
+    await admin.flush()
+    worker = await prod_server.as_user(f"worker-{WORKER_A}")
+    got_own: list[bytes] = []
+    got_other: list[bytes] = []
+
+    async def own(msg) -> None:  # type: ignore[no-untyped-def]
+        got_own.append(msg.data)
+
+    async def other(msg) -> None:  # type: ignore[no-untyped-def]
+        got_other.append(msg.data)
+
+    try:
+        await worker.publish(subjects.job_subject("demo", "echo", "1"), b'{"input":"forged job"}')
+        await prod_server.violation("tether.jobs.demo.echo.1")
+        await worker.subscribe(subjects.dispatch_subject(WORKER_B), cb=other)
+        await prod_server.violation(subjects.dispatch_subject(WORKER_B))
+        await worker.publish(subjects.presence_subject("local", WORKER_B), b"x")
+        await prod_server.violation(subjects.presence_subject("local", WORKER_B))
+
+        await worker.subscribe(subjects.dispatch_subject(WORKER_A), cb=own)
+        await worker.publish(subjects.presence_subject("local", WORKER_A), b"beat")
+        await worker.flush()
+        await admin.publish(subjects.dispatch_subject(WORKER_A), b"for A")
+        await admin.publish(subjects.dispatch_subject(WORKER_B), b"for B")
+        await admin.flush()
+        for _ in range(250):
+            if got_own and subjects.presence_subject("local", WORKER_A) in seen:
+                break
+            await asyncio.sleep(0.02)
+        assert got_own == [b"for A"] and got_other == []
+        assert subjects.presence_subject("local", WORKER_A) in seen
+        assert not [s for s in seen if s.startswith("tether.jobs.")]
+        assert subjects.presence_subject("local", WORKER_B) not in seen
+    finally:
+        await worker.close()
+
+
+async def test_client_may_only_request_infer(prod_server: Prod, admin: Client) -> None:
+    async def responder(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(b"ok:" + msg.data)
+
+    await admin.subscribe(subjects.INFER, cb=responder)
+    await admin.flush()
+    client = await prod_server.as_user("client")
+    try:
+        reply = await client.request(subjects.INFER, b"hello", timeout=5)
+        assert reply.data == b"ok:hello"
+        await client.publish(subjects.job_subject("demo", "echo", "1"), b"{}")
+        await prod_server.violation("tether.jobs.demo.echo.1")
+        await client.subscribe(subjects.PRESENCE_ALL)
+        await prod_server.violation("tether.presence")
+    finally:
+        await client.close()
+
+
+def test_certs_cli_writes_tls_and_users(tmp_path: Path) -> None:
+    from tests.proc_helpers import run_tether, tether_env
+
+    env = tether_env(tmp_path / "home")
+    out = tmp_path / "nats"
+    assert run_tether("certs", "gen", "--out", str(out), "--host", "nats.test", env=env).returncode == 0
+    r = run_tether("certs", "users", "--out", str(out), "--worker", WORKER_A, env=env)
+    assert r.returncode == 0, r.stderr
+    assert {"ca.pem", "server.pem", "server-key.pem", "tls.conf", "auth.conf", "credentials.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    for secret in ("server-key.pem", "ca-key.pem", "auth.conf", "credentials.json"):
+        assert (out / secret).stat().st_mode & 0o077 == 0, secret
+    creds = json.loads((out / "credentials.json").read_text())
+    assert set(creds) == {"admin", "scheduler", "gateway", "publisher", "client", f"worker-{WORKER_A}"}
+    assert subjects.dispatch_subject(WORKER_A) in (out / "auth.conf").read_text()

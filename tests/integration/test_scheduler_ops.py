@@ -1,0 +1,175 @@
+"""Scheduler operations against a real nats-server and SQLite: health events, drain over NATS,
+the max-deliveries dead-letter path, `tether dlq`, and reliability kept across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from nats.aio.client import Client
+
+from schemas import ModelState, Presence, ServedModel
+from services.scheduler.service import Scheduler
+from streams import JOBS
+from tests.conftest import start_system
+from tests.proc_helpers import run_tether, tether_env
+from tether import client, codec, dlq, subjects
+from tether.envelope import PURPOSE_PRESENCE
+from tether.security import ensure_dev_trust
+from tether.settings import Settings
+from tether.signed import envelope_headers, seal_message
+
+
+async def _collect(nc: Client, subject: str) -> tuple[list[dict], object]:
+    seen: list[dict] = []
+
+    async def cb(msg) -> None:  # type: ignore[no-untyped-def]
+        seen.append({"subject": msg.subject, **json.loads(msg.data)})
+
+    sub = await nc.subscribe(subject, cb=cb)
+    await nc.flush()
+    return seen, sub
+
+
+async def _until(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def test_worker_health_transitions_are_published_as_events(settings: Settings, nc: Client) -> None:
+    events, _ = await _collect(nc, "tether.events.worker.>")
+    worker = ensure_dev_trust(settings)[0]  # an allowlisted worker key that never beats again
+    sched = Scheduler(settings, scheduler_id="s-events")
+    await sched.start()
+    try:
+        ghost = Presence(
+            worker_id=worker.node_id,
+            region="local",
+            device_class="cpu",
+            capacity=1,
+            queue_depth=0,
+            models=[ServedModel(model_id="echo", version="1", task="echo", state=ModelState.WARM)],
+            heartbeat_s=settings.heartbeat_s,
+            started_at=time.time(),
+            seq=1,
+            ts=time.time(),
+        )
+        t0 = time.monotonic()
+        await nc.publish(
+            subjects.presence_subject("local", worker.node_id),
+            seal_message(worker, ghost, PURPOSE_PRESENCE),
+            headers=envelope_headers(),
+        )
+        await _until(lambda: any(e["state"] == "OFFLINE" for e in events), 10, "OFFLINE event")
+        elapsed = time.monotonic() - t0
+        states = [e["state"] for e in events if e["workerId"] == worker.node_id]
+        assert states == ["HEALTHY", "SUSPECT", "OFFLINE"], events
+        assert [e["subject"] for e in events][-2:] == ["tether.events.worker.suspect", "tether.events.worker.offline"]
+        hb = settings.heartbeat_s
+        assert 3 * hb <= elapsed <= 3 * hb + 2.0, elapsed  # OFFLINE after 3T, not much later
+    finally:
+        await sched.close()
+
+
+async def test_drain_over_nats_stops_the_worker_and_placements_move_at_once(
+    settings: Settings, nc: Client
+) -> None:
+    system = await start_system(settings, ["echo"], workers=2)
+    events, _ = await _collect(nc, "tether.events.worker.drained")
+    try:
+        w0, w1 = (w.worker_id for w in system.workers)  # type: ignore[attr-defined]
+        reply = await nc.request(subjects.control_subject("drain", w0), codec.encode({"graceS": 5}), timeout=5)
+        assert json.loads(reply.data) == {"workerId": w0, "draining": True, "inflight": 0}
+        await asyncio.wait_for(system.workers[0].stopped.wait(), timeout=10)  # type: ignore[attr-defined]
+        await _until(lambda: bool(events), 5, "drained event")
+        assert events[0]["workerId"] == w0
+        replies = await asyncio.gather(
+            *(client.infer(nc, model="echo", input=f"after drain {i}", timeout=20) for i in range(20))
+        )
+        assert {r["workerId"] for r in replies} == {w1}
+        assert all(r["result"] == f"after drain {i}" for i, r in enumerate(replies))
+    finally:
+        await system.close()
+
+
+async def test_max_deliveries_advisory_dead_letters_the_job_and_dlq_cli_retries_it(
+    settings: Settings, nc: Client
+) -> None:
+    settings.max_deliver = 3
+    settings.queue_wait_s = 300.0  # it would wait for capacity: only the delivery cap ends it
+    system = await start_system(settings, ["echo"])
+    js = nc.jetstream()
+    try:
+        await system.workers[0].drain(1.0)  # type: ignore[attr-defined]  # the model is known, nobody serves it
+        sub = await nc.subscribe(subjects.result_subject("j-capped"))
+        await js.publish("tether.jobs.demo.echo.1", json.dumps({"jobId": "j-capped", "input": "x"}).encode())
+        msg = await sub.next_msg(timeout=30)
+        result = json.loads(msg.data)
+        assert result["status"] == "dead_lettered" and result["error"]["code"] == "dead_lettered", result
+        assert "max deliveries" in result["error"]["message"]
+        entry = await dlq.find(js, "j-capped")
+        assert entry is not None and entry["submission"]["input"] == "x"
+        row = await system.scheduler.store.get("j-capped")  # type: ignore[attr-defined]
+        assert row is not None and row["status"] == "DEAD_LETTERED"
+        info = await js.stream_info(JOBS)
+        assert info.state.messages == 0  # removed from the work queue
+
+        env = tether_env(settings.home, url=settings.url, COLUMNS="200")
+        r = await asyncio.to_thread(run_tether, "dlq", "list", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert [e["jobId"] for e in json.loads(r.stdout)] == ["j-capped"]
+        r = await asyncio.to_thread(run_tether, "dlq", "show", "j-capped", env=env)
+        assert r.returncode == 0 and json.loads(r.stdout)["error"]["code"] == "dead_lettered", r.stderr
+        r = await asyncio.to_thread(run_tether, "dlq", "show", "nope", env=env)
+        assert r.returncode == 1 and "not in the DLQ" in r.stderr
+
+        # a worker is back: the retried job (a new job id) completes
+        system2 = await start_system(settings, ["echo"])
+        try:
+            r = await asyncio.to_thread(run_tether, "dlq", "retry", "j-capped", "--json", env=env)
+            assert r.returncode == 0, r.stderr
+            new_id = json.loads(r.stdout)["retriedAs"]
+            assert new_id.startswith("j-capped-r1-")
+            retried = await nc.subscribe(subjects.result_subject(new_id))
+            fetched = None
+            for _ in range(100):
+                from tether.results import fetch_final
+
+                fetched = await fetch_final(js, new_id)
+                if fetched is not None:
+                    break
+                await asyncio.sleep(0.1)
+            await retried.unsubscribe()
+            assert fetched is not None and fetched.status == "completed" and fetched.result == "x"
+        finally:
+            await system2.close()
+    finally:
+        await system.close()
+
+
+async def test_reliability_and_placement_explanation_survive_a_scheduler_restart(
+    settings: Settings, nc: Client
+) -> None:
+    system = await start_system(settings, ["echo"])
+    try:
+        reply = {}
+        for i in range(5):
+            reply = await client.infer(nc, model="echo", input=f"r{i}", timeout=20)
+        row = await system.scheduler.store.get(reply["jobId"])  # type: ignore[attr-defined]
+        assert row["placement"]["worker"] == reply["workerId"] and row["placement"]["terms"]["warm"] == 1.0
+        await system.scheduler.close()  # type: ignore[attr-defined]  # reports arrive after replies
+        wid = system.workers[0].worker_id  # type: ignore[attr-defined]
+        before = system.scheduler.reliability.score(wid)  # type: ignore[attr-defined]
+        assert before > 0.8  # five successes
+        fresh = Scheduler(settings, scheduler_id="s-test-2")
+        await fresh.start()
+        try:
+            assert abs(fresh.reliability.score(wid) - before) < 0.01
+        finally:
+            await fresh.close()
+    finally:
+        await system.close()

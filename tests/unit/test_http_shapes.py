@@ -1,0 +1,143 @@
+"""Pure pieces of the HTTP gateway: SSE framing, chunk reordering, OpenAI shape translation, fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import InferReply, InferRequest
+from services.gateway.admission import fingerprint
+from services.gateway.http import openai_shapes as oa
+from services.gateway.http import sse
+from services.gateway.http.apikeys import bearer_token, digest_of, new_key
+from services.gateway.http.errors import STATUS_BY_CODE
+from tether.chunks import Reorder
+from tether.errors import ERROR_CODES, InvalidRequest, Unauthorized
+
+
+def test_sse_event_framing_round_trips() -> None:
+    raw = sse.event({"text": "a\nb"}, name="chunk", event_id=3) + sse.comment("ping") + sse.event("two\nlines")
+    assert raw.startswith(b"event: chunk\nid: 3\ndata: ")
+    assert raw.endswith(b"\n\n")
+    events = sse.parse(raw.decode())
+    assert events == [{"event": "chunk", "id": "3", "data": '{"text":"a\\nb"}'}, {"data": "two\nlines"}]
+    assert sse.parse(sse.DONE.decode()) == [{"data": "[DONE]"}]
+
+
+def test_reorder_releases_in_sequence_and_drops_repeats() -> None:
+    r = Reorder()
+    assert r.push(1, "b") == []
+    assert r.push(0, "a") == [(0, "a"), (1, "b")]
+    assert r.push(0, "a") == [] and r.push(1, "b") == []
+    assert r.push(3, "d") == []
+    assert r.push(2, "c") == [(2, "c"), (3, "d")]
+    assert r.remainder("abcdef") == "ef"
+    assert r.remainder("abcd") == ""
+    assert r.remainder({"not": "text"}) == ""
+    assert Reorder().remainder("all of it") == "all of it"
+
+
+def test_every_error_code_has_an_http_status() -> None:
+    assert set(ERROR_CODES) <= STATUS_BY_CODE.keys()
+    assert STATUS_BY_CODE["quota_exceeded"] == 429 and STATUS_BY_CODE["no_capacity"] == 503
+
+
+def test_bearer_tokens_and_key_digests() -> None:
+    assert bearer_token(None) is None
+    assert bearer_token("Bearer  tk_abc ") == "tk_abc"
+    with pytest.raises(Unauthorized):
+        bearer_token("Basic dXNlcg==")
+    key = new_key()
+    assert key.startswith("tk_") and len(key) > 40 and key != new_key()
+    assert digest_of(key) == digest_of(key) and key not in digest_of(key)
+
+
+def test_openai_model_names_round_trip() -> None:
+    assert oa.split_model("echo") == ("echo", "1")
+    assert oa.split_model("Qwen/Qwen2.5-0.5B@2") == ("Qwen/Qwen2.5-0.5B", "2")
+    assert oa.model_name(*oa.split_model("m@3")) == "m@3"
+    assert oa.model_name("echo", "1") == "echo"
+
+
+def test_chat_translation_joins_parts_and_maps_developer_to_system() -> None:
+    body = oa.parse_openai(
+        oa.ChatCompletionRequest,
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+            ],
+            "max_completion_tokens": 7,
+            "stop": "\n",
+            "temperature": 0.5,
+        },
+    )
+    req = oa.chat_to_infer(body, "acme", "k1")
+    wire = req.wire()
+    assert wire["input"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+    assert wire["params"] == {"maxNewTokens": 7, "stop": ["\n"], "temperature": 0.5, "chat": True}
+    assert wire["tenantId"] == "acme" and wire["idempotencyKey"] == "k1"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "prompt": "x", "n": 2},
+        {"model": "m", "prompt": ["a", "b"]},
+        {"model": "m", "prompt": "x", "max_tokens": 0},
+        {"model": "m"},
+        {"prompt": "x"},
+        ["not", "an", "object"],
+    ],
+)
+def test_unsupported_or_malformed_completions_are_invalid(body: object) -> None:
+    with pytest.raises(InvalidRequest):
+        oa.completion_to_infer(oa.parse_openai(oa.CompletionRequest, body), "t", None)
+
+
+def test_embeddings_response_float_and_base64() -> None:
+    reply = InferReply(job_id="j", result=[[1.0, 0.5], [0.25, 0.0]], model_id="e", version="1", worker_id="w")
+    out = oa.embeddings_response(reply, "float", many=True)
+    assert [d["embedding"] for d in out["data"]] == [[1.0, 0.5], [0.25, 0.0]]
+    b64 = oa.embeddings_response(reply, "base64", many=True)
+    assert b64["data"][0]["embedding"] == "AACAPwAAAD8="  # little-endian float32 1.0, 0.5
+    with pytest.raises(InvalidRequest):
+        oa.embeddings_response(reply.model_copy(update={"result": "text"}), "float", many=False)
+
+
+def test_fingerprint_ignores_the_key_but_not_the_input() -> None:
+    base = {"tenantId": "t", "modelId": "m", "input": "x"}
+    a = InferRequest.model_validate({**base, "idempotencyKey": "k"})
+    b = InferRequest.model_validate({**base, "idempotencyKey": "other"})
+    c = InferRequest.model_validate({**base, "input": "y", "idempotencyKey": "k"})
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+
+
+def test_committed_openapi_spec_is_fresh_and_complete() -> None:
+    import json
+
+    from services.gateway.http.openapi_file import SPEC_PATH, render
+
+    assert SPEC_PATH.read_text() == render(), "run: python -m services.gateway.http.openapi_file"
+    spec = json.loads(SPEC_PATH.read_text())
+    paths = spec["paths"]
+    for path in ("/infer", "/jobs/{job_id}", "/workers", "/models", "/v1/completions", "/v1/chat/completions",
+                 "/v1/embeddings", "/v1/models"):
+        assert path in paths, path
+    infer = paths["/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/InferRequest"}
+    assert {"400", "401", "404", "409", "413", "429", "503", "504"} <= infer["responses"].keys()
+    refs = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.add(node["$ref"].rsplit("/", 1)[-1])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    assert refs <= spec["components"]["schemas"].keys()  # every reference resolves
