@@ -45,8 +45,11 @@ from streams import DLQ
 from tests.fault_load import Batch, Ledger
 from tests.proc_helpers import Procs, tether_env
 from tether.connection import connect
+from tether.identity import Identity
 from tether.natsserver import NatsServer
-from tether.workerid import worker_identity
+from tether.security import ensure_dev_trust
+from tether.settings import Settings
+from tether.trust import allowlist_line, append_allowlist
 
 #: What each role logs once it serves (JSON log lines; ``msg`` field).
 READY_MARKS = {"scheduler": '"scheduler started"', "gateway": '"gateway started"', "worker": '"model warm"'}
@@ -88,12 +91,18 @@ class FaultCluster:
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        ensure_dev_trust(self.settings)  # scheduler and publisher keys, allowlisted (security is on)
         self.nats = NatsServer(store_dir=self.home / "jetstream", log_file=self.root / "nats-server.log")
         self.procs = Procs(self.root)
 
     @property
     def home(self) -> Path:
         return self.root / "home"
+
+    @property
+    def settings(self) -> Settings:
+        """Where keys and the allowlist live (the roles read the rest from ``env()``)."""
+        return Settings(home=self.home)
 
     @property
     def store_path(self) -> Path:
@@ -145,12 +154,20 @@ class FaultCluster:
 
     def start_worker(self, name: str, models: str = "echo", *, grace_s: float = 5.0) -> Role:
         """A ``tether worker`` serving ``models`` (comma-separated specs); its id is stable per ``name``."""
-        worker_id = worker_identity(self.home, name)  # creates the key before the process reads it
+        worker_id = self.allow(name, "worker").node_id  # the key exists before the process reads it
         role = self._start(
             "worker", name, "--models", models, "--name", name, "--grace", str(grace_s), models=models
         )
         role.worker_id = worker_id
         return role
+
+    def allow(self, name: str, role: str) -> Identity:
+        """The key ``TETHER_HOME/keys/<name>.key`` (created if new), on the allowlist for ``role``."""
+        ident = Identity.load_or_create(self.settings.keys_dir / f"{name}.key", role)
+        path = self.settings.allowlist_path
+        if not path.exists() or ident.public_key_b64 not in path.read_text():
+            append_allowlist(path, allowlist_line(ident.public_key, [role], ident.node_id))
+        return ident
 
     def start_scheduler(self, name: str) -> Role:
         return self._start("scheduler", name)
@@ -230,11 +247,40 @@ class FaultCluster:
         """The job rows in the shared SQLite store (read-only, beside the running schedulers)."""
         return {r["job_id"]: r for r in self._query("SELECT * FROM jobs WHERE job_id IN ({})", list(job_ids))}
 
+    async def until_running(
+        self, worker: Role, n: int = 1, *, started_within_s: float = 0.1, timeout: float = 30.0
+    ) -> int:
+        """Until ``worker`` has ``n`` attempts RUNNING that started within ``started_within_s``.
+
+        Recent starts only: a finished attempt's row may still say RUNNING for a moment.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            running = self._count(
+                "SELECT COUNT(*) FROM attempts WHERE worker_id=? AND status='RUNNING' AND started_at > ?",
+                worker.worker_id,
+                time.time() - started_within_s,
+            )
+            if running >= n:
+                return running
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{worker.name} never had {n} attempts running")
+            await asyncio.sleep(0.01)
+
     def attempts(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
         for r in self._query("SELECT * FROM attempts WHERE job_id IN ({}) ORDER BY attempt", list(job_ids)):
             out.setdefault(r["job_id"], []).append(r)
         return out
+
+    def _count(self, sql: str, *params: Any) -> int:
+        if not self.store_path.exists():
+            return 0
+        conn = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            return int(conn.execute(sql, params).fetchone()[0])
+        finally:
+            conn.close()
 
     def _query(self, sql: str, ids: list[str]) -> list[dict[str, Any]]:
         if not ids or not self.store_path.exists():
