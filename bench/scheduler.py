@@ -7,10 +7,11 @@
    job's model plus others), the scheduler's AffinityPlacement with reliability
    and RTT lookups; p50/p99 of one ``choose()`` and the growth from 100 to
    10,000 workers. Target: p99 under 200 us at 10,000, growth well below linear.
-2. Presence ingest: (a) in process, heartbeats decoded, validated and applied
-   to the fleet view per second; (b) through a real nats-server, a publisher
-   process sends heartbeats of 10,000 workers as fast as it can while one
-   FleetView subscriber (what a scheduler runs) absorbs them. Target >= 10,000/s.
+2. Presence ingest of signed heartbeats: (a) in process, through the scheduler's
+   admission path (signature, nonce, id binding, decode, validation, fleet update);
+   (b) through a real nats-server, a publisher process sends heartbeats of 200
+   workers as fast as it can while one FleetView subscriber (what a scheduler
+   runs) admits them. Target >= 10,000/s.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from pathlib import Path
 from schemas import ModelState, Presence, ServedModel
 from services.scheduler.scoring import AffinityPlacement, JobNeeds
 from tether import codec, subjects
+from tether.envelope import PURPOSE_PRESENCE, Verifier
 from tether.fleet import FleetView
+from tether.identity import Identity
 from tether.natsserver import NatsServer
+from tether.signed import PresenceGate, envelope_headers, seal_message
 
 REGIONS = ("eu", "us", "ap")
 
@@ -62,7 +66,8 @@ def pct(values: list[float], q: float) -> float:
 def placement_times(n_workers: int, decisions: int) -> tuple[float, float]:
     rng = random.Random(n_workers)
     now = time.time()
-    fleet = FleetView(heartbeat_s=5.0, clock=lambda: now)  # every worker fresh for the whole run
+    gate = PresenceGate(Verifier([], role="worker"))  # presences go straight to observe()
+    fleet = FleetView(heartbeat_s=5.0, gate=gate, clock=lambda: now)  # every worker fresh for the whole run
     for i in range(n_workers):
         fleet.observe(make_presence(i, rng))
     reliability = {f"w-{i:05d}": rng.random() for i in range(n_workers)}
@@ -80,23 +85,23 @@ def placement_times(n_workers: int, decisions: int) -> tuple[float, float]:
 
 
 def ingest_in_process(n: int) -> float:
-    rng = random.Random(7)
-    fleet = FleetView(heartbeat_s=5.0)
-    headers = {codec.CONTENT_TYPE: codec.JSON}
-    msgs = [codec.encode(make_presence(i % 10_000, rng, seq=1 + i // 10_000).wire()) for i in range(n)]
-    t0 = time.perf_counter()
-    for data in msgs:
-        fleet._accept(data, headers)
-    return n / (time.perf_counter() - t0)
+    """Signed heartbeats through the scheduler's real admission path (see bench/presence.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from presence import fleet_figures
+
+    workers = [Identity.generate("worker") for _ in range(50)]
+    rate, _plain_us, _sign_us = fleet_figures(workers, n)
+    return rate
 
 
 PUBLISHER = """
 import asyncio, sys, nats
 async def main():
     nc = await nats.connect(sys.argv[1], pending_size=256 * 1024 * 1024)
-    payloads = [line.rstrip(b"\\n").split(b" ", 1) for line in open(sys.argv[2], "rb")]
-    for subject, data in payloads:
-        await nc.publish(subject.decode(), data, headers={"Content-Type": "application/json"})
+    blob = open(sys.argv[2], "rb").read()
+    for record in blob.split(b"\\n--\\n"):
+        subject, data = record.split(b" ", 1)
+        await nc.publish(subject.decode(), data, headers={"Content-Type": sys.argv[3]})
     await nc.flush(timeout=60)
     await nc.close()
 asyncio.run(main())
@@ -104,20 +109,25 @@ asyncio.run(main())
 
 
 async def ingest_through_nats(n: int) -> tuple[float, int]:
+    """A publisher process blasts signed heartbeats; one FleetView subscriber admits them."""
     import nats
 
-    rng = random.Random(11)
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-presence-"))
     server = NatsServer(store_dir=tmp / "js", log_file=tmp / "nats.log")
     server.start()
     try:
-        lines = []
+        workers = [Identity.generate("worker") for _ in range(200)]
+        rng = random.Random(11)
+        records = []
         for i in range(n):
-            p = make_presence(i % 10_000, rng, seq=1 + i // 10_000)
-            lines.append(subjects.presence_subject(p.region, p.worker_id).encode() + b" " + codec.encode(p.wire()))
-        (tmp / "payloads").write_bytes(b"\n".join(lines) + b"\n")
+            w = workers[i % len(workers)]
+            p = make_presence(i, rng, seq=1 + i // len(workers)).model_copy(update={"worker_id": w.node_id})
+            data = seal_message(w, p, PURPOSE_PRESENCE)
+            records.append(subjects.presence_subject(p.region, w.node_id).encode() + b" " + data)
+        (tmp / "payloads").write_bytes(b"\n--\n".join(records))
         nc = await nats.connect(server.url)
-        fleet = FleetView(heartbeat_s=5.0)
+        gate = PresenceGate(Verifier([w.public_key for w in workers], role="worker"))
+        fleet = FleetView(heartbeat_s=5.0, gate=gate)
         done = asyncio.Event()
         count = 0
         first = last = 0.0
@@ -126,7 +136,7 @@ async def ingest_through_nats(n: int) -> tuple[float, int]:
             nonlocal count, first, last
             if count == 0:
                 first = time.perf_counter()
-            fleet._accept(msg.data, msg.headers)
+            fleet.accept(msg.subject, msg.data)
             count += 1
             last = time.perf_counter()
             if count >= n:
@@ -136,13 +146,15 @@ async def ingest_through_nats(n: int) -> tuple[float, int]:
             f"{subjects.PREFIX}.presence.>", cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
         await nc.flush()
-        pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, server.url, str(tmp / "payloads")])
+        ctype = envelope_headers()[codec.CONTENT_TYPE]
+        pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, server.url, str(tmp / "payloads"), ctype])
         try:
-            await asyncio.wait_for(done.wait(), timeout=120)
+            await asyncio.wait_for(done.wait(), timeout=180)
         except TimeoutError:
             pass
         pub.wait(60)
         await nc.close()
+        assert fleet.rejected == 0, dict(fleet.rejections)
         return count / max(1e-9, last - first), count
     finally:
         server.stop()
@@ -151,7 +163,7 @@ async def ingest_through_nats(n: int) -> tuple[float, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decisions", type=int, default=20_000)
-    p.add_argument("--heartbeats", type=int, default=100_000)
+    p.add_argument("--heartbeats", type=int, default=30_000)
     args = p.parse_args()
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     print(f"placement decision time ({args.decisions} decisions each), microseconds:")
@@ -164,7 +176,7 @@ def main() -> None:
     g99 = results[10_000][1] / results[100][1]
     print(f"  growth 100 -> 10,000 workers (100x): p50 x{g50:.2f}, p99 x{g99:.2f}")
     rate = ingest_in_process(args.heartbeats)
-    print(f"presence ingest, in process (decode + validate + apply): {rate:,.0f} heartbeats/s")
+    print(f"presence ingest, in process (signature, nonce, decode, validate, apply): {rate:,.0f} heartbeats/s")
     rate, count = asyncio.run(ingest_through_nats(args.heartbeats))
     print(f"presence ingest through nats-server, one subscriber: {rate:,.0f} heartbeats/s ({count} received)")
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+import hypothesis  # noqa: F401  # imported early: CPython 3.11.7 can raise "AST constructor recursion
+import pytest  # depth mismatch" when pytest's assertion rewriter compiles it late (at session finish)
 import pytest_asyncio
 from nats.aio.client import Client
 

@@ -32,9 +32,15 @@ class HttpSystem:
         return {"Authorization": f"Bearer {self.key}"}
 
 
+HOLD_KEYS = 8
+
+
 @asynccontextmanager
 async def http_system(settings: Settings, models: list[str], **kw: object) -> AsyncIterator[HttpSystem]:
     """Workers serving ``models``, a scheduler, a gateway, and HTTP on a free port with a client."""
+    from tether.security import ensure_dev_trust
+
+    ensure_dev_trust(settings, extra_workers=HOLD_KEYS)  # hold_model's keys are allowlisted from the start
     system = await start_system(settings, models, **kw)  # type: ignore[arg-type]
     http = HttpGateway(settings, gateway=system.gateway, port=0)  # type: ignore[arg-type]
     client = httpx.AsyncClient(base_url="http://unused", timeout=30.0)
@@ -53,7 +59,11 @@ async def http_system(settings: Settings, models: list[str], **kw: object) -> As
 async def hold_model(settings: Settings, model: str) -> None:
     """Announce ``model`` (an echo runtime) from a worker that then drains away: the model stays known
     to gateways, and its jobs wait in JOBS (up to ``queue_wait_s``) for a worker that never comes."""
-    w = Worker(settings, worker_id=f"w-{model}", specs=[parse_model_spec(f"{model}:1=none;task=echo")])
+    from tether.security import ensure_dev_trust
+
+    # an allowlisted key of its own (the last development worker key), not the system's worker
+    identity = [i for i in ensure_dev_trust(settings, extra_workers=HOLD_KEYS) if i.role == "worker"][-1]
+    w = Worker(settings, identity=identity, specs=[parse_model_spec(f"{model}:1=none;task=echo")])
     await w.start()
     await w.wait_ready()
     await w.drain(0.1)

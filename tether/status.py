@@ -131,7 +131,7 @@ async def show_status(settings: Settings, *, watch: bool = False, as_json: bool 
     nc = await connect(settings.url, name="tether-status", max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
-        fleet = FleetView(heartbeat_s=settings.heartbeat_s)
+        fleet = FleetView.from_settings(settings)
         await fleet.start(nc, js)
         snap = await _collect(settings, js, fleet)
         if as_json and not watch:

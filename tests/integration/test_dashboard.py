@@ -14,7 +14,8 @@ import pytest_asyncio
 from services.worker.runtimes.catalog import parse_model_spec
 from services.worker.service import Worker
 from tests.browser import chromium, chromium_path
-from tests.http_helpers import HttpSystem, hold_model, http_system
+from tests.http_helpers import HOLD_KEYS, HttpSystem, hold_model, http_system
+from tether.security import ensure_dev_trust
 from tether.settings import Settings
 
 pytestmark = pytest.mark.skipif(
@@ -36,9 +37,10 @@ def _row(job_id: str) -> str:
 async def test_a_job_appears_and_completes_live(hs: HttpSystem, settings: Settings, tmp_path: Path) -> None:
     async with chromium(tmp_path / "profile") as page:
         await page.goto(hs.url + "/")
+        wid = hs.system.workers[0].worker_id  # type: ignore[attr-defined]
         await page.wait_for(
-            "document.querySelector('#nodes tr[data-worker-id=\"w-test-0\"]')?.dataset.health === 'HEALTHY'",
-            what="worker w-test-0 HEALTHY in the nodes table",
+            f"document.querySelector('#nodes tr[data-worker-id=\"{wid}\"]')?.dataset.health === 'HEALTHY'",
+            what=f"worker {wid} HEALTHY in the nodes table",
         )
         assert await page.eval("document.querySelector('#nodes tbody').innerText.includes('echo:1 warm')")
 
@@ -53,7 +55,8 @@ async def test_a_job_appears_and_completes_live(hs: HttpSystem, settings: Settin
         status = await page.eval(f"{_row(job_id)}.dataset.status")
         assert status in ("QUEUED", "RESERVED", "RETRYING"), status
 
-        worker = Worker(settings, worker_id="w-late", specs=[parse_model_spec("later:1=none;task=echo")])
+        late_key = [i for i in ensure_dev_trust(settings, extra_workers=HOLD_KEYS) if i.role == "worker"][-2]
+        worker = Worker(settings, identity=late_key, specs=[parse_model_spec("later:1=none;task=echo")])
         await worker.start()
         try:
             await page.wait_for(f"{_row(job_id)}?.dataset.status === 'COMPLETED'", what=f"job {job_id} COMPLETED")

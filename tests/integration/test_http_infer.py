@@ -27,7 +27,7 @@ async def test_seed_body_answers_job_id_and_result(http_echo: HttpSystem) -> Non
     body = r.json()
     assert body["result"] == "hello" and body["jobId"].startswith("j-")
     assert r.headers["X-Job-Id"] == body["jobId"]
-    assert body["workerId"] == "w-test-0" and body["attempts"] == 1
+    assert body["workerId"] == http_echo.system.workers[0].worker_id and body["attempts"] == 1  # type: ignore[attr-defined]
 
 
 async def test_raw_newline_inside_a_json_string_is_accepted(http_echo: HttpSystem) -> None:
@@ -44,15 +44,16 @@ async def test_get_job_shows_status_attempts_placement_and_result(http_echo: Htt
     await asyncio.sleep(0.2)  # the scheduler records COMPLETED right after the result
     view = (await http_echo.client.get(f"/jobs/{job_id}")).json()
     assert view["status"] == "COMPLETED" and view["result"] == "look me up"
-    assert view["attempts"] == 1 and view["attemptHistory"][0]["workerId"] == "w-test-0"
-    assert view["placement"]["worker"] == "w-test-0"
+    wid = http_echo.system.workers[0].worker_id  # type: ignore[attr-defined]
+    assert view["attempts"] == 1 and view["attemptHistory"][0]["workerId"] == wid
+    assert view["placement"]["worker"] == wid
     missing = await http_echo.client.get("/jobs/j-doesnotexist")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
 async def test_workers_and_models(http_echo: HttpSystem) -> None:
     workers = (await http_echo.client.get("/workers")).json()["workers"]
-    assert [w["workerId"] for w in workers] == ["w-test-0"]
+    assert [w["workerId"] for w in workers] == [http_echo.system.workers[0].worker_id]  # type: ignore[attr-defined]
     assert workers[0]["health"] == "HEALTHY" and workers[0]["models"][0]["modelId"] == "echo"
     models = (await http_echo.client.get("/models")).json()["models"]
     assert {(m["modelId"], m["version"], m["replicas"]) for m in models} == {("echo", "1", 1)}

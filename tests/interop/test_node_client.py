@@ -47,7 +47,7 @@ async def test_node_client_requests_and_replays_results(node_modules: Path, echo
     data = json.loads(out.decode().strip().splitlines()[-1])
     replies = data["replies"]
     assert [r["result"] for r in replies] == inputs, data
-    assert all(r["jobId"] and r["workerId"] == "w-test-0" for r in replies)
+    assert all(r["jobId"] and r["workerId"] == echo_system.workers[0].worker_id for r in replies)
     replayed = {r["result"]["jobId"]: r for r in data["replayed"]}
     assert set(replayed) == {r["jobId"] for r in replies}
     for reply in replies:

@@ -10,7 +10,9 @@ from schemas import ModelState, Presence, ServedModel
 from services.scheduler.breakers import BreakerBoard, BreakerPolicy, BreakerState, Transition
 from services.scheduler.reliability import Reliability
 from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights, total
+from tether.envelope import Verifier
 from tether.fleet import FleetView, Health
+from tether.signed import PresenceGate
 
 
 class Clock:
@@ -145,7 +147,8 @@ def test_weights_parse_overrides_and_rejects_unknown_names() -> None:
 
 
 def _fleet(clock: Clock, *presences: Presence) -> FleetView:
-    fleet = FleetView(heartbeat_s=1.0, clock=clock)
+    # pure state: heartbeats go straight to observe(), the (empty) gate is never consulted
+    fleet = FleetView(heartbeat_s=1.0, gate=PresenceGate(Verifier([], role="worker")), clock=clock)
     for p in presences:
         fleet.observe(p)
     return fleet
