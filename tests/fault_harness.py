@@ -248,23 +248,24 @@ class FaultCluster:
         return {r["job_id"]: r for r in self._query("SELECT * FROM jobs WHERE job_id IN ({})", list(job_ids))}
 
     async def until_running(
-        self, worker: Role, n: int = 1, *, started_within_s: float = 0.1, timeout: float = 30.0
-    ) -> int:
-        """Until ``worker`` has ``n`` attempts RUNNING that started within ``started_within_s``.
+        self, workers: Iterable[Role], *, started_within_s: float = 0.15, timeout: float = 30.0
+    ) -> tuple[Role, int]:
+        """Until one of ``workers`` runs an attempt that started within ``started_within_s``; it, and how many.
 
         Recent starts only: a finished attempt's row may still say RUNNING for a moment.
         """
         deadline = time.monotonic() + timeout
         while True:
-            running = self._count(
-                "SELECT COUNT(*) FROM attempts WHERE worker_id=? AND status='RUNNING' AND started_at > ?",
-                worker.worker_id,
-                time.time() - started_within_s,
-            )
-            if running >= n:
-                return running
+            for worker in workers:
+                running = self._count(
+                    "SELECT COUNT(*) FROM attempts WHERE worker_id=? AND status='RUNNING' AND started_at > ?",
+                    worker.worker_id,
+                    time.time() - started_within_s,
+                )
+                if running:
+                    return worker, running
             if time.monotonic() > deadline:
-                raise AssertionError(f"{worker.name} never had {n} attempts running")
+                raise AssertionError(f"no attempt started running on {[w.name for w in workers]}")
             await asyncio.sleep(0.01)
 
     def attempts(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:

@@ -56,11 +56,12 @@ async def _fleet(
 async def test_kill_9_one_of_two_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with fault_cluster(tmp_path) as c:
         await _fleet(c, workers=2, model="echo;delay_ms=300")  # w0 surely has jobs running when killed
-        w0, w1 = c.live("worker")
+        workers = c.live("worker")
         load = c.batch(jobs=JOBS, concurrency=CONCURRENCY)
         await load.reached(FAULT_AT)
-        running = await c.until_running(w0)  # jobs move in waves: strike while one runs on w0
-        load.mark_fault(f"kill -9 worker w0 running {running}")
+        w0, running = await c.until_running(workers)  # jobs move in waves: strike while one runs
+        (w1,) = [w for w in workers if w is not w0]
+        load.mark_fault(f"kill -9 worker {w0.name} running {running}")
         c.kill(w0)
         report = await load.finish()
         replaced = [a for a in c.attempts(load.ids).values() if len(a) > 1]
@@ -123,6 +124,7 @@ async def test_kill_9_the_gateway_serving_a_request(
         g0, g1 = c.live("gateway")
         load = c.batch(jobs=JOBS, concurrency=CONCURRENCY, via="infer", request_timeout=3.0)
         await load.reached(FAULT_AT)
+        await c.until_running(c.live("worker"))  # jobs in flight, about half of them requested through g0
         load.mark_fault("kill -9 gateway g0")
         c.kill(g0)
         report = await load.finish()
