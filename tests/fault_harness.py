@@ -152,11 +152,14 @@ class FaultCluster:
         self.roles.append(role)
         return role
 
-    def start_worker(self, name: str, models: str = "echo", *, grace_s: float = 5.0) -> Role:
+    def start_worker(
+        self, name: str, models: str = "echo", *, grace_s: float = 5.0, region: str | None = None
+    ) -> Role:
         """A ``tether worker`` serving ``models`` (comma-separated specs); its id is stable per ``name``."""
         worker_id = self.allow(name, "worker").node_id  # the key exists before the process reads it
+        where = ("--region", region) if region else ()
         role = self._start(
-            "worker", name, "--models", models, "--name", name, "--grace", str(grace_s), models=models
+            "worker", name, "--models", models, "--name", name, "--grace", str(grace_s), *where, models=models
         )
         role.worker_id = worker_id
         return role
@@ -232,7 +235,9 @@ class FaultCluster:
             info = await self.js.stream_info(DLQ)
         except NotFoundError:
             return []
-        out = []
+        out: list[dict[str, Any]] = []
+        if not info.state.messages:
+            return out
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             try:
                 raw = await self.js.get_msg(DLQ, seq, direct=True)

@@ -36,7 +36,14 @@ from tether.store import JobStatus, JobStore
 RUNNING_WRITE_DELAY_S = 0.05
 
 
-class WorkerOffline(WorkerFailed):
+class WorkerUnreachable(WorkerFailed):
+    """The worker itself failed the attempt (no ack, no heartbeat): a fact about the worker, not the model.
+
+    It lowers the worker's reliability but does not count towards the model's circuit breaker.
+    """
+
+
+class WorkerOffline(WorkerUnreachable):
     """The worker running an attempt stopped heartbeating (OFFLINE after 3T): re-place the job."""
 
 
@@ -89,7 +96,7 @@ class AttemptRunner:
                     asyncio.shield(watch.accepted), timeout=self.settings.dispatch_ack_s
                 )
             except TimeoutError:
-                err: TetherError = WorkerFailed(
+                err: TetherError = WorkerUnreachable(
                     f"worker {worker_id} did not accept the job within {self.settings.dispatch_ack_s:g}s"
                 )
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from schemas import ResultMessage
 from services.scheduler import outcomes
 from services.scheduler.advisories import MaxDeliveries
-from services.scheduler.attempts import AttemptRunner
+from services.scheduler.attempts import AttemptRunner, WorkerUnreachable
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket, read_ticket
@@ -329,11 +329,15 @@ class Scheduler:
         """Feed an attempt's outcome to the breaker and the worker's reliability.
 
         Refusals for lack of capacity say nothing about the model's health and are not counted;
-        neither are final errors about the request itself (bad input).
+        neither are final errors about the request itself (bad input). A worker that never acked or
+        went offline counts against that worker's reliability only.
         """
         if err is None:
             self.breakers.success(breaker)
             self.reliability.record(worker_id, True)
+        elif isinstance(err, WorkerUnreachable):  # the worker's fault, not the model's
+            self.breakers.abandon(breaker)
+            self.reliability.record(worker_id, False)
         elif err.retryable and err.code != NoCapacity.code:
             self.breakers.failure(breaker, f"{err.code}: {err.message}")
             self.reliability.record(worker_id, False)

@@ -19,6 +19,7 @@ import pytest
 
 from tests.fault_harness import FaultCluster, Role, fault_cluster
 from tests.fault_report import Report
+from tests.proc_helpers import run_tether
 from tether import client
 from tether.connection import connect
 
@@ -190,3 +191,52 @@ async def test_poison_job_is_dead_lettered_and_others_unaffected(
             (final,) = [r for _, r in c.ledger.stored[job_id]] if c.ledger else []
             assert final.error is not None and final.error.code == "dead_lettered"
         assert report.attempts == {1: JOBS - len(poison), c.max_attempts: len(poison)}, report.attempts
+
+
+async def test_a_worker_that_always_fails_opens_its_breaker_and_jobs_go_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fault 5: the breaker of (echo, region a) opens; jobs finish in region b; status shows it."""
+    breaker_env = {"TETHER_REGION": "a", "TETHER_BREAKER_THRESHOLD": "3", "TETHER_BREAKER_OPEN_S": "120"}
+    async with fault_cluster(tmp_path, env_extra=breaker_env) as c:
+        c.start_worker("bad", "echo;fail=always", region="a")  # near the scheduler: preferred at first
+        c.start_worker("good", "echo;delay_ms=20", region="b")
+        await c.wait_ready()
+        c.start_scheduler("s0")
+        await c.wait_ready()
+        assert c.nc is not None
+        events: list[dict[str, Any]] = []
+
+        async def on_event(msg: Any) -> None:
+            events.append(json.loads(msg.data))
+
+        await c.nc.subscribe("tether.events.breaker.>", cb=on_event)
+        load = c.batch(jobs=JOBS, concurrency=CONCURRENCY)
+        report = await load.finish()
+        ids = [j.job_id for j in load.jobs]
+        attempts = c.attempts(ids)
+        bad_id = next(r.worker_id for r in c.roles if r.name == "bad")
+        failed_on_bad = [a for rows in attempts.values() for a in rows if a["worker_id"] == bad_id]
+        dlq = {e["jobId"]: e for e in await c.dlq_entries("echo")}
+        dead = {j for j, s in report.outcome.items() if s == "dead_lettered"}
+        _show(
+            capsys,
+            "breaker",
+            report,
+            f"attempts on the failing worker={len(failed_on_bad)} breaker events="
+            f"{[(e['region'], e['state']) for e in events]} dlq={len(dlq)}",
+        )
+        report.check(dead_lettered=dead, require_fault=False)
+        assert set(dlq) == dead and all(e["error"]["code"] == "worker_failed" for e in dlq.values())
+        assert len(dead) < 10, "jobs go elsewhere: only those unlucky before the breaker opened may die"
+        opened = [e for e in events if e["state"] == "OPEN"]
+        assert opened and opened[0]["region"] == "a" and opened[0]["modelId"] == "echo", events
+        assert "worker_failed" in opened[0]["reason"]
+        # the breaker, not luck, kept work off the failing worker: a handful of attempts, not hundreds
+        assert 3 <= len(failed_on_bad) <= 3 + 2 * CONCURRENCY, len(failed_on_bad)
+        assert all(a["status"] == "FAILED" and a["error_code"] == "worker_failed" for a in failed_on_bad)
+
+        r = run_tether("status", "--json", env=c.env())
+        assert r.returncode == 0, r.stderr
+        breakers = {(b["model_id"], b["region"]): b for b in json.loads(r.stdout)["breakers"]}
+        assert breakers[("echo", "a")]["state"] == "OPEN", breakers
