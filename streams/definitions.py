@@ -21,7 +21,7 @@ from nats.js.api import (
 )
 
 from tether import subjects
-from tether.settings import Settings
+from tether.settings import DEFAULT_JOB_LEASE_S, Settings
 
 JOBS = "JOBS"
 RESULTS = "RESULTS"
@@ -32,9 +32,10 @@ SCHEDULER_CONSUMER = "schedulers"
 TRUST_BUCKET = "TETHER_TRUST"
 #: Object store of signed model artifacts, addressed by manifest digest (see tether/artifacts/).
 ARTIFACTS_BUCKET = "TETHER_ARTIFACTS"
-#: JetStream redelivers a job a scheduler holds unacknowledged after this long;
-#: a live scheduler keeps extending it (``in_progress``) while the job runs.
-SCHEDULER_ACK_WAIT_S = 30.0
+#: JetStream redelivers a job a scheduler holds unacknowledged after this long
+#: (``Settings.job_lease_s``, ``TETHER_JOB_LEASE_S``); a live scheduler keeps
+#: extending it (``in_progress``) while the job runs.
+SCHEDULER_ACK_WAIT_S = DEFAULT_JOB_LEASE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         durable_name=SCHEDULER_CONSUMER,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=SCHEDULER_ACK_WAIT_S,
+        ack_wait=settings.job_lease_s,
         # Attempts are counted in the store; this cap only catches a job no scheduler can get through
         # (crashing on it each time): past it, the max-deliveries advisory sends it to the DLQ.
         max_deliver=settings.max_deliver,

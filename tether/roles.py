@@ -17,13 +17,19 @@ log = logging.getLogger(__name__)
 class Role(Protocol):
     async def start(self) -> None: ...
 
+    async def close(self) -> None: ...
+
 
 async def _serve(role: Role, stop: Callable[[], Awaitable[None]]) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    await role.start()
+    try:
+        await role.start()
+    except BaseException:
+        await role.close()  # release what a partial start opened, so the process exits with the error
+        raise
     ended: asyncio.Event | None = getattr(role, "stopped", None)  # a role that can end itself (drain)
     waits = [asyncio.ensure_future(stopping.wait())]
     if ended is not None:

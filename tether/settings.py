@@ -14,6 +14,8 @@ DEFAULT_NATS_PORT = 4222
 DEFAULT_HEARTBEAT_S = 5.0
 DEFAULT_MAX_PAYLOAD = 1_048_576  # bytes accepted in one request (input + params)
 DEFAULT_MAX_NEW_TOKENS = 2048
+#: How long a scheduler's hold on a job lasts unless renewed (JetStream ack wait, store lease).
+DEFAULT_JOB_LEASE_S = 30.0
 
 
 def _env(name: str, default: str) -> str:
@@ -44,6 +46,7 @@ class Settings:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     request_timeout_s: float = 300.0  # how long the gateway waits for a final result
     dispatch_ack_s: float = 5.0  # a worker must accept an assignment within this
+    job_lease_s: float = DEFAULT_JOB_LEASE_S  # a dead scheduler's jobs pass to another after this
     exec_timeout_base_s: float = 30.0  # execution timeout = base + per_token * max_new_tokens
     exec_timeout_per_token_s: float = 0.5
     exec_timeout_cap_s: float = 900.0
@@ -88,6 +91,7 @@ class Settings:
             max_new_tokens=_int("TETHER_MAX_NEW_TOKENS", DEFAULT_MAX_NEW_TOKENS),
             request_timeout_s=_float("TETHER_REQUEST_TIMEOUT_S", 300.0),
             dispatch_ack_s=_float("TETHER_DISPATCH_ACK_S", 5.0),
+            job_lease_s=_float("TETHER_JOB_LEASE_S", DEFAULT_JOB_LEASE_S),
             max_attempts=_int("TETHER_MAX_ATTEMPTS", 3),
             max_deliver=_int("TETHER_MAX_DELIVER", 100),
             breaker_threshold=_int("TETHER_BREAKER_THRESHOLD", 5),

@@ -5,8 +5,10 @@ the worker's report, the execution timeout, or the worker going OFFLINE (no
 heartbeat for 3T), whichever comes first. A job still running after
 ``RUNNING_WRITE_DELAY_S`` gets its RUNNING state written; one that finishes
 sooner gets its start time from the report, in the same transaction as its
-final state. The outcome is ``None`` (finished: result stored) or the error
-that the scheduler's retry loop acts on.
+final state. A report can be lost (sent as a connection died, e.g. across a
+nats-server restart): while waiting, RESULTS is looked up after T, 2T, 4T, ...
+and a stored result ends the wait. The outcome is ``None`` (finished: result
+stored) or the error that the scheduler's retry loop acts on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from schemas import AttemptReport, CancelRequest, Dispatch, ErrorInfo
+from schemas import AttemptReport, CancelRequest, Dispatch, ErrorInfo, ResultMessage
 from services.scheduler import outcomes
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket
@@ -36,7 +38,14 @@ from tether.store import JobStatus, JobStore
 RUNNING_WRITE_DELAY_S = 0.05
 
 
-class WorkerOffline(WorkerFailed):
+class WorkerUnreachable(WorkerFailed):
+    """The worker itself failed the attempt (no ack, no heartbeat): a fact about the worker, not the model.
+
+    It lowers the worker's reliability but does not count towards the model's circuit breaker.
+    """
+
+
+class WorkerOffline(WorkerUnreachable):
     """The worker running an attempt stopped heartbeating (OFFLINE after 3T): re-place the job."""
 
 
@@ -98,7 +107,7 @@ class AttemptRunner:
                     asyncio.shield(watch.accepted), timeout=self.settings.dispatch_ack_s
                 )
             except TimeoutError:
-                err: TetherError = WorkerFailed(
+                err: TetherError = WorkerUnreachable(
                     f"worker {worker_id} did not accept the job within {self.settings.dispatch_ack_s:g}s"
                 )
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
@@ -114,6 +123,9 @@ class AttemptRunner:
                 await self.store.fail_attempt(key.job_id, attempt, off.code, off.message, time.time())
                 await self._cancel(key.job_id, attempt, "re-placed: the worker went offline")
                 return off
+            if isinstance(report, ResultMessage):  # its report was lost; its result is stored
+                await outcomes.record_final(self.store, t, report, attempt)
+                return None
             if report is None:
                 stored = await fetch_final(self.js, key.job_id) if self.js else None
                 if stored is not None:
@@ -166,7 +178,7 @@ class AttemptRunner:
         attempt: int,
         exec_timeout: float,
         worker_id: str,
-    ) -> AttemptReport | None:
+    ) -> AttemptReport | ResultMessage | None:
         """Wait for the worker's report; None on timeout, ``WorkerOffline`` when the worker goes OFFLINE.
 
         RUNNING is written only when the job is still running after
@@ -179,6 +191,8 @@ class AttemptRunner:
             pass
         await self.store.mark_running(job_id, attempt, time.time())
         deadline = time.monotonic() + max(0.0, exec_timeout - RUNNING_WRITE_DELAY_S)
+        lookup_gap = self.settings.heartbeat_s
+        lookup_at = time.monotonic() + lookup_gap
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -190,6 +204,11 @@ class AttemptRunner:
             entry = self.fleet.get(worker_id)
             if entry is None or self.fleet.health(entry) is Health.OFFLINE:
                 raise WorkerOffline(f"worker {worker_id} went offline while running the job")
+            if time.monotonic() >= lookup_at:  # the report may have been lost: is the result stored?
+                lookup_gap *= 2
+                lookup_at = time.monotonic() + lookup_gap
+                if (stored := await fetch_final(self.js, job_id)) is not None:
+                    return stored
 
 
 

@@ -32,6 +32,7 @@ class Ticket:
     error: TetherError | None = None
     stream_seq: int = 0
     enqueued_at: float = 0.0  # when JetStream accepted it
+    deliveries: int = 1  # how many times JetStream has handed this job to a scheduler
 
     @property
     def job_id(self) -> str:
@@ -41,7 +42,7 @@ class Ticket:
 def read_ticket(msg: Msg, settings: Settings) -> Ticket:
     """The ticket of a job delivered by the JOBS consumer."""
     meta = msg.metadata
-    return ticket_from(
+    ticket = ticket_from(
         msg.subject,
         msg.data,
         dict(msg.headers or {}),
@@ -49,6 +50,8 @@ def read_ticket(msg: Msg, settings: Settings) -> Ticket:
         enqueued_at=meta.timestamp.timestamp() if meta and meta.timestamp else 0.0,
         settings=settings,
     )
+    ticket.deliveries = meta.num_delivered if meta and meta.num_delivered else 1
+    return ticket
 
 
 def ticket_from(

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from schemas import ResultMessage
 from services.scheduler import outcomes
 from services.scheduler.advisories import MaxDeliveries
-from services.scheduler.attempts import AttemptRunner
+from services.scheduler.attempts import AttemptRunner, WorkerUnreachable
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket, read_ticket
@@ -38,7 +38,6 @@ from services.scheduler.pull import PullConsumer
 from services.scheduler.reliability import Reliability
 from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
-from streams.definitions import SCHEDULER_ACK_WAIT_S
 from tether import telemetry
 from tether.connection import connect
 from tether.dispatch_auth import DispatchSigner
@@ -49,6 +48,7 @@ from tether.errors import (
     WorkerFailed,
 )
 from tether.fleet import FleetView
+from tether.results import fetch_final
 from tether.security import node_identity
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStatus, JobStore, open_store
@@ -217,7 +217,7 @@ class Scheduler:
 
     async def _keepalive(self) -> None:
         """Tell JetStream (and the store) we still own the jobs we hold."""
-        period = SCHEDULER_ACK_WAIT_S / 3
+        period = self.settings.job_lease_s / 3
         while True:
             await asyncio.sleep(period)
             held = list(self._held.items())
@@ -226,7 +226,7 @@ class Scheduler:
                     await msg.in_progress()
             with contextlib.suppress(Exception):
                 await self.store.renew_leases(
-                    [jid for jid, _ in held], self.scheduler_id, time.time() + SCHEDULER_ACK_WAIT_S
+                    [jid for jid, _ in held], self.scheduler_id, time.time() + self.settings.job_lease_s
                 )
 
     async def _handle(self, msg: Msg) -> None:
@@ -262,6 +262,11 @@ class Scheduler:
             return
         key, sub = t.key, t.submission
         assert sub is not None
+        if t.deliveries > 1 and self.js is not None:  # its last holder may have died after it finished
+            stored = await fetch_final(self.js, t.job_id)
+            if stored is not None:
+                await self._record_final(t, stored, stored.attempts or 1)
+                return
         if not self.fleet.knows_model(key.model_id, key.version) and self._past_grace():
             await self._finish_error(
                 t,
@@ -299,7 +304,7 @@ class Scheduler:
                 scheduler_id=self.scheduler_id,
                 worker_id=choice.worker_id,
                 placement=choice.explanation,
-                lease_until=now + SCHEDULER_ACK_WAIT_S,
+                lease_until=now + self.settings.job_lease_s,
                 expires_at=now + self.settings.dispatch_ack_s + exec_timeout,
                 now=now,
             )
@@ -330,11 +335,15 @@ class Scheduler:
         """Feed an attempt's outcome to the breaker and the worker's reliability.
 
         Refusals for lack of capacity say nothing about the model's health and are not counted;
-        neither are final errors about the request itself (bad input).
+        neither are final errors about the request itself (bad input). A worker that never acked or
+        went offline counts against that worker's reliability only.
         """
         if err is None:
             self.breakers.success(breaker)
             self.reliability.record(worker_id, True)
+        elif isinstance(err, WorkerUnreachable):  # the worker's fault, not the model's
+            self.breakers.abandon(breaker)
+            self.reliability.record(worker_id, False)
         elif err.retryable and err.code != NoCapacity.code:
             self.breakers.failure(breaker, f"{err.code}: {err.message}")
             self.reliability.record(worker_id, False)

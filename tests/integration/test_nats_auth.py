@@ -48,7 +48,7 @@ class Prod:
         return await connect(url, name=f"test-{name}", allow_reconnect=False, **opts)
 
     async def violation(self, text: str) -> None:
-        for _ in range(100):
+        for _ in range(500):  # generous: the -ERR can take a while on a loaded 2-core machine
             if any("permissions violation" in e.lower() and text in e for e in self.errors):
                 return
             await asyncio.sleep(0.02)

@@ -190,10 +190,12 @@ async def test_lapsed_lease_lets_another_scheduler_take_over(store: JobStore) ->
     assert await reserve(store, job, "sched-b", T0 + 10, worker="w2") == 2  # lapsed
     row = await _get(store, "j1")
     assert (row["scheduler_id"], row["worker_id"], row["lease_until"]) == ("sched-b", "w2", T0 + 40)
-    assert [(a["attempt"], a["scheduler_id"]) for a in await store.attempts("j1")] == [
-        (1, "sched-a"),
-        (2, "sched-b"),
-    ]
+    attempts = await store.attempts("j1")
+    assert [(a["attempt"], a["scheduler_id"]) for a in attempts] == [(1, "sched-a"), (2, "sched-b")]
+    # nobody watches sched-a's attempt any more: it is closed, not left RESERVED forever
+    assert (attempts[0]["status"], attempts[0]["finished_at"]) == ("FAILED", T0 + 10)
+    assert "abandoned" in attempts[0]["error_message"]
+    assert (attempts[1]["status"], attempts[1]["finished_at"]) == ("RESERVED", None)
 
 
 async def test_renewed_lease_keeps_other_scheduler_out(store: JobStore) -> None:

@@ -64,7 +64,11 @@ class JobStore:
 
     async def open(self) -> None:
         await self.backend.connect()
-        await migrate(self.backend)
+        try:
+            await migrate(self.backend)
+        except BaseException:
+            await self.backend.close()  # an open backend's thread would keep the process alive
+            raise
         self._batcher.start()
 
     async def close(self) -> None:
@@ -150,6 +154,15 @@ class JobStore:
                     "WHERE job_id=? AND scheduler_id=? AND reserved_at=? AND status='RESERVED' "
                     "ON CONFLICT DO NOTHING",
                     (expires_at, *match),
+                ),
+                # Earlier attempts still open belonged to a scheduler whose lease lapsed (it died):
+                # nobody watches them any more, so close them as abandoned.
+                Stmt(
+                    "UPDATE attempts SET status='FAILED', error_code='timeout', finished_at=?, "
+                    "error_message='abandoned: its scheduler stopped renewing the lease and the job was taken over' "
+                    "WHERE job_id=? AND finished_at IS NULL AND attempt < (SELECT attempts FROM jobs "
+                    "WHERE job_id=? AND scheduler_id=? AND reserved_at=? AND status='RESERVED')",
+                    (now, job.job_id, *match),
                 ),
             ]
         )

@@ -1,7 +1,14 @@
-"""Versioned migrations. Each entry runs once, in order, inside one transaction."""
+"""Versioned migrations. Each entry runs once, in order, inside one transaction.
+
+Several processes may open one store at the same moment (schedulers starting
+together): when two apply the same migration, one transaction fails (its
+``schema_migrations`` row, or its DDL, conflicts with the other's) and rolls
+back; the loser re-reads the version and carries on if the winner applied it.
+"""
 
 from __future__ import annotations
 
+from tether.errors import StoreError
 from tether.store.backend import SqlBackend, Stmt
 
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
@@ -102,19 +109,28 @@ async def migrate(backend: SqlBackend) -> int:
             )
         ]
     )
-    rows = await backend.query("SELECT MAX(version) AS v FROM schema_migrations", consistency="strong")
-    current = int(rows[0]["v"] or 0) if rows else 0
+    current = await _version(backend)
     for version, name, statements in MIGRATIONS:
         if version <= current:
             continue
-        await backend.transaction(
-            [Stmt(sql) for sql in statements]
-            + [
-                Stmt(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%s','now'))",
-                    (version, name),
-                )
-            ]
-        )
+        try:
+            await backend.transaction(
+                [Stmt(sql) for sql in statements]
+                + [
+                    Stmt(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%s','now'))",
+                        (version, name),
+                    )
+                ]
+            )
+        except StoreError:
+            if await _version(backend) < version:
+                raise
+            # another process applied it just now
         current = version
     return current
+
+
+async def _version(backend: SqlBackend) -> int:
+    rows = await backend.query("SELECT MAX(version) AS v FROM schema_migrations", consistency="strong")
+    return int(rows[0]["v"] or 0) if rows else 0

