@@ -218,6 +218,14 @@ def test_separate_role_processes_and_a_stable_worker_id(tmp_path: Path, procs: P
     second = poll(answered("second"), timeout=READY_S, interval=1.0, what="a reply from the restarted worker")
     assert second["workerId"] == worker_id  # same key, same id across restarts
 
+    # `tether drain` over NATS: the worker process finishes, announces, and exits on its own
+    drained = run_tether("drain", worker_id, "--grace", "5", env=env)
+    assert drained.returncode == 0, drained.stderr
+    assert json.loads(drained.stdout)["draining"] is True
+    poll(lambda: worker.poll() is not None, timeout=30, what="the drained worker process exited")
+    assert worker.returncode == 0, procs.output(worker)
+    assert "drain ordered" in procs.output(worker)
+
     for p in (gateway, scheduler, worker, nats):
         assert procs.stop(p, timeout=60) == 0, procs.output(p)
     poll(lambda: port_free(port) and not port_listening(port), timeout=15, what=f"port {port} free")

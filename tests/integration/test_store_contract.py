@@ -367,3 +367,29 @@ async def test_failing_operation_does_not_fail_its_batch_mates(store: JobStore) 
     assert store._batcher.ops - ops_before == 2 * (len(good) + 1)
     for j in good:
         assert (await _get(store, j.job_id))["status"] == "QUEUED"
+
+
+# ---- fleet state: expiry sweep, reliability, breakers -------------------------------------------
+
+
+async def test_expired_reservations_are_released_and_fleet_state_round_trips(store: JobStore) -> None:
+    from tether.store.fleetstate import FleetState
+
+    state = FleetState(store)
+    assert await reserve(store, key("old"), "sched-a", T0) == 1  # expires at T0 + 60
+    assert await reserve(store, key("new"), "sched-a", T0 + 100) == 1  # expires at T0 + 160
+    assert await state.release_expired(T0 + 120) == 1
+    (old,) = await store.reservations("old")
+    (new,) = await store.reservations("new")
+    assert old["released_at"] == T0 + 120 and new["released_at"] is None
+    assert await state.release_expired(T0 + 120) == 0  # released once
+
+    await state.save_reliability([("w1", 4.0, 1.0, T0), ("w2", 0.0, 2.0, T0)])
+    await state.save_reliability([("w1", 1.0, 1.0, T0 - 5)])  # an older write never wins
+    assert sorted(await state.load_reliability()) == [("w1", 4.0, 1.0, T0), ("w2", 0.0, 2.0, T0)]
+
+    key3 = ("echo", "1", "eu")
+    await state.save_breaker(key3, state="OPEN", failures=5, opened_at=T0, scheduler_id="s1", now=T0)
+    await state.save_breaker(key3, state="CLOSED", failures=0, opened_at=None, scheduler_id="s2", now=T0 + 9)
+    (row,) = await state.breakers()
+    assert (row["state"], row["failures"], row["scheduler_id"]) == ("CLOSED", 0, "s2")
