@@ -49,9 +49,12 @@ def encode_token(value: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_token(token: str) -> str:
     if not _TOKEN_OK.match(token):
         raise InvalidRequest(f"not an encoded subject token: {token!r}")
+    if "~" not in token:  # nothing escaped: the token is the value (the common case)
+        return token
     raw = bytearray()
     i = 0
     while i < len(token):
