@@ -57,7 +57,7 @@ class Settings:
     breaker_open_s: float = 10.0  # open this long, then one probe (half-open)
     reliability_half_life_s: float = 600.0
     placement_weights: str = ""  # "load=2,warm=3,..." overrides (see scoring.Weights)
-    placement_sample: int = 16  # candidates scored per decision
+    placement_sample: int = 8  # candidates scored per decision
     queue_wait_s: float = 120.0  # a job waits at most this long for a worker serving its model
     scheduler_batch: int = 256  # jobs fetched from JOBS per pull
     max_inflight: int = 4096  # jobs one scheduler holds at once (JOBS ack pending)
@@ -99,7 +99,7 @@ class Settings:
             breaker_open_s=_float("TETHER_BREAKER_OPEN_S", 10.0),
             reliability_half_life_s=_float("TETHER_RELIABILITY_HALF_LIFE_S", 600.0),
             placement_weights=_env("TETHER_WEIGHTS", ""),
-            placement_sample=_int("TETHER_PLACEMENT_SAMPLE", 16),
+            placement_sample=_int("TETHER_PLACEMENT_SAMPLE", 8),
             queue_wait_s=_float("TETHER_QUEUE_WAIT_S", 120.0),
             models=[m for m in _env("TETHER_MODELS", "echo").split(",") if m.strip()],
             max_batch=_int("TETHER_MAX_BATCH", 32),

@@ -106,7 +106,7 @@ class AffinityPlacement:
         fleet: FleetView,
         *,
         weights: Weights | None = None,
-        sample: int = 16,
+        sample: int = 8,
         reliability: Callable[[str], float] = lambda _w: 0.5,
         rtt: Callable[[str], float | None] = lambda _w: None,
         breaker_allows: Callable[[str, str, str], bool] = lambda _m, _v, _r: True,
