@@ -13,6 +13,15 @@ from streams import JOBS, SCHEDULER_CONSUMER
 from tether.fleet import FleetView, Health
 from tether.results import fetch_final
 from tether.store import JobStore
+from tether.tiers import TierThresholds, assign_tier
+
+_THRESHOLDS = TierThresholds.from_env()
+
+
+def _tier(gflops: float | None, max_alloc_mb: float | None) -> str:
+    """The tier the schedulers assign from the worker's admission benchmark, or why it is not admitted."""
+    decision = assign_tier(gflops, max_alloc_mb, _THRESHOLDS)
+    return str(decision.tier) if decision.admitted else "rejected"
 
 
 def workers_view(fleet: FleetView, now: float | None = None) -> list[dict[str, Any]]:
@@ -24,7 +33,9 @@ def workers_view(fleet: FleetView, now: float | None = None) -> list[dict[str, A
             {
                 "workerId": p.worker_id,
                 "health": str(fleet.health(e, now)),
-                "tier": p.device_class,
+                "tier": _tier(p.gflops, p.max_alloc_mb),
+                "device": p.device_class,
+                "gflops": p.gflops,
                 "region": p.region,
                 "draining": p.draining,
                 "queueDepth": p.queue_depth,

@@ -33,8 +33,8 @@ from typing import Any
 
 from schemas import ModelState
 from services.scheduler.placement import Choice
-from services.scheduler.tiers import TierDecision, TierThresholds, assign_tier
 from tether.fleet import FleetView, WorkerEntry
+from tether.tiers import TierDecision, TierThresholds, assign_tier
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.scheduler.tiers import TierThresholds, assign_tier, meets
 from services.worker.admission import largest_allocation_mb, matmul_gflops, run_benchmark
+from tether.tiers import TierThresholds, assign_tier, meets
 
 T = TierThresholds(min_gflops=5, min_alloc_mb=256, tier2_gflops=500, tier3_gflops=5000, tier3_alloc_mb=8192)
 
