@@ -144,14 +144,16 @@ async def test_worker_cannot_publish_jobs_or_read_another_workers_dispatch(
         await worker.subscribe(subjects.dispatch_subject(WORKER_A), cb=own)
         await worker.publish(subjects.presence_subject("local", WORKER_A), b"beat")
         await worker.flush()
-        await admin.publish(subjects.dispatch_subject(WORKER_A), b"for A")
-        await admin.publish(subjects.dispatch_subject(WORKER_B), b"for B")
-        await admin.flush()
-        for _ in range(250):
+        # core NATS is at-most-once: on a loaded machine a message can be missed, so send again
+        # until the worker has its own; whatever arrives, nothing meant for B may reach it
+        for _ in range(50):
+            await admin.publish(subjects.dispatch_subject(WORKER_A), b"for A")
+            await admin.publish(subjects.dispatch_subject(WORKER_B), b"for B")
+            await admin.flush()
+            await asyncio.sleep(0.1)
             if got_own and subjects.presence_subject("local", WORKER_A) in seen:
                 break
-            await asyncio.sleep(0.02)
-        assert got_own == [b"for A"] and got_other == []
+        assert got_own and set(got_own) == {b"for A"} and got_other == []
         assert subjects.presence_subject("local", WORKER_A) in seen
         assert not [s for s in seen if s.startswith("tether.jobs.")]
         assert subjects.presence_subject("local", WORKER_B) not in seen
