@@ -31,6 +31,20 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_nats(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, NatsServer]]:
+    """One nats-server (and home dir) shared by a test module's tests, for module-scoped systems."""
+    home = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    server = NatsServer(store_dir=home / "jetstream", log_file=home / "nats-server.log")
+    server.start()
+    try:
+        yield home, server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def settings(tmp_path: Path, nats_server: NatsServer) -> Settings:
     return Settings(

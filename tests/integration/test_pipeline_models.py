@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,17 +44,6 @@ def _settings(home: Path, server: NatsServer) -> Settings:
         queue_wait_s=30.0,
         dispatch_ack_s=2.0,
     )
-
-
-@pytest.fixture(scope="module")
-def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, NatsServer]]:
-    home = tmp_path_factory.mktemp("models-system")
-    server = NatsServer(store_dir=home / "jetstream", log_file=home / "nats-server.log")
-    server.start()
-    try:
-        yield home, server
-    finally:
-        server.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 HEARTBEAT_S = 0.5
 SATURATE_S = 4.0  # how long the heartbeat test keeps 32 generations running
 TINY = "tiny-gpt2"
-
-
-@pytest.fixture(scope="module")
-def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, NatsServer]]:
-    home = tmp_path_factory.mktemp("engine-system")
-    server = NatsServer(store_dir=home / "jetstream", log_file=home / "nats-server.log")
-    server.start()
-    try:
-        yield home, server
-    finally:
-        server.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
