@@ -48,10 +48,13 @@ class Reliability:
         self._dirty.add(worker_id)
 
     def score(self, worker_id: str) -> float:
+        """Called for every scored candidate of every placement: no allocation, the decay inline."""
         r = self._records.get(worker_id)
         if r is None:
             return 0.5
-        return r.decayed(self._clock(), self.half_life_s).score()
+        now = self._clock()
+        k = 0.5 ** ((now - r.updated_at) / self.half_life_s) if r.updated_at > 0 and now > r.updated_at else 1.0
+        return (r.successes * k + 1.0) / ((r.successes + r.failures) * k + 2.0)
 
     def get(self, worker_id: str) -> Record | None:
         return self._records.get(worker_id)
