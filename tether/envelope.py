@@ -13,8 +13,9 @@ for another.
 
 ``Verifier.verify`` checks, in this order (cheap checks before the signature):
 malformed, wrong_purpose, denied_key, unknown_key, stale, id_mismatch,
-bad_signature, replayed. A nonce is remembered only after the signature
-verifies, so forged traffic cannot fill the nonce cache. Not thread-safe: use
+replayed (nonce already cached), bad_signature, replayed (a duplicate that was
+in flight). A nonce is remembered only after the signature verifies, so forged
+traffic cannot fill the nonce cache. Not thread-safe: use
 one Verifier per event loop / thread.
 """
 
@@ -323,6 +324,26 @@ class Verifier:
         ``expect_node_id`` (e.g. the worker token of the subject) must be the signer's
         node id in the role its prefix names. Raises ``EnvelopeRejected`` (a
         ``SignatureInvalid``) with ``reason`` set, and counts it in ``rejections``.
+
+        The same three stages run split when the signature check is done on
+        other threads (``tether.presence_ingest``): ``prepare`` (cheap checks),
+        ``signature_ok`` (thread-safe, releases the GIL), ``commit`` (nonce).
+        """
+        pending = self.prepare(data, purpose=purpose, now=now, expect_node_id=expect_node_id)
+        return self.commit(pending, signature_ok(pending))
+
+    def prepare(
+        self,
+        data: bytes,
+        *,
+        purpose: str,
+        now: float | None = None,
+        expect_node_id: str | None = None,
+    ) -> Pending:
+        """Every check but the signature and the nonce record; EnvelopeRejected (counted) on failure.
+
+        A nonce already in the cache is rejected here as ``replayed`` without
+        spending a signature check on it (a replay or a forgery: refused either way).
         """
         try:
             env, body = _parse(data)
@@ -335,9 +356,25 @@ class Verifier:
             e.signer = env.public_key
             raise
 
+    def commit(self, pending: Pending, signature_valid: bool) -> Envelope:
+        """Finish ``pending`` given its signature check: record the nonce and count it accepted."""
+        env = pending.envelope
+        try:
+            if not signature_valid:
+                raise self.reject("bad_signature", "signature does not verify")
+            if self.fresh and not self.nonces.add(
+                env.public_key + env.nonce, pending.expires_at, pending.now
+            ):
+                raise self.reject("replayed", "nonce already seen")
+        except EnvelopeRejected as e:
+            e.signer = env.public_key
+            raise
+        self.accepted += 1
+        return env
+
     def _check(
         self, env: Envelope, body: bytes, purpose: str, now: float | None, expect_node_id: str | None
-    ) -> Envelope:
+    ) -> Pending:
         if env.purpose != purpose:
             raise self.reject("wrong_purpose", f"sealed for {env.purpose!r}, expected {purpose!r}")
         pk = env.public_key
@@ -361,11 +398,26 @@ class Verifier:
             expect_node_id[2:] != id_suffix or expect_node_id[:2] not in self._id_prefixes
         ):
             raise self.reject("id_mismatch", f"node id {expect_node_id!r} does not belong to the signing key")
-        try:
-            vk.verify(CONTEXT + body, env.signature)
-        except BadSignatureError:
-            raise self.reject("bad_signature", "signature does not verify") from None
-        if self.fresh and not self.nonces.add(pk + env.nonce, ts + skew, now):
+        if self.fresh and pk + env.nonce in self.nonces:
             raise self.reject("replayed", "nonce already seen")
-        self.accepted += 1
-        return env
+        return Pending(env, CONTEXT + body, vk, ts + skew, now)
+
+
+@dataclass(slots=True)
+class Pending:
+    """An envelope that passed every check but the signature (from ``Verifier.prepare``)."""
+
+    envelope: Envelope
+    signed: bytes  # CONTEXT + body: the bytes the signature covers
+    key: VerifyKey
+    expires_at: float  # when its nonce may be forgotten
+    now: float
+
+
+def signature_ok(pending: Pending) -> bool:
+    """Does the signature verify? Pure and thread-safe; libsodium runs without the GIL."""
+    try:
+        pending.key.verify(pending.signed, pending.envelope.signature)
+    except BadSignatureError:
+        return False
+    return True

@@ -35,16 +35,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas import ModelAnnouncement, ModelState, Presence
 from tether import subjects
-from tether.envelope import EnvelopeRejected, open_envelope
-from tether.settings import Settings
-from tether.signed import PresenceGate
+from tether.envelope import EnvelopeRejected, open_envelope, signature_ok
+from tether.presence_ingest import PresenceIngest
+from tether.settings import Settings, default_verify_workers
+from tether.signed import Admission, PresenceGate
 
 log = logging.getLogger(__name__)
-
-
-_MODELS = f"{subjects.PREFIX}.models."
-#: Presence handling yields to the event loop after this many messages in a row.
-YIELD_EVERY = 16
 
 
 class Health(StrEnum):
@@ -127,7 +123,9 @@ class FleetView:
         self._models_seen: set[tuple[str, str]] = set()
         self.announcements: dict[tuple[str, str, str], ModelAnnouncement] = {}
         self._subs: list[object] = []
-        self._received = 0
+        self._ingest: PresenceIngest | None = None
+        #: Processes checking signatures of live traffic under load (``tether.presence_ingest``).
+        self.verify_workers = settings.verify_workers if settings is not None else default_verify_workers()
         self.changed = asyncio.Event()
 
     @classmethod
@@ -154,31 +152,35 @@ class FleetView:
 
     def observe(self, presence: Presence, *, seen_at: float | None = None) -> None:
         now = self._clock() if seen_at is None else seen_at
-        prev = self._workers.get(presence.worker_id)
-        if (
-            prev is not None
-            and presence.started_at == prev.presence.started_at
-            and presence.seq <= prev.presence.seq
-        ):
-            return  # out of order or duplicate
-        entry = WorkerEntry(presence, now)
-        self._workers[presence.worker_id] = entry
-        served = {
-            (m.model_id, m.version): m.state for m in presence.models if m.state in SERVABLE_STATES
-        }
-        old = prev.served if prev is not None else {}
-        entry.served = served
-        for key in old.keys() - served.keys():
-            index = self._by_model.get(key)
-            if index is not None:
-                index.discard(presence.worker_id)
-        for key in served:
-            index = self._by_model.get(key)
-            if index is None:
-                index = self._by_model[key] = WorkerIndex()
-            index.put(entry)
+        worker_id = presence.worker_id
+        entry = self._workers.get(worker_id)
+        if entry is not None:
+            prev = entry.presence
+            if presence.started_at == prev.started_at and presence.seq <= prev.seq:
+                return  # out of order or duplicate
+        served = {(m.model_id, m.version): m.state for m in presence.models if m.state in SERVABLE_STATES}
+        if entry is None:
+            entry = self._workers[worker_id] = WorkerEntry(presence, now)
+            old: dict[tuple[str, str], ModelState] = {}
+        else:  # updated in place: the model indexes hold this entry already
+            entry.presence, entry.last_seen = presence, now
+            old = entry.served
+        if served != old:
+            entry.served = served
+            for key in old.keys() - served.keys():
+                index = self._by_model.get(key)
+                if index is not None:
+                    index.discard(worker_id)
+            for key in served.keys() - old.keys():
+                index = self._by_model.get(key)
+                if index is None:
+                    index = self._by_model[key] = WorkerIndex()
+                index.put(entry)
+        seen = self._models_seen
         for m in presence.models:
-            self._models_seen.add((m.model_id, m.version))
+            key = (m.model_id, m.version)
+            if key not in seen:
+                seen.add(key)
         self.changed.set()
 
     def health(self, entry: WorkerEntry, now: float | None = None) -> Health:
@@ -268,14 +270,22 @@ class FleetView:
         if replay and self._already_seen(data):
             return False
         try:
-            if subject.startswith(_MODELS):
-                ann = self.gate.announcement(subject, data)
-                self.announcements[(ann.worker_id, ann.model_id, ann.version)] = ann
-                self._models_seen.add((ann.model_id, ann.version))
-            else:
-                self.observe(self.gate.presence(subject, data), seen_at=seen_at)
+            adm = self.gate.prepare(subject, data)
         except EnvelopeRejected:
             return False
+        return self.admit(adm, signature_ok(adm.pending), seen_at=seen_at)
+
+    def admit(self, adm: Admission, signature_valid: bool, *, seen_at: float | None = None) -> bool:
+        """Finish admitting a prepared message whose signature was checked; False if refused."""
+        try:
+            msg = self.gate.complete(adm, signature_valid)
+        except EnvelopeRejected:
+            return False
+        if isinstance(msg, ModelAnnouncement):
+            self.announcements[(msg.worker_id, msg.model_id, msg.version)] = msg
+            self._models_seen.add((msg.model_id, msg.version))
+        else:
+            self.observe(msg, seen_at=seen_at)
         return True
 
     def _already_seen(self, data: bytes) -> bool:
@@ -297,11 +307,10 @@ class FleetView:
         tail = ">" if region == "*" else f"{subjects.encode_token(region)}.>"
         presence = f"{subjects.PREFIX}.presence.{tail}"
 
+        ingest = self._ingest = PresenceIngest(self, workers=self.verify_workers)
+
         async def on_msg(msg: Msg) -> None:
-            self.accept(msg.subject, msg.data)
-            self._received += 1
-            if self._received % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # a flood of forgeries must not starve placement
+            ingest.submit(msg.subject, msg.data)
 
         self._subs.append(await nc.subscribe(presence, cb=on_msg))
         self._subs.append(await nc.subscribe(subjects.MODELS_ALL, cb=on_msg))
@@ -344,4 +353,6 @@ class FleetView:
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # type: ignore[attr-defined]
+        if self._ingest is not None:
+            await self._ingest.stop()
         await self.gate.verifier.trust.stop()

@@ -18,6 +18,11 @@ DEFAULT_MAX_NEW_TOKENS = 2048
 DEFAULT_JOB_LEASE_S = 30.0
 
 
+def default_verify_workers() -> int:
+    """Processes checking presence signatures under load: one per core beside the event loop's, 1..4."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
@@ -75,6 +80,7 @@ class Settings:
     allowlist: Path | None = None  # None: $TETHER_HOME/trust/allowlist
     skew_s: float = 30.0  # signed messages older / newer than this are refused
     trust_reload_s: float = 2.0  # how often the allowlist file is checked for changes
+    verify_workers: int = field(default_factory=lambda: default_verify_workers())  # presence signature helpers
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -113,6 +119,7 @@ class Settings:
             insecure=_env("TETHER_INSECURE", "") not in ("", "0", "false", "no"),
             allowlist=Path(os.environ["TETHER_ALLOWLIST"]) if os.environ.get("TETHER_ALLOWLIST") else None,
             skew_s=_float("TETHER_SKEW_S", 30.0),
+            verify_workers=_int("TETHER_VERIFY_WORKERS", default_verify_workers()),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
@@ -26,13 +27,23 @@ from pydantic import BaseModel, ValidationError
 
 from schemas import ModelAnnouncement, Presence
 from tether import subjects
-from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, EnvelopeRejected, Verifier, open_envelope, seal
+from tether.envelope import (
+    PURPOSE_MODEL,
+    PURPOSE_PRESENCE,
+    EnvelopeRejected,
+    Pending,
+    Verifier,
+    open_envelope,
+    seal,
+    signature_ok,
+)
 from tether.errors import InvalidRequest
 from tether.identity import Identity, encode_public_key
 
 log = logging.getLogger(__name__)
 
 ENVELOPE = "application/tether-envelope"
+_MODELS = f"{subjects.PREFIX}.models."
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -91,8 +102,24 @@ def _offender(err: EnvelopeRejected, subject: str) -> str:
     return encode_public_key(err.signer) if err.signer else f"subject:{subject}"
 
 
+@dataclass(slots=True)
+class Admission:
+    """A heartbeat or announcement that passed every check but its signature (``PresenceGate.prepare``)."""
+
+    subject: str
+    pending: Pending
+    worker: str | None  # presence: the worker id the subject names
+    model: tuple[str, str] | None  # announcement: (model, version) the subject names
+
+
 class PresenceGate:
-    """Admits signed heartbeats and announcements; everything else is counted and dropped."""
+    """Admits signed heartbeats and announcements; everything else is counted and dropped.
+
+    ``presence`` and ``announcement`` admit one message. The same work split in
+    two, ``prepare`` then ``complete`` with the signature checked in between
+    (``tether.envelope.signature_ok``, thread-safe), lets a receiver check
+    signatures on other cores (``tether.presence_ingest``).
+    """
 
     def __init__(self, verifier: Verifier, *, rejection_log: RejectionLog | None = None) -> None:
         if verifier.role not in (None, "worker"):
@@ -106,34 +133,61 @@ class PresenceGate:
 
     def presence(self, subject: str, data: bytes, *, now: float | None = None) -> Presence:
         """The heartbeat, if admitted; EnvelopeRejected (counted, rate-limited log) otherwise."""
+        adm = self.prepare(subject, data, now=now, announcement=False)
+        return self.complete(adm, signature_ok(adm.pending))  # type: ignore[return-value]
+
+    def announcement(self, subject: str, data: bytes, *, now: float | None = None) -> ModelAnnouncement:
+        """The model announcement, if admitted; EnvelopeRejected otherwise."""
+        adm = self.prepare(subject, data, now=now, announcement=True)
+        return self.complete(adm, signature_ok(adm.pending))  # type: ignore[return-value]
+
+    def prepare(
+        self, subject: str, data: bytes, *, now: float | None = None, announcement: bool | None = None
+    ) -> Admission:
+        """Subject, envelope and key checks (no signature yet); EnvelopeRejected otherwise.
+
+        ``announcement`` None: decided by the subject (``tether.models.`` or not).
+        """
+        if announcement is None:
+            announcement = subject.startswith(_MODELS)
         try:
+            if announcement:
+                model = (self._token(subject, 2, 5), self._token(subject, 3, 5))
+                pending = self.verifier.prepare(data, purpose=PURPOSE_MODEL, now=now)
+                return Admission(subject, pending, None, model)
             worker = self._token(subject, 3, 4)
-            env = self.verifier.verify(data, purpose=PURPOSE_PRESENCE, now=now, expect_node_id=worker)
-            p = self._payload(Presence, env.payload)
-            if p.worker_id != worker:
-                raise self.verifier.reject(
-                    "id_mismatch", f"payload worker id {p.worker_id!r} is not {worker!r}"
-                )
-            return p
+            pending = self.verifier.prepare(data, purpose=PURPOSE_PRESENCE, now=now, expect_node_id=worker)
+            return Admission(subject, pending, worker, None)
         except EnvelopeRejected as err:
             self.log.note(_offender(err, subject), err)
             raise
 
-    def announcement(self, subject: str, data: bytes, *, now: float | None = None) -> ModelAnnouncement:
-        """The model announcement, if admitted; EnvelopeRejected otherwise."""
+    def complete(self, adm: Admission, signature_valid: bool) -> Presence | ModelAnnouncement:
+        """The admitted message once its signature was checked; EnvelopeRejected otherwise."""
         try:
-            model, version = self._token(subject, 2, 5), self._token(subject, 3, 5)
-            env = self.verifier.verify(data, purpose=PURPOSE_MODEL, now=now)
+            env = self.verifier.commit(adm.pending, signature_valid)
+            if adm.worker is not None:
+                p = self._payload(Presence, env.payload)
+                if p.worker_id != adm.worker:
+                    raise self.verifier.reject(
+                        "id_mismatch",
+                        f"payload worker id {p.worker_id!r} is not {adm.worker!r}",
+                        env.public_key,
+                    )
+                return p
             a = self._payload(ModelAnnouncement, env.payload)
             if a.worker_id != env.node_id("worker"):
                 msg = f"worker id {a.worker_id!r} is not the signer's"
                 raise self.verifier.reject("id_mismatch", msg, env.public_key)
-            if (a.model_id, a.version) != (model, version):
-                msg = "announcement does not match its subject"
-                raise self.verifier.reject("malformed", msg, env.public_key)
+            if (a.model_id, a.version) != adm.model:
+                raise self.verifier.reject(
+                    "malformed", "announcement does not match its subject", env.public_key
+                )
             return a
         except EnvelopeRejected as err:
-            self.log.note(_offender(err, subject), err)
+            if err.signer is None:
+                err.signer = adm.pending.envelope.public_key
+            self.log.note(_offender(err, adm.subject), err)
             raise
 
     def _token(self, subject: str, index: int, length: int) -> str:

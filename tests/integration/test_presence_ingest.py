@@ -1,0 +1,143 @@
+"""Presence ingest under load: signature checks in helper processes, order-sensitive work on the loop.
+
+Real signed heartbeats and forgeries go through ``PresenceIngest`` (what
+``FleetView.start`` feeds from NATS); the helper processes are real child
+processes running ``python -m tether.sigcheck``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgpack
+
+from schemas import ModelState, Presence, ServedModel
+from tether import subjects
+from tether.envelope import PURPOSE_PRESENCE, Verifier, seal
+from tether.fleet import FleetView
+from tether.identity import Identity
+from tether.presence_ingest import MIN_PARALLEL, PresenceIngest
+from tether.sigcheck import SigChecker, check_batch
+from tether.signed import PresenceGate, seal_message
+
+
+def beat(worker: Identity, seq: int) -> tuple[str, bytes]:
+    p = Presence(
+        worker_id=worker.node_id, region="local", device_class="cpu", capacity=4, queue_depth=seq % 4,
+        models=[ServedModel(model_id="m", version="1", task="generate", state=ModelState.WARM)],
+        heartbeat_s=5.0, started_at=1.0, seq=seq, ts=time.time(),
+    )  # fmt: skip
+    return subjects.presence_subject("local", worker.node_id), seal_message(worker, p, PURPOSE_PRESENCE)
+
+
+def forged(worker: Identity, seq: int) -> tuple[str, bytes]:
+    """The worker's own subject and key, with a signature that does not verify."""
+    subject, data = beat(worker, seq)
+    body, _sig = msgpack.unpackb(data)
+    return subject, msgpack.packb([body, os.urandom(64)])
+
+
+def fleet_for(workers: list[Identity]) -> FleetView:
+    return FleetView(heartbeat_s=5.0, gate=PresenceGate(Verifier([w.public_key for w in workers], role="worker")))
+
+
+async def settle(ingest: PresenceIngest, fleet: FleetView, total: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while ingest.admitted + fleet.rejected < total:
+        assert time.monotonic() < deadline, (ingest.admitted, dict(fleet.rejections))
+        await asyncio.sleep(0.01)
+
+
+def test_check_batch_answers_per_item() -> None:
+    w = Identity.generate("worker")
+    good = w.signing_key.sign(b"hello")
+    other = Identity.generate("worker")
+    items = [
+        (w.public_key, b"hello", good.signature),
+        (w.public_key, b"hellO", good.signature),  # tampered message
+        (other.public_key, b"hello", good.signature),  # someone else's key
+    ]
+    assert check_batch(items) == [True, False, False]
+
+
+async def test_helper_process_checks_batches_in_order_and_exits_with_its_input() -> None:
+    w = Identity.generate("worker")
+    msgs = [f"m{i}".encode() for i in range(50)]
+    items = [(w.public_key, m, w.signing_key.sign(m).signature) for m in msgs]
+    items[7] = (w.public_key, b"forged", items[7][2])
+    checker = SigChecker()
+    await checker.start()
+    try:
+        answers = await asyncio.gather(checker.check(items[:25]), checker.check(items[25:]))
+        assert answers[0] + answers[1] == [i != 7 for i in range(50)]
+    finally:
+        proc = checker._proc
+        await checker.stop()
+    assert proc is not None and proc.returncode == 0  # closed stdin: the child exits by itself
+
+
+async def test_ingest_under_load_admits_real_heartbeats_and_refuses_forgeries() -> None:
+    workers = [Identity.generate("worker") for _ in range(20)]
+    fleet = fleet_for(workers)
+    ingest = PresenceIngest(fleet, workers=2)
+    real = [beat(workers[i % 20], 1 + i // 20) for i in range(400)]
+    bad = [forged(workers[i % 20], 1000 + i) for i in range(60)]
+    replays = real[:30]
+    try:
+        # a first batch under load starts the helpers; the rest is checked by them
+        for subject, data in real[:200] + bad[:30]:
+            ingest.submit(subject, data)
+        await settle(ingest, fleet, 230)
+        for _ in range(200):
+            if [c for c in ingest._checkers if c.alive]:
+                break
+            await asyncio.sleep(0.05)
+        assert len([c for c in ingest._checkers if c.alive]) == 2
+        for subject, data in real[200:] + bad[30:] + replays:
+            ingest.submit(subject, data)
+        await settle(ingest, fleet, 490)
+        assert ingest.admitted == 400
+        assert fleet.rejections["bad_signature"] == 60
+        assert fleet.rejections["replayed"] == 30
+        assert {e.worker_id for e in fleet.workers()} == {w.node_id for w in workers}
+        assert all(e.presence.seq == 20 for e in fleet.workers())  # the newest heartbeat of each
+    finally:
+        await ingest.stop()
+
+
+async def test_ingest_goes_on_when_a_helper_dies() -> None:
+    workers = [Identity.generate("worker") for _ in range(8)]
+    fleet = fleet_for(workers)
+    ingest = PresenceIngest(fleet, workers=1)
+    beats = [beat(workers[i % 8], 1 + i // 8) for i in range(6 * MIN_PARALLEL)]
+    try:
+        for subject, data in beats[: 2 * MIN_PARALLEL]:
+            ingest.submit(subject, data)
+        await settle(ingest, fleet, 2 * MIN_PARALLEL)
+        for _ in range(200):
+            if [c for c in ingest._checkers if c.alive]:
+                break
+            await asyncio.sleep(0.05)
+        helper = ingest._checkers[0]
+        assert helper._proc is not None
+        helper._proc.kill()
+        await helper._proc.wait()
+        for subject, data in beats[2 * MIN_PARALLEL :]:
+            ingest.submit(subject, data)
+        await settle(ingest, fleet, len(beats))
+        assert ingest.admitted == len(beats) and fleet.rejected == 0
+    finally:
+        await ingest.stop()
+
+
+async def test_queue_is_bounded_and_drops_are_counted() -> None:
+    w = Identity.generate("worker")
+    fleet = fleet_for([w])
+    ingest = PresenceIngest(fleet, workers=0, max_queue=10)
+    payload = msgpack.packb({"x": 1})
+    for _ in range(25):  # submitted without yielding: the ingest task cannot run in between
+        ingest.submit(subjects.presence_subject("local", w.node_id), seal(w, payload, PURPOSE_PRESENCE))
+    assert ingest.dropped == 15 and ingest.pending == 10
+    await ingest.stop()
