@@ -56,7 +56,7 @@ class DecodeBatch:
             mask[i, width - len(row) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = kv.growable(DynamicCache(config=self.model.config))
         with torch.inference_mode():
             out = self.model(
                 input_ids=input_ids,
