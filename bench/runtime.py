@@ -5,7 +5,8 @@
 (b) engine: ``EngineRuntime`` -- continuous batching with streaming.
 
 For each concurrency level C, C clients each send requests back to back (closed loop) until
-N requests are done; greedy decoding with a fixed ``max_new_tokens``, prompts of different
+N requests are done (default 3×C, at least 16: the steady state of a loaded server, not just
+one wave's ramp-up and tail); greedy decoding with a fixed ``max_new_tokens``, prompts of different
 lengths. Prints tokens/s, p50/p95 request latency and, for the engine, p50/p95 time to
 first streamed token (the naive runtime's first token arrives with its last).
 
@@ -124,7 +125,7 @@ async def bench_model(name: str, spec: ModelSpec, prompts: list[str], args: argp
     base: dict[int, Figures] = {}
     try:
         for c in args.levels:
-            total = args.requests or max(8, c)
+            total = args.requests or max(16, 3 * c)
             await run_level(engine, prompts, 4, min(c, 4), min(c, 4))  # warm-up
             for label, runtime in (("naive", naive), ("engine", engine)):
                 fig = await run_level(runtime, prompts, args.tokens, c, total)
@@ -153,7 +154,7 @@ async def main() -> None:
     parser.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(8, C))")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(16, 3*C))")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--cache", default=str(Path(".tether") / "cache"), help="GGUF conversion cache")
     args = parser.parse_args()

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from . import kv
+from .prefix import PrefixCache
 from .sequence import Sequence
 
 
 class DecodeBatch:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, prefixes: PrefixCache | None = None) -> None:
         self.model = model
+        self.prefixes = prefixes
         self._clear()
 
     def _clear(self) -> None:
@@ -42,21 +44,33 @@ class DecodeBatch:
     # ------------------------------------------------------------------ forward passes
 
     def prefill(self, seqs: list[Sequence], pad_id: int) -> torch.Tensor:
-        """Become a batch of ``seqs`` (this batch must be empty); returns their next-token logits."""
+        """Become a batch of ``seqs`` (this batch must be empty); returns their next-token logits.
+
+        With a prefix cache, rows that share a cached prefix start from a copy of its keys
+        and values and only their suffixes run (layout ``[prefix | padding | suffix]``).
+        """
         from transformers import DynamicCache
 
         assert not self.rows
         device = self.model.device
         ids = [s.context_ids() for s in seqs]
+        cache = kv.growable(DynamicCache(config=self.model.config))
+        prefix = self.prefixes.find(ids) if self.prefixes is not None and kv.all_growable(cache) else None
+        p = 0
+        if prefix is not None:
+            p = len(prefix.ids)
+            for i, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
+                cache.update(k.expand(len(ids), -1, -1, -1), v.expand(len(ids), -1, -1, -1), i)
+            ids = [row[p:] for row in ids]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        mask = torch.zeros((len(ids), p + width), dtype=torch.long)
+        mask[:, :p] = 1
         for i, row in enumerate(ids):
             input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
+            mask[i, p + width - len(row) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = kv.growable(DynamicCache(config=self.model.config))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
         with torch.inference_mode():
             out = self.model(
                 input_ids=input_ids,

@@ -31,6 +31,7 @@ from services.worker.runtimes.base import Delta, RunResult
 from tether.errors import Cancelled, TetherError, WorkerFailed
 
 from .batch import DecodeBatch
+from .prefix import PrefixCache
 from .sampling import next_tokens
 from .sequence import Sequence
 
@@ -69,6 +70,7 @@ class GenerationEngine:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
+        prefix_cache: bool = True,
         name: str = "engine",
     ) -> None:
         if max_batch < 1:
@@ -83,6 +85,7 @@ class GenerationEngine:
         self._queue: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
         self._waiting: deque[Sequence] = deque()
         self._batch = DecodeBatch(model)
+        self.prefixes = PrefixCache(model) if prefix_cache else None
         self._mergeable: bool | None = None  # learnt from the first prefill
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name=f"{name}-engine", daemon=True)
@@ -182,7 +185,7 @@ class GenerationEngine:
             group.append(seq)
         if not group:
             return
-        fresh = DecodeBatch(self.model)
+        fresh = DecodeBatch(self.model, self.prefixes)
         try:
             logits = fresh.prefill(group, self.pad_id)
         except Exception as exc:

@@ -94,6 +94,12 @@ def growable(cache: Any) -> Any:
     return cache
 
 
+def all_growable(cache: Any) -> bool:
+    """Every layer a ``GrowableLayer`` (full attention, per-position state): prefixes can be copied in."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is GrowableLayer for layer in layers)
+
+
 def _layers(cache: Any) -> list[Any]:
     return list(getattr(cache, "layers", []))
 
