@@ -5,7 +5,7 @@
 (b) engine: ``EngineRuntime`` -- continuous batching with streaming.
 
 For each concurrency level C, C clients each send requests back to back (closed loop) until
-N requests are done (default 3×C, at least 16: the steady state of a loaded server, not just
+N requests are done (default 3xC, at least 16: the steady state of a loaded server, not just
 one wave's ramp-up and tail); greedy decoding with a fixed ``max_new_tokens``, prompts of different
 lengths. Prints tokens/s, p50/p95 request latency and, for the engine, p50/p95 time to
 first streamed token (the naive runtime's first token arrives with its last).
