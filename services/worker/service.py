@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from enum import StrEnum
@@ -280,6 +281,9 @@ class Worker:
     async def _load_models(self) -> None:
         try:
             await self.cache.start()
+            # Loaded models are millions of long-lived objects: keep them out of the cyclic
+            # collector's scans, so a full collection cannot stall heartbeats and streaming.
+            gc.freeze()
         finally:
             self._ready.set()
 
