@@ -31,6 +31,9 @@ from tether.chunks import Reorder
 
 log = logging.getLogger(__name__)
 
+#: How long a pending chunk read may finish after the final result arrived (see ``events``).
+FINAL_GRACE_S = 0.02
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
@@ -79,6 +82,10 @@ class JobStream:
             nxt = asyncio.create_task(self._sub.next_msg(timeout=None))
             try:
                 await asyncio.wait({nxt, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    # The final came first. next_msg takes a message off the queue in an inner
+                    # task: cancelling it at that moment would lose the chunk, so let it land.
+                    await asyncio.wait({nxt}, timeout=FINAL_GRACE_S)
             finally:
                 if not nxt.done():
                     nxt.cancel()
