@@ -5,7 +5,8 @@ request) and, in its ``on_job`` hook, subscribes to ``tether.results.<job>.chunk
 *before* the job is published, so no chunk can be missed. ``events()`` yields ``Chunk``s
 in ``seq`` order (late duplicates dropped, early ones held back) and ends with the
 ``InferReply``. When the final result arrives the chunks that preceded it are already
-queued on the subscription (one connection, one socket order), so they are drained first;
+queued (one connection, one socket order; the subscription feeds an ``asyncio.Queue``,
+whose ``get`` can be cancelled without losing an item), so they are drained first;
 whatever the chunks did not cover (a model that streams nothing, like echo, or a chunk
 lost on core NATS) is sent as one last chunk taken from the final text. A client that
 goes away mid-stream gets its job cancelled (``CancelRequest`` on
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from schemas import CancelRequest, InferReply, InferRequest, ResultChunk
@@ -30,9 +32,6 @@ from tether import codec, subjects
 from tether.chunks import Reorder
 
 log = logging.getLogger(__name__)
-
-#: How long a pending chunk read may finish after the final result arrived (see ``events``).
-FINAL_GRACE_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +50,18 @@ class JobStream:
         self.created = int(time.time())
         self.done = False
         self._sub: Subscription | None = None
+        self._chunks: asyncio.Queue[Msg] = asyncio.Queue()  # fed by the subscription, in socket order
         self._started = asyncio.Event()
         self._task: asyncio.Task[InferReply] | None = None
 
     async def _on_job(self, job_id: str) -> None:
         assert self.gateway.nc is not None
         self.job_id = job_id
-        self._sub = await self.gateway.nc.subscribe(subjects.chunks_subject(job_id))
+        self._sub = await self.gateway.nc.subscribe(subjects.chunks_subject(job_id), cb=self._on_chunk)
         self._started.set()
+
+    async def _on_chunk(self, msg: Msg) -> None:
+        self._chunks.put_nowait(msg)
 
     async def start(self) -> str:
         """Admit and enqueue the job; raises the ``TetherError`` that refused it before queueing."""
@@ -79,24 +82,21 @@ class JobStream:
         assert self._task is not None and self._sub is not None and self.job_id is not None
         order = Reorder()
         while True:
-            nxt = asyncio.create_task(self._sub.next_msg(timeout=None))
+            nxt = asyncio.create_task(self._chunks.get())
             try:
                 await asyncio.wait({nxt, self._task}, return_when=asyncio.FIRST_COMPLETED)
-                if not nxt.done():
-                    # The final came first. next_msg takes a message off the queue in an inner
-                    # task: cancelling it at that moment would lose the chunk, so let it land.
-                    await asyncio.wait({nxt}, timeout=FINAL_GRACE_S)
             finally:
-                if not nxt.done():
+                if not nxt.done():  # cancelling a Queue.get never loses an item
                     nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                    with contextlib.suppress(asyncio.CancelledError):
                         await nxt
-            if nxt.cancelled() or nxt.exception() is not None:
+            if nxt.cancelled():
                 break
             for seq, text in order.push(*self._decode(nxt.result())):
                 yield Chunk(self.job_id, seq, text)
-        while self._sub.pending_msgs > 0:  # chunks that arrived before the final result
-            for seq, text in order.push(*self._decode(await self._sub.next_msg(timeout=1.0))):
+        # chunks that arrived before the final result: queued here or still on the subscription
+        while not self._chunks.empty() or self._sub.pending_msgs > 0:
+            for seq, text in order.push(*self._decode(await asyncio.wait_for(self._chunks.get(), 1.0))):
                 yield Chunk(self.job_id, seq, text)
         reply = await self._task  # raises a final error
         rest = order.remainder(reply.result)
