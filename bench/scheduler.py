@@ -136,7 +136,7 @@ async def ingest_through_nats(n: int, helpers: int) -> tuple[float, int]:
         fleet.verify_workers = helpers
         await fleet.start(nc, nc.jetstream())
         await nc.flush()
-        ingest = fleet._ingest
+        ingest = fleet.ingest
         assert ingest is not None
         ctype = envelope_headers()[codec.CONTENT_TYPE]
         pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, server.url, str(tmp / "payloads"), ctype])

@@ -123,7 +123,7 @@ class FleetView:
         self._models_seen: set[tuple[str, str]] = set()
         self.announcements: dict[tuple[str, str, str], ModelAnnouncement] = {}
         self._subs: list[object] = []
-        self._ingest: PresenceIngest | None = None
+        self.ingest: PresenceIngest | None = None  # live traffic, once started
         #: Processes checking signatures of live traffic under load (``tether.presence_ingest``).
         self.verify_workers = settings.verify_workers if settings is not None else default_verify_workers()
         self.changed = asyncio.Event()
@@ -307,7 +307,7 @@ class FleetView:
         tail = ">" if region == "*" else f"{subjects.encode_token(region)}.>"
         presence = f"{subjects.PREFIX}.presence.{tail}"
 
-        ingest = self._ingest = PresenceIngest(self, workers=self.verify_workers)
+        ingest = self.ingest = PresenceIngest(self, workers=self.verify_workers)
 
         async def on_msg(msg: Msg) -> None:
             ingest.submit(msg.subject, msg.data)
@@ -353,6 +353,6 @@ class FleetView:
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # type: ignore[attr-defined]
-        if self._ingest is not None:
-            await self._ingest.stop()
+        if self.ingest is not None:
+            await self.ingest.stop()
         await self.gate.verifier.trust.stop()

@@ -26,8 +26,8 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from tether.envelope import EnvelopeRejected
-from tether.sigcheck import SigChecker, check_batch
+from tether.envelope import EnvelopeRejected, signature_ok
+from tether.sigcheck import SigChecker
 from tether.signed import Admission
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ MIN_PARALLEL = 32
 
 def _items(admissions: list[Admission]) -> list[tuple[bytes, bytes, bytes]]:
     return [(a.pending.envelope.public_key, a.pending.signed, a.pending.envelope.signature) for a in admissions]
+
+
+def _check_here(admissions: list[Admission]) -> list[bool]:
+    return [signature_ok(a.pending) for a in admissions]
 
 
 class PresenceIngest:
@@ -78,6 +82,11 @@ class PresenceIngest:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def helpers(self) -> list[SigChecker]:
+        """The signature-check helper processes running now."""
+        return [c for c in self._checkers if c.alive]
 
     async def _run(self) -> None:
         """Rounds in a pipeline: while one batch's signatures are checked on the pool, the loop
@@ -117,14 +126,14 @@ class PresenceIngest:
         """The batch's signature checks, split over the helper processes (on the loop when the
         batch is small, no helpers are configured, or they are still starting)."""
         loop = asyncio.get_running_loop()
-        items = _items(admissions)
-        checkers = [c for c in self._checkers if c.alive]
-        if self.workers and len(items) >= MIN_PARALLEL and self._starting is None and not checkers:
+        checkers = self.helpers
+        if self.workers and len(admissions) >= MIN_PARALLEL and self._starting is None and not checkers:
             self._starting = loop.create_task(self._start_checkers(), name="sigcheck-start")
-        if not checkers or len(items) < MIN_PARALLEL:
+        if not checkers or len(admissions) < MIN_PARALLEL:
             done: asyncio.Future[list[bool]] = loop.create_future()
-            done.set_result(check_batch(items))
+            done.set_result(_check_here(admissions))
             return done
+        items = _items(admissions)
         step = -(-len(items) // len(checkers))
         parts = [c.check(items[i * step : (i + 1) * step]) for i, c in enumerate(checkers) if i * step < len(items)]
 
@@ -133,7 +142,7 @@ class PresenceIngest:
                 return [ok for part in await asyncio.gather(*parts) for ok in part]
             except Exception as e:  # a helper died: check this batch here; the next starts new ones
                 log.warning("signature check process failed", extra={"error": str(e)})
-                return check_batch(items)
+                return _check_here(admissions)
 
         return asyncio.ensure_future(joined())
 

@@ -35,7 +35,6 @@ from tether.envelope import (
     Verifier,
     open_envelope,
     seal,
-    signature_ok,
 )
 from tether.errors import InvalidRequest
 from tether.identity import Identity, encode_public_key
@@ -115,10 +114,10 @@ class Admission:
 class PresenceGate:
     """Admits signed heartbeats and announcements; everything else is counted and dropped.
 
-    ``presence`` and ``announcement`` admit one message. The same work split in
-    two, ``prepare`` then ``complete`` with the signature checked in between
-    (``tether.envelope.signature_ok``, thread-safe), lets a receiver check
-    signatures on other cores (``tether.presence_ingest``).
+    Admission is two calls with the signature checked in between: ``prepare``
+    (subject and envelope checks), then ``complete`` (nonce, payload, id binding)
+    given the result of ``tether.envelope.signature_ok``, or of a helper process
+    (``tether.presence_ingest``).
     """
 
     def __init__(self, verifier: Verifier, *, rejection_log: RejectionLog | None = None) -> None:
@@ -131,27 +130,13 @@ class PresenceGate:
     def rejections(self) -> Counter[str]:
         return self.verifier.rejections
 
-    def presence(self, subject: str, data: bytes, *, now: float | None = None) -> Presence:
-        """The heartbeat, if admitted; EnvelopeRejected (counted, rate-limited log) otherwise."""
-        adm = self.prepare(subject, data, now=now, announcement=False)
-        return self.complete(adm, signature_ok(adm.pending))  # type: ignore[return-value]
-
-    def announcement(self, subject: str, data: bytes, *, now: float | None = None) -> ModelAnnouncement:
-        """The model announcement, if admitted; EnvelopeRejected otherwise."""
-        adm = self.prepare(subject, data, now=now, announcement=True)
-        return self.complete(adm, signature_ok(adm.pending))  # type: ignore[return-value]
-
-    def prepare(
-        self, subject: str, data: bytes, *, now: float | None = None, announcement: bool | None = None
-    ) -> Admission:
+    def prepare(self, subject: str, data: bytes, *, now: float | None = None) -> Admission:
         """Subject, envelope and key checks (no signature yet); EnvelopeRejected otherwise.
 
-        ``announcement`` None: decided by the subject (``tether.models.`` or not).
+        A model announcement on ``tether.models.>``, a heartbeat on any other subject.
         """
-        if announcement is None:
-            announcement = subject.startswith(_MODELS)
         try:
-            if announcement:
+            if subject.startswith(_MODELS):
                 model = (self._token(subject, 2, 5), self._token(subject, 3, 5))
                 pending = self.verifier.prepare(data, purpose=PURPOSE_MODEL, now=now)
                 return Admission(subject, pending, None, model)

@@ -50,6 +50,13 @@ async def settle(ingest: PresenceIngest, fleet: FleetView, total: int, timeout: 
         await asyncio.sleep(0.01)
 
 
+async def helpers_up(ingest: PresenceIngest, timeout: float = 10.0) -> None:
+    """Wait until the helper processes the first batch under load started are running."""
+    deadline = time.monotonic() + timeout
+    while not ingest.helpers and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 def test_check_batch_answers_per_item() -> None:
     w = Identity.generate("worker")
     good = w.signing_key.sign(b"hello")
@@ -90,11 +97,8 @@ async def test_ingest_under_load_admits_real_heartbeats_and_refuses_forgeries() 
         for subject, data in real[:200] + bad[:30]:
             ingest.submit(subject, data)
         await settle(ingest, fleet, 230)
-        for _ in range(200):
-            if [c for c in ingest._checkers if c.alive]:
-                break
-            await asyncio.sleep(0.05)
-        assert len([c for c in ingest._checkers if c.alive]) == 2
+        await helpers_up(ingest)
+        assert len(ingest.helpers) == 2
         for subject, data in real[200:] + bad[30:] + replays:
             ingest.submit(subject, data)
         await settle(ingest, fleet, 490)
@@ -116,11 +120,8 @@ async def test_ingest_goes_on_when_a_helper_dies() -> None:
         for subject, data in beats[: 2 * MIN_PARALLEL]:
             ingest.submit(subject, data)
         await settle(ingest, fleet, 2 * MIN_PARALLEL)
-        for _ in range(200):
-            if [c for c in ingest._checkers if c.alive]:
-                break
-            await asyncio.sleep(0.05)
-        helper = ingest._checkers[0]
+        await helpers_up(ingest)
+        helper = ingest.helpers[0]
         assert helper._proc is not None
         helper._proc.kill()
         await helper._proc.wait()

@@ -4,7 +4,7 @@ steps, streaming order, stop strings, resume, cancellation, seeded sampling."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ import pytest_asyncio
 from services.worker.engine import EngineRuntime
 from services.worker.runtimes import GenerationParams, RunRequest, Task, TransformersRuntime
 from services.worker.runtimes.base import CancelToken, Delta, Resume
-from tests.tiny_models import build_tiny_gpt2
 from tether import errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -25,19 +24,6 @@ PROMPTS = [
     "cat",
     "what is the sky ? the sky is blue and the sea is green and the sun is",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-engine"))
-
-
-@pytest.fixture(scope="module")
-def naive(tiny_dir: Path) -> Iterator[TransformersRuntime]:
-    runtime = TransformersRuntime("tiny", "1", Task.GENERATE, tiny_dir)
-    runtime.load()
-    yield runtime
-    runtime.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -37,6 +37,7 @@ class GrowableLayer(DynamicLayer):
         super().__init__(**kwargs)
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
+        self._view: torch.Tensor | None = None  # the keys view last handed out (surgery replaces it)
         self._n = 0
 
     def _adopt(self, need: int) -> None:
