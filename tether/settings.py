@@ -80,7 +80,7 @@ class Settings:
     allowlist: Path | None = None  # None: $TETHER_HOME/trust/allowlist
     skew_s: float = 30.0  # signed messages older / newer than this are refused
     trust_reload_s: float = 2.0  # how often the allowlist file is checked for changes
-    verify_workers: int = field(default_factory=lambda: default_verify_workers())  # presence signature helpers
+    verify_workers: int = field(default_factory=default_verify_workers)  # presence signature helpers
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
