@@ -9,13 +9,14 @@ and the nonce record, decode and fleet update after (``PresenceGate.complete``).
 Batches are pipelined, so the pool checks one batch while the loop prepares the
 next and completes the one before. (Threads do not help: libsodium releases
 the GIL, but every check must take it back, and a busy loop holds it.) The pool
-starts at the first batch of at least ``MIN_PARALLEL`` messages, so a small
-fleet's trickle of heartbeats never spawns it.
+starts when a backlog of ``MIN_PARALLEL`` messages builds up, so a small fleet's
+trickle of heartbeats never spawns it.
 
 Messages wait in a bounded queue; past ``max_queue`` new ones are dropped and
 counted in ``dropped`` (the next heartbeat replaces a dropped one), so a flood
-cannot grow memory without bound. The loop yields between batches, so a flood
-of forgeries delays placement by at most one batch.
+cannot grow memory without bound. The loop yields between batches, and checks
+signatures itself only ``LOOP_BATCH`` at a time, so a flood of forgeries delays
+placement by a couple of milliseconds at a time.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Messages taken from the queue per round.
-BATCH = 256
+#: Messages taken from the queue per round while helper processes check signatures.
+BATCH = 128
+#: ... and while the event loop checks them itself: small, so other work runs in between.
+LOOP_BATCH = 16
 #: Batches whose signatures may be in checking at once (the pipeline's depth).
 PIPELINE = 2
-#: Below this many signatures in a batch, checking them on the loop is cheaper than a process hop.
+#: A backlog of this many messages starts the helper processes; smaller batches are checked on
+#: the loop (cheaper than a process hop).
 MIN_PARALLEL = 32
 
 
@@ -97,7 +101,8 @@ class PresenceIngest:
                 await self._wake.wait()
                 self._wake.clear()
             while self._queue and len(inflight) < PIPELINE:
-                n = min(BATCH, len(self._queue))
+                self._start_helpers_if_needed()
+                n = min(BATCH if self.helpers else LOOP_BATCH, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
                 self.rounds += 1
                 admissions = self._prepare(batch)
@@ -127,8 +132,6 @@ class PresenceIngest:
         batch is small, no helpers are configured, or they are still starting)."""
         loop = asyncio.get_running_loop()
         checkers = self.helpers
-        if self.workers and len(admissions) >= MIN_PARALLEL and self._starting is None and not checkers:
-            self._starting = loop.create_task(self._start_checkers(), name="sigcheck-start")
         if not checkers or len(admissions) < MIN_PARALLEL:
             done: asyncio.Future[list[bool]] = loop.create_future()
             done.set_result(_check_here(admissions))
@@ -159,6 +162,11 @@ class PresenceIngest:
         checkers, self._checkers = self._checkers, []
         for c in checkers:
             await c.stop()
+
+    def _start_helpers_if_needed(self) -> None:
+        """Start the helpers when a backlog of ``MIN_PARALLEL`` builds up and none are running."""
+        if self.workers and self._starting is None and len(self._queue) >= MIN_PARALLEL and not self.helpers:
+            self._starting = asyncio.get_running_loop().create_task(self._start_checkers(), name="sigcheck-start")
 
     async def _start_checkers(self) -> None:
         """Start the helper processes (once, at the first batch under load; again if they died)."""
