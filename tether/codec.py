@@ -40,8 +40,8 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
             return msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise InvalidRequest(f"malformed msgpack: {exc}", field="body") from None
-    try:
-        return json.loads(data)
+    try:  # JSON between systems is UTF-8 (RFC 8259): decoding it directly skips json's encoding sniffing
+        return json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
 

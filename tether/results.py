@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from schemas import ResultMessage
 from streams import RESULTS
 from tether import codec, subjects
+from tether.jetpub import JetPublisher
 
 DEDUPE_PREFIX = "result:"
 
@@ -29,9 +30,10 @@ async def publish_final(
     hdrs = {**headers, codec.CONTENT_TYPE: codec.JSON, "Nats-Msg-Id": DEDUPE_PREFIX + result.job_id}
     payload = codec.encode(result.wire())
     subject = subjects.result_subject(result.job_id)
+    publisher = JetPublisher.of(js)
     t0 = time.monotonic()
     try:  # the common case: one publish, no retry machinery
-        ack = await js.publish(subject, payload, stream=RESULTS, headers=dict(hdrs))
+        ack = await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs)
         return not ack.duplicate
     except Exception:
         if time.monotonic() - t0 >= budget_s:
@@ -43,7 +45,7 @@ async def publish_final(
         reraise=True,
     ):
         with attempt:
-            ack = await js.publish(subject, payload, stream=RESULTS, headers=dict(hdrs))
+            ack = await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs)
     return not ack.duplicate
 
 

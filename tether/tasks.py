@@ -57,6 +57,32 @@ class TaskGroup:
                 await t
 
 
+async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait until ``fut`` is done or ``timeout`` seconds pass, never cancelling ``fut``; True if done.
+
+    What ``wait_for(shield(fut), timeout)`` does for a future that several waits share, with
+    one timer and one waiter instead of a shield future, a waiter and a cancellation dance:
+    the scheduler runs it several times per job.
+    """
+    if fut.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(timeout, wake)
+    fut.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(wake)
+    return fut.done()
+
+
 def run_main(main: Coroutine[Any, Any, _T]) -> _T:
     """Run a service's main coroutine on uvloop when it is installed (``TETHER_UVLOOP=0`` opts out).
 

@@ -60,10 +60,25 @@ def child_headers(parent: Mapping[str, str] | None, correlation_id: str | None =
     return {CORRELATION_ID: cid, TRACEPARENT: new_traceparent(trace_id_of(parent.get(TRACEPARENT)))}
 
 
+_TRACING_RECHECK_S = 1.0
+_tracing = {"on": False, "checked_at": float("-inf")}
+
+
 def tracing_enabled() -> bool:
-    """True once an OpenTelemetry SDK tracer provider is installed (the API alone records nothing)."""
+    """True once an OpenTelemetry SDK tracer provider is installed (the API alone records nothing).
+
+    Looking the provider up reads the environment each time, and every job asks several times:
+    a provider installed later is noticed within ``_TRACING_RECHECK_S``.
+    """
+    if _tracing["on"]:
+        return True
+    now = time.monotonic()
+    if now - _tracing["checked_at"] < _TRACING_RECHECK_S:
+        return False
+    _tracing["checked_at"] = now
     provider = trace.get_tracer_provider()
-    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    _tracing["on"] = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return bool(_tracing["on"])
 
 
 class _NoSpan:

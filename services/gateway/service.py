@@ -33,6 +33,7 @@ from tether import codec, subjects, telemetry
 from tether.connection import connect
 from tether.errors import TetherError, Timeout, Unauthorized, error_from_wire
 from tether.fleet import FleetView
+from tether.jetpub import JetPublisher
 from tether.jobids import idempotent_job_id, new_job_id
 from tether.limits import check_params, check_size
 from tether.results import fetch_final
@@ -58,6 +59,7 @@ class Gateway:
         self._background = TaskGroup(f"gateway-bg:{self.gateway_id}")
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self._publisher: JetPublisher | None = None
         self._own_nc = False
         self._subs: list[Any] = []
         self._pending: dict[str, list[asyncio.Future[ResultMessage]]] = {}
@@ -70,6 +72,7 @@ class Gateway:
             nc = await connect(self.settings.url, name=f"tether-gateway-{self.gateway_id}")
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
+        self._publisher = JetPublisher.of(nc)
         await apply(self.js, topology(self.settings, nc._server_info))
         await apply_kv(self.js, kv_buckets(self.settings, nc._server_info))
         await self.fleet.start(nc, self.js)
@@ -177,7 +180,7 @@ class Gateway:
                 idempotency_key=req.idempotency_key,
                 submitted_at=time.time(),
             )
-            ack = await self.js.publish(  # type: ignore[union-attr]
+            ack = await self._publisher.publish(  # type: ignore[union-attr]
                 subjects.job_subject(req.tenant_id, req.model_id, req.version),
                 codec.encode(sub.wire(), codec.MSGPACK),
                 stream=JOBS,
@@ -193,7 +196,8 @@ class Gateway:
                 else self.settings.request_timeout_s
             )
             try:
-                result = await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    result = await fut
             except TimeoutError:
                 raise Timeout(
                     f"no result within {timeout:.0f}s; the job continues and its result will be on "

@@ -33,6 +33,7 @@ from tether.fleet import FleetView, Health
 from tether.results import fetch_final
 from tether.settings import Settings
 from tether.store import JobStatus, JobStore
+from tether.tasks import wait_done
 
 #: A job still running this long after dispatch gets its RUNNING state written at once.
 RUNNING_WRITE_DELAY_S = 0.05
@@ -102,16 +103,13 @@ class AttemptRunner:
         watch = self.dispatcher.submit(worker_id, d)
         self.inflight_by_worker[worker_id] += 1
         try:
-            try:
-                ack = await asyncio.wait_for(
-                    asyncio.shield(watch.accepted), timeout=self.settings.dispatch_ack_s
-                )
-            except TimeoutError:
+            if not await wait_done(watch.accepted, self.settings.dispatch_ack_s):
                 err: TetherError = WorkerUnreachable(
                     f"worker {worker_id} did not accept the job within {self.settings.dispatch_ack_s:g}s"
                 )
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
                 return err
+            ack = watch.accepted.result()
             if not ack.accepted:
                 info = ack.error or ErrorInfo(code="no_capacity", message="refused", retryable=True)
                 err = NoCapacity(f"worker {worker_id} refused: {info.message}")
@@ -185,10 +183,8 @@ class AttemptRunner:
         ``RUNNING_WRITE_DELAY_S``: a job that finishes sooner gets its start time
         from the report, in the same transaction as its final state.
         """
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout=RUNNING_WRITE_DELAY_S)
-        except TimeoutError:
-            pass
+        if await wait_done(fut, RUNNING_WRITE_DELAY_S):
+            return fut.result()
         await self.store.mark_running(job_id, attempt, time.time())
         deadline = time.monotonic() + max(0.0, exec_timeout - RUNNING_WRITE_DELAY_S)
         lookup_gap = self.settings.heartbeat_s
@@ -197,10 +193,8 @@ class AttemptRunner:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout=min(left, self.settings.heartbeat_s))
-            except TimeoutError:
-                pass
+            if await wait_done(fut, min(left, self.settings.heartbeat_s)):
+                return fut.result()
             entry = self.fleet.get(worker_id)
             if entry is None or self.fleet.health(entry) is Health.OFFLINE:
                 raise WorkerOffline(f"worker {worker_id} went offline while running the job")

@@ -17,7 +17,7 @@ import pytest
 from tether.errors import StoreError
 from tether.store import JobKey, JobStatus, JobStore, SqlBackend, SqliteBackend, Stmt, retry_token
 from tether.store.rqlite import RqliteBackend
-from tether.store.schema import LATEST
+from tether.store.schema import LATEST, MIGRATIONS
 
 T0 = 1_700_000_000.0
 
@@ -143,6 +143,45 @@ async def test_migrations_are_idempotent(make_backend: Callable[[], SqlBackend])
         assert (await _get(s, "j1"))["status"] == "QUEUED"
 
 
+async def test_version_3_reservations_move_into_attempts(make_backend: Callable[[], SqlBackend]) -> None:
+    """A store written before migration 4 keeps its reservations, now read from the attempt rows."""
+    backend = make_backend()
+    await backend.connect()
+    try:
+        await backend.transaction(
+            [Stmt("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")]
+        )
+        for version, name, statements in MIGRATIONS[:3]:
+            await backend.transaction(
+                [Stmt(sql) for sql in statements]
+                + [Stmt("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))]
+            )
+        await backend.transaction(
+            [
+                Stmt(
+                    "INSERT INTO attempts (job_id, attempt, worker_id, scheduler_id, status, reserved_at, finished_at) "
+                    "VALUES ('j1', 1, 'w1', 's1', 'FAILED', ?, ?), ('j1', 2, 'w2', 's1', 'RESERVED', ?, NULL)",
+                    (T0, T0 + 1, T0 + 2),
+                ),
+                Stmt(
+                    "INSERT INTO reservations (correlation_id, retry_token, job_id, worker_id, created_at, "
+                    "expires_at, released_at) VALUES ('c1', 'j1#1', 'j1', 'w1', ?, ?, ?), "
+                    "('c1', 'j1#2', 'j1', 'w2', ?, ?, NULL)",
+                    (T0, T0 + 60, T0 + 1, T0 + 2, T0 + 62),
+                ),
+            ]
+        )
+    finally:
+        await backend.close()
+    async with JobStore(make_backend()) as s:
+        rows = await s.reservations("j1")
+        assert [(r["retry_token"], r["worker_id"], r["expires_at"], r["released_at"]) for r in rows] == [
+            ("j1#1", "w1", T0 + 60, T0 + 1),
+            ("j1#2", "w2", T0 + 62, None),
+        ]
+        assert {r["correlation_id"] for r in rows} == {"c1"}
+
+
 # ---- reservations and leases ----------------------------------------------------------------
 
 
@@ -214,12 +253,12 @@ async def test_reservations_unique_on_correlation_and_retry_token(store: JobStor
     assert await reserve(store, job, "sched-b", T0 + 1) is None
     assert len(await store.reservations("j1")) == 1
 
-    # a replayed reservation for the same attempt is absorbed ...
+    # a replayed reservation for the same attempt (its row in attempts) is absorbed ...
     dup = (
-        "INSERT INTO reservations (correlation_id, retry_token, job_id, worker_id, created_at, expires_at) "
-        "VALUES (?,?,?,?,?,?)"
+        "INSERT INTO attempts (job_id, attempt, worker_id, scheduler_id, status, reserved_at, "
+        "correlation_id, retry_token, expires_at) VALUES (?,?,?,?,?,?,?,?,?)"
     )
-    params = ("corr-j1", retry_token("j1", 1), "j1", "w9", T0 + 2, T0 + 99)
+    params = ("j1", 9, "w9", "sched-b", "RESERVED", T0 + 2, "corr-j1", retry_token("j1", 1), T0 + 99)
     await store._batcher.submit([Stmt(dup + " ON CONFLICT DO NOTHING", params)])
     rows = await store.reservations("j1")
     assert [(r["retry_token"], r["worker_id"]) for r in rows] == [(retry_token("j1", 1), "w1")]

@@ -66,7 +66,7 @@ class FleetState:
         (res,) = await self.store.submit(
             [
                 Stmt(
-                    "UPDATE reservations SET released_at=? WHERE released_at IS NULL AND expires_at < ?",
+                    "UPDATE attempts SET released_at=? WHERE released_at IS NULL AND expires_at < ?",
                     (now, now),
                 )
             ]

@@ -5,7 +5,9 @@ with ``RETRYING`` between attempts. Every write is parameterised and goes
 through the group-commit batcher. A job row is *leased* by the scheduler that
 reserved it (``scheduler_id``, ``lease_until``); another scheduler may take
 the job over only once the lease has lapsed, so two schedulers never run the
-same attempt. Reservations are unique on ``(correlation_id, retry_token)``.
+same attempt. Each attempt row is also that attempt's reservation (worker, expiry,
+release); reservations are unique on ``(correlation_id, retry_token)``, and the
+``reservations`` view shows them in their own shape.
 """
 
 from __future__ import annotations
@@ -142,32 +144,35 @@ class JobStore:
                     ),
                 ),
                 Stmt(
-                    "INSERT INTO attempts (job_id, attempt, worker_id, scheduler_id, status, reserved_at) "
-                    "SELECT job_id, attempts, worker_id, scheduler_id, 'RESERVED', reserved_at FROM jobs "
-                    "WHERE job_id=? AND scheduler_id=? AND reserved_at=? AND status='RESERVED' "
-                    "ON CONFLICT DO NOTHING",
-                    match,
-                ),
-                Stmt(
-                    "INSERT INTO reservations (correlation_id, retry_token, job_id, worker_id, created_at, expires_at) "
-                    "SELECT correlation_id, job_id || '#' || attempts, job_id, worker_id, reserved_at, ? FROM jobs "
+                    "INSERT INTO attempts (job_id, attempt, worker_id, scheduler_id, status, reserved_at, "
+                    "correlation_id, retry_token, expires_at) "
+                    "SELECT job_id, attempts, worker_id, scheduler_id, 'RESERVED', reserved_at, "
+                    "correlation_id, job_id || '#' || attempts, ? FROM jobs "
                     "WHERE job_id=? AND scheduler_id=? AND reserved_at=? AND status='RESERVED' "
                     "ON CONFLICT DO NOTHING",
                     (expires_at, *match),
                 ),
-                # Earlier attempts still open belonged to a scheduler whose lease lapsed (it died):
-                # nobody watches them any more, so close them as abandoned.
-                Stmt(
-                    "UPDATE attempts SET status='FAILED', error_code='timeout', finished_at=?, "
-                    "error_message='abandoned: its scheduler stopped renewing the lease and the job was taken over' "
-                    "WHERE job_id=? AND finished_at IS NULL AND attempt < (SELECT attempts FROM jobs "
-                    "WHERE job_id=? AND scheduler_id=? AND reserved_at=? AND status='RESERVED')",
-                    (now, job.job_id, *match),
-                ),
             ]
         )
         rows = results[0].rows
-        return int(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        attempt = int(rows[0][0])
+        if attempt > 1:
+            # Earlier attempts still open belonged to a scheduler whose lease lapsed (it died):
+            # nobody watches them any more, so close them as abandoned.
+            await self._batcher.submit(
+                [
+                    Stmt(
+                        "UPDATE attempts SET status='FAILED', error_code='timeout', finished_at=?, "
+                        "released_at=COALESCE(released_at, ?), error_message='abandoned: its scheduler "
+                        "stopped renewing the lease and the job was taken over' "
+                        "WHERE job_id=? AND finished_at IS NULL AND attempt < ?",
+                        (now, now, job.job_id, attempt),
+                    )
+                ]
+            )
+        return attempt
 
     async def mark_running(self, job_id: str, attempt: int, now: float) -> None:
         await self._batcher.submit(
@@ -311,14 +316,12 @@ def _close_attempt(
     now: float,
     started_at: float | None = None,
 ) -> list[Stmt]:
+    """Close the attempt and release its reservation (kept if the sweep released it earlier)."""
     return [
         Stmt(
             "UPDATE attempts SET status=?, error_code=?, error_message=?, finished_at=?, "
-            "started_at=COALESCE(started_at, ?) WHERE job_id=? AND attempt=? AND finished_at IS NULL",
-            (status, code, message, now, started_at, job_id, attempt),
-        ),
-        Stmt(
-            "UPDATE reservations SET released_at=? WHERE retry_token=? AND released_at IS NULL",
-            (now, retry_token(job_id, attempt)),
+            "released_at=COALESCE(released_at, ?), started_at=COALESCE(started_at, ?) "
+            "WHERE job_id=? AND attempt=? AND finished_at IS NULL",
+            (status, code, message, now, now, started_at, job_id, attempt),
         ),
     ]

@@ -95,6 +95,27 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS reservations_expiring ON reservations(expires_at) WHERE released_at IS NULL",
         ),
     ),
+    (
+        4,
+        "reservations folded into attempts: one row per attempt, written once at reserve time",
+        (
+            "ALTER TABLE attempts ADD COLUMN correlation_id TEXT",
+            "ALTER TABLE attempts ADD COLUMN retry_token TEXT",
+            "ALTER TABLE attempts ADD COLUMN expires_at REAL",
+            "ALTER TABLE attempts ADD COLUMN released_at REAL",
+            """UPDATE attempts SET
+                retry_token = job_id || '#' || attempt,
+                correlation_id = (SELECT r.correlation_id FROM reservations r WHERE r.retry_token = job_id||'#'||attempt),
+                expires_at = (SELECT r.expires_at FROM reservations r WHERE r.retry_token = job_id || '#' || attempt),
+                released_at = (SELECT r.released_at FROM reservations r WHERE r.retry_token = job_id || '#' || attempt)""",
+            "DROP TABLE reservations",
+            """CREATE VIEW reservations AS
+                SELECT correlation_id, retry_token, job_id, worker_id, reserved_at AS created_at, expires_at, released_at
+                FROM attempts WHERE retry_token IS NOT NULL""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS attempts_reservation ON attempts(correlation_id, retry_token)",
+            "CREATE INDEX IF NOT EXISTS attempts_expiring ON attempts(expires_at) WHERE released_at IS NULL",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]
