@@ -69,6 +69,9 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
+        """Start the server; a no-op while it runs (``with NatsServer(...).start()`` starts one, not two)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         if self.port == 0:
             self.port = free_port()
         self.store_dir.mkdir(parents=True, exist_ok=True)

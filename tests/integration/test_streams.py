@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+import psutil
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType
 
 from streams import DLQ, JOBS, PRESENCE, RESULTS, SCHEDULER_CONSUMER, apply, topology
 from streams.definitions import cluster_replicas
+from tether.natsserver import NatsServer
 from tether.settings import Settings
 
 
@@ -38,3 +41,18 @@ def test_replicas_follow_the_cluster_size() -> None:
     assert cluster_replicas({"cluster": "c", "connect_urls": ["a:4222", "b:4222", "c:4222"]}) == 3
     assert cluster_replicas({"cluster": "c", "connect_urls": [f"n{i}:4222" for i in range(5)]}) == 3
     assert cluster_replicas({"cluster": "c", "connect_urls": ["a:4222"]}, configured=2) == 2
+
+
+def test_starting_a_running_server_again_starts_no_second_one(tmp_path: Path) -> None:
+    # A second process on the same store directory (it fails to bind the port) broke the first
+    # one's file store ("no message cache" after the first block filled): never start one.
+    server = NatsServer(store_dir=tmp_path / "js")
+    first = server.start().proc
+    assert first is not None
+    with server as same:  # __enter__ starts it: here, again
+        assert same is server and server.proc is first
+        assert server.proc.poll() is None
+        store = str(tmp_path / "js")
+        on_store = [p for p in psutil.process_iter(["cmdline"]) if store in " ".join(p.info["cmdline"] or [])]
+        assert len(on_store) == 1
+    assert server.proc is None
