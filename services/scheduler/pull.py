@@ -18,6 +18,8 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from tether.tasks import wait_done
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,7 @@ class PullConsumer:
         self._outstanding = 0  # messages asked for and not yet delivered or expired
         self._inbox = ""
         self._sub = None
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.delivered = 0
 
     async def start(self) -> None:
@@ -55,23 +57,38 @@ class PullConsumer:
     async def run(self, running: Callable[[], bool]) -> None:
         """Keep enough pulls outstanding while ``running()``; re-pull when requests expire."""
         await self.start()
+        loop = asyncio.get_running_loop()
         try:
             while running():
-                want = min(self._batch, self._room()) - self._outstanding
-                if want >= max(1, self._batch // 4) or (want > 0 and self._outstanding == 0):
+                self._waiter = loop.create_future()  # before the pull: a wake during it is kept
+                want = self._want()
+                if want:
                     await self._pull(want)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._expires_s)
-                except TimeoutError:
+                if not await wait_done(self._waiter, self._expires_s):
                     self._outstanding = 0  # every request has expired by now
         finally:
             if self._sub is not None:
                 await self._sub.unsubscribe()
 
     def poke(self) -> None:
-        """Room was freed: reconsider pulling."""
-        self._wake.set()
+        """Room was freed: pull again if enough room has built up (once per quarter batch, not per job)."""
+        if self._want():
+            self._signal()
+
+    def _want(self) -> int:
+        """How many messages to ask for now (0: not worth a request yet)."""
+        want = min(self._batch, self._room()) - self._outstanding
+        if want >= max(1, self._batch // 4) or (want > 0 and self._outstanding == 0):
+            return want
+        return 0
+
+    def wake(self) -> None:
+        """Have the loop look again now (``running()`` may have changed)."""
+        self._signal()
+
+    def _signal(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def _pull(self, n: int) -> None:
         req = {"batch": n, "expires": int(self._expires_s * 0.9 * 1e9)}
@@ -94,10 +111,10 @@ class PullConsumer:
                     "pull status",
                     extra={"status": status, "description": (msg.headers or {}).get("Description")},
                 )
-            self._wake.set()
+            self._signal()
             return
         self._outstanding = max(0, self._outstanding - 1)
         self.delivered += 1
         self._handler(msg)
         if self._outstanding < self._batch // 2:
-            self._wake.set()
+            self._signal()

@@ -166,7 +166,7 @@ class Scheduler:
             return
         self.state = SchedulerState.DRAINING
         if self._puller is not None:
-            self._puller.poke()
+            self._puller.wake()
         if not await self._jobs.wait(grace_s):
             log.warning("drain grace expired; handing jobs back", extra={"left": len(self._jobs)})
         await self.close()
