@@ -14,6 +14,7 @@ stored) or the error that the scheduler's retry loop acts on.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from typing import Any
@@ -211,3 +212,19 @@ def _wire_input(value: Any) -> Any:
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):
         return [m.model_dump(by_alias=True, exclude_none=True, mode="json") for m in value]
     return value
+
+
+def execution_budget(settings: Settings, t: Ticket) -> float:
+    """How long one attempt may run: base + per token of ``max_new_tokens``, within the job's timeout and the cap."""
+    params = t.submission.params if t.submission else None
+    tokens = params.max_new_tokens if params and params.max_new_tokens else 64
+    budget = settings.exec_timeout_base_s + settings.exec_timeout_per_token_s * tokens
+    if params and params.timeout_s:
+        budget = min(budget, params.timeout_s)
+    return min(settings.exec_timeout_cap_s, budget)
+
+
+def retry_backoff(attempt: int) -> float:
+    """Seconds before the next attempt: exponential from 0.1 s (capped at 5 s), with jitter in its upper half."""
+    base = min(5.0, 0.1 * (2 ** (attempt - 1)))
+    return base / 2 + random.random() * base / 2

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from schemas import ResultMessage
 from services.scheduler import outcomes
 from services.scheduler.advisories import MaxDeliveries
-from services.scheduler.attempts import AttemptRunner, WorkerUnreachable
+from services.scheduler.attempts import AttemptRunner, WorkerUnreachable, execution_budget, retry_backoff
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.intake import Ticket, read_ticket
@@ -298,7 +298,7 @@ class Scheduler:
                 key.model_id, key.version, worker.presence.region if worker else self.settings.region
             )
             now = time.time()
-            exec_timeout = self._exec_timeout(t)
+            exec_timeout = execution_budget(self.settings, t)
             attempt = await self.store.reserve(
                 key,
                 scheduler_id=self.scheduler_id,
@@ -329,7 +329,7 @@ class Scheduler:
                 await self._dead_letter(t, attempt, err)
                 return
             self.stats["retries"] += 1
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(retry_backoff(attempt))
 
     def _account(self, breaker: BreakerKey, worker_id: str, err: TetherError | None) -> None:
         """Feed an attempt's outcome to the breaker and the worker's reliability.
@@ -394,19 +394,6 @@ class Scheduler:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _exec_timeout(self, t: Ticket) -> float:
-        s = self.settings
-        params = t.submission.params if t.submission else None
-        tokens = params.max_new_tokens if params and params.max_new_tokens else 64
-        budget = s.exec_timeout_base_s + s.exec_timeout_per_token_s * tokens
-        if params and params.timeout_s:
-            budget = min(budget, params.timeout_s)
-        return min(s.exec_timeout_cap_s, budget)
-
     def _past_grace(self) -> bool:
         return time.time() - self._started > 3 * self.settings.heartbeat_s
 
-
-def _backoff(attempt: int) -> float:
-    base = min(5.0, 0.1 * (2 ** (attempt - 1)))
-    return base / 2 + random.random() * base / 2

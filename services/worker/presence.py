@@ -1,18 +1,32 @@
 """Heartbeats: who this worker is, what it serves and how busy it is, every T seconds.
 
+``PresenceBuilder`` builds the payloads; ``PresencePublisher`` signs and publishes them
+(``tether.presence.<region>.<worker>`` every T, ``tether.models.<model>.<version>.<region>``
+on each model state change, followed by a heartbeat so fleet views follow at once).
 Machine readings (CPU, RAM, GPU memory and utilisation) come from the HealthReporter;
 the admission benchmark's figures ride along once measured.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import platform
 import time
 from collections.abc import Callable
 
-from schemas import ModelAnnouncement, Presence, ServedModel
+from nats.aio.client import Client
+
+from schemas import ModelAnnouncement, ModelState, Presence, ServedModel
 from services.worker.admission import BenchmarkResult
 from services.worker.health import HealthReporter
+from services.worker.model_cache import CachedModel
+from tether import subjects, telemetry
+from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE
+from tether.identity import Identity
+from tether.signed import envelope_headers, seal_message
+
+log = logging.getLogger(__name__)
 
 
 def device_class() -> str:
@@ -95,3 +109,46 @@ class PresenceBuilder:
             progress=model.progress,
             size_mb=model.size_mb,
         )
+
+
+class PresencePublisher:
+    """Signs and publishes what ``PresenceBuilder`` builds, on this worker's connection."""
+
+    def __init__(self, builder: PresenceBuilder, identity: Identity, *, region: str, heartbeat_s: float) -> None:
+        self.builder = builder
+        self.identity = identity
+        self.region = region
+        self.heartbeat_s = heartbeat_s
+        self.nc: Client | None = None
+
+    async def beat(self) -> None:
+        assert self.nc is not None
+        await self.nc.publish(
+            subjects.presence_subject(self.region, self.builder.worker_id),
+            seal_message(self.identity, self.builder.build(), PURPOSE_PRESENCE),
+            headers=envelope_headers(telemetry.child_headers(None)),
+        )
+
+    async def run(self) -> None:
+        """A heartbeat every T seconds, on a fixed schedule (a slow beat does not shift the next)."""
+        next_at = time.monotonic() + self.heartbeat_s
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += self.heartbeat_s
+            try:
+                await self.beat()
+            except Exception as exc:  # a missed beat must not end the loop
+                log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    async def announce(self, entry: CachedModel) -> None:
+        """A model's state (loading with progress, warm, evicted, failed) on its model subject."""
+        if self.nc is None or self.nc.is_closed:
+            return
+        ann = self.builder.announcement(entry.served(), entry.detail)
+        await self.nc.publish(
+            subjects.model_subject(entry.spec.model_id, entry.spec.version, self.region),
+            seal_message(self.identity, ann, PURPOSE_MODEL),
+            headers=envelope_headers(telemetry.child_headers(None)),
+        )
+        if entry.state is not ModelState.LOADING:
+            await self.beat()  # the fleet view follows model states through heartbeats

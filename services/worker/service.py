@@ -39,7 +39,7 @@ from services.worker.cancellation import CancelBoard
 from services.worker.device_support import resolve_device
 from services.worker.model_cache import CachedModel, ModelCache
 from services.worker.params import generation_params
-from services.worker.presence import PresenceBuilder
+from services.worker.presence import PresenceBuilder, PresencePublisher
 from services.worker.quota_guard import QuotaGuard
 from services.worker.reporting import Reporter
 from services.worker.runtimes.base import Resume, RunRequest
@@ -50,13 +50,12 @@ from tether import codec, subjects, telemetry
 from tether.connection import connect
 from tether.dispatch_auth import DispatchGate
 from tether.e2e import FleetBox, fleet_key_path, is_sealed
-from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, EnvelopeRejected
+from tether.envelope import EnvelopeRejected
 from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
 from tether.identity import Identity
 from tether.results import publish_final
 from tether.security import node_identity
 from tether.settings import Settings
-from tether.signed import envelope_headers, seal_message
 from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class Worker:
             budget=int(settings.model_memory_mb * MB) if settings.model_memory_mb > 0 else None,
             pins=[_key(p) for p in settings.pin_models],
             device=self.device,
-            on_change=self._announce,
+            on_change=lambda entry: self.herald.announce(entry),
             resolve=lambda spec: resolve_artifact(spec, artifact_cache(self.settings, self.js)),
             build=lambda spec: build_runtime(
                 spec, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000
@@ -129,6 +128,9 @@ class Worker:
             draining=lambda: self.state is WorkerState.DRAINING,
             benchmark=lambda: self.benchmark,
         )
+        self.herald = PresencePublisher(
+            self.presence, self.identity, region=settings.region, heartbeat_s=settings.heartbeat_s
+        )
         self.completed = 0
         self.failed = 0
         self.stopped = asyncio.Event()  # set once closed (a drain ordered over NATS ends the process)
@@ -144,6 +146,7 @@ class Worker:
             nc = await connect(self.settings.url, name=f"tether-worker-{self.worker_id}")
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
+        self.herald.nc = nc
         await apply(self.js, topology(self.settings, nc._server_info))
         self.reporter = Reporter(nc, self.worker_id)
         self.chunks = ChunkPublisher(nc, self.worker_id)
@@ -160,8 +163,8 @@ class Worker:
                 await nc.subscribe(subjects.control_subject("drain", target), cb=self._on_drain)
             )
         self.state = WorkerState.RUNNING
-        await self._beat()
-        self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
+        await self.herald.beat()
+        self._tasks.spawn(self.herald.run(), name="heartbeat")
         self._tasks.spawn(self.reporter.run(), name="reporter")
         self._tasks.spawn(self.chunks.run(), name="chunks")
         self._tasks.spawn(self._load_models(), name="load-models")
@@ -182,7 +185,7 @@ class Worker:
             return
         self.state = WorkerState.DRAINING
         with contextlib.suppress(Exception):
-            await self._beat()
+            await self.herald.beat()
         finished = await self._jobs.wait(grace_s)
         if not finished:
             log.warning("drain grace expired; in-flight jobs handed back", extra={"left": len(self._jobs)})
@@ -245,39 +248,6 @@ class Worker:
 
     # ---- presence -----------------------------------------------------------------------------
 
-    async def _beat(self) -> None:
-        assert self.nc is not None
-        p = self.presence.build()
-        await self.nc.publish(
-            subjects.presence_subject(self.settings.region, self.worker_id),
-            seal_message(self.identity, p, PURPOSE_PRESENCE),
-            headers=envelope_headers(telemetry.child_headers(None)),
-        )
-
-    async def _heartbeat_loop(self) -> None:
-        period = self.settings.heartbeat_s
-        next_at = time.monotonic() + period
-        while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += period
-            try:
-                await self._beat()
-            except Exception as exc:  # a missed beat must not end the loop
-                log.warning("heartbeat failed", extra={"error": repr(exc)})
-
-    async def _announce(self, entry: CachedModel) -> None:
-        """Publish a model's state (loading with progress, warm, evicted, failed) on its model subject."""
-        if self.nc is None or self.nc.is_closed:
-            return
-        ann = self.presence.announcement(entry.served(), entry.detail)
-        await self.nc.publish(
-            subjects.model_subject(entry.spec.model_id, entry.spec.version, self.settings.region),
-            seal_message(self.identity, ann, PURPOSE_MODEL),
-            headers=envelope_headers(telemetry.child_headers(None)),
-        )
-        if entry.state is not ModelState.LOADING:
-            await self._beat()  # the fleet view follows model states through heartbeats
-
     async def _load_models(self) -> None:
         try:
             await self.cache.start()
@@ -292,7 +262,7 @@ class Worker:
         specs = [m.spec for m in self.cache.models.values() if m.spec.runtime == "transformers"]
         dtype = next((s.dtype for s in specs if s.dtype != "auto"), "float32")
         self.benchmark = await asyncio.to_thread(run_benchmark, self.device, dtype)
-        await self._beat()
+        await self.herald.beat()
 
     # ---- assignments --------------------------------------------------------------------------
 
