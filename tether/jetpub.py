@@ -48,7 +48,7 @@ class JetPublisher:
         self._prefix = ""
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count(1)
-        self._ready: asyncio.Lock | None = None
+        self._starting = asyncio.Lock()
 
     @classmethod
     def of(cls, conn: Client | JetStreamContext) -> JetPublisher:
@@ -64,9 +64,7 @@ class JetPublisher:
         return len(self._waiting)
 
     async def _start(self) -> None:
-        if self._ready is None:
-            self._ready = asyncio.Lock()
-        async with self._ready:
+        async with self._starting:
             if self._prefix:
                 return
             prefix = self._nc.new_inbox() + "."

@@ -114,27 +114,26 @@ class PresenceBuilder:
 class PresencePublisher:
     """Signs and publishes what ``PresenceBuilder`` builds, on this worker's connection."""
 
-    def __init__(self, builder: PresenceBuilder, identity: Identity, *, region: str, heartbeat_s: float) -> None:
+    def __init__(self, builder: PresenceBuilder, identity: Identity) -> None:
         self.builder = builder
         self.identity = identity
-        self.region = region
-        self.heartbeat_s = heartbeat_s
         self.nc: Client | None = None
 
     async def beat(self) -> None:
         assert self.nc is not None
         await self.nc.publish(
-            subjects.presence_subject(self.region, self.builder.worker_id),
+            subjects.presence_subject(self.builder.region, self.builder.worker_id),
             seal_message(self.identity, self.builder.build(), PURPOSE_PRESENCE),
             headers=envelope_headers(telemetry.child_headers(None)),
         )
 
     async def run(self) -> None:
         """A heartbeat every T seconds, on a fixed schedule (a slow beat does not shift the next)."""
-        next_at = time.monotonic() + self.heartbeat_s
+        period = self.builder.heartbeat_s
+        next_at = time.monotonic() + period
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += self.heartbeat_s
+            next_at += period
             try:
                 await self.beat()
             except Exception as exc:  # a missed beat must not end the loop
@@ -146,7 +145,7 @@ class PresencePublisher:
             return
         ann = self.builder.announcement(entry.served(), entry.detail)
         await self.nc.publish(
-            subjects.model_subject(entry.spec.model_id, entry.spec.version, self.region),
+            subjects.model_subject(entry.spec.model_id, entry.spec.version, self.builder.region),
             seal_message(self.identity, ann, PURPOSE_MODEL),
             headers=envelope_headers(telemetry.child_headers(None)),
         )

@@ -89,12 +89,23 @@ class Worker:
         worker_id = self.worker_id = self.identity.node_id
         self.state = WorkerState.NEW
         self.device = resolve_device(next((s.device for s in specs if s.runtime == "transformers"), "cpu"))
+        self.presence = PresenceBuilder(
+            worker_id=worker_id,
+            region=settings.region,
+            capacity=settings.worker_concurrency,
+            heartbeat_s=settings.heartbeat_s,
+            models=lambda: [m.served() for m in self.cache.models.values()],
+            queue_depth=lambda: len(self._jobs),
+            draining=lambda: self.state is WorkerState.DRAINING,
+            benchmark=lambda: self.benchmark,
+        )
+        self.herald = PresencePublisher(self.presence, self.identity)
         self.cache = ModelCache(
             specs,
             budget=int(settings.model_memory_mb * MB) if settings.model_memory_mb > 0 else None,
             pins=[_key(p) for p in settings.pin_models],
             device=self.device,
-            on_change=lambda entry: self.herald.announce(entry),
+            on_change=self.herald.announce,
             resolve=lambda spec: resolve_artifact(spec, artifact_cache(self.settings, self.js)),
             build=lambda spec: build_runtime(
                 spec, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000
@@ -118,19 +129,6 @@ class Worker:
         self.reporter: Reporter | None = None
         self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
         self.fleet_box = FleetBox.load(fleet_key_path(settings.keys_dir))
-        self.presence = PresenceBuilder(
-            worker_id=worker_id,
-            region=settings.region,
-            capacity=settings.worker_concurrency,
-            heartbeat_s=settings.heartbeat_s,
-            models=lambda: [m.served() for m in self.cache.models.values()],
-            queue_depth=lambda: len(self._jobs),
-            draining=lambda: self.state is WorkerState.DRAINING,
-            benchmark=lambda: self.benchmark,
-        )
-        self.herald = PresencePublisher(
-            self.presence, self.identity, region=settings.region, heartbeat_s=settings.heartbeat_s
-        )
         self.completed = 0
         self.failed = 0
         self.stopped = asyncio.Event()  # set once closed (a drain ordered over NATS ends the process)
