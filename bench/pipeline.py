@@ -7,7 +7,8 @@ nats-py responder process, then measures on the same server:
   * latency p50/p95/p99 at concurrency 1, and
   * throughput (requests/s) at concurrency 64,
 
-for raw request/reply and for tether.infer, and prints the ratios.
+for raw request/reply and for tether.infer, and prints the ratios and, for each process,
+its CPU time and read and write system calls per job during the throughput run.
 
     .venv/bin/python bench/pipeline.py [--n-latency 1000] [--n-throughput 10000] [--concurrency 64]
 """
@@ -45,20 +46,22 @@ asyncio.run(main())
 """
 
 
-def cpu_snapshot(root_pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each process under ``root_pid`` and by this one."""
-    out: dict[str, float] = {}
+def cpu_snapshot(root_pid: int) -> dict[str, tuple[float, int, int]]:
+    """CPU seconds (user + system), read and write syscalls so far, per process under ``root_pid`` and this one."""
+    out: dict[str, tuple[float, int, int]] = {}
     procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True), psutil.Process()]
     for p in procs:
         try:
             cmd = " ".join(p.cmdline())
             t = p.cpu_times()
+            io = p.io_counters()
         except psutil.Error:
             continue
         name = "bench client" if p.pid == os.getpid() else next(
             (r for r in ("nats-server", "scheduler", "worker", "gateway", " up") if r in cmd), p.name()
         ).strip()
-        out[name] = out.get(name, 0.0) + t.user + t.system
+        cpu, reads, writes = out.get(name, (0.0, 0, 0))
+        out[name] = (cpu + t.user + t.system, reads + io.read_count, writes + io.write_count)
     return out
 
 
@@ -159,10 +162,14 @@ async def run(args: argparse.Namespace) -> None:
         print(f"throughput at concurrency {args.concurrency} ({args.n_throughput} requests):")
         print(f"  raw request/reply {raw_tp:10.0f} req/s")
         print(f"  tether.infer      {inf_tp:10.0f} jobs/s   ({inf_tp / raw_tp:.3f} of raw)")
-        print(f"CPU per job during the tether.infer throughput run (all {os.cpu_count()} cores shared):")
-        for name in sorted(cpu1, key=lambda k: cpu0.get(k, 0.0) - cpu1[k]):
-            used = cpu1[name] - cpu0.get(name, 0.0)
-            print(f"  {name:18}{used / args.n_throughput * 1e6:8.0f} us/job")
+        print(
+            f"per job during the tether.infer throughput run (all {os.cpu_count()} cores shared):"
+            f"\n  {'':18}{'CPU us':>8}{'reads':>8}{'writes':>8}"
+        )
+        zero = (0.0, 0, 0)
+        for name in sorted(cpu1, key=lambda k: cpu0.get(k, zero)[0] - cpu1[k][0]):
+            used = [(a - b) / args.n_throughput for a, b in zip(cpu1[name], cpu0.get(name, zero), strict=True)]
+            print(f"  {name:18}{used[0] * 1e6:8.0f}{used[1]:8.2f}{used[2]:8.2f}")
         print(f"  mean latency tether.infer {statistics.mean(inf_lat):.3f} ms at concurrency 1")
     finally:
         if responder is not None:

@@ -38,7 +38,7 @@ from tether.jobids import idempotent_job_id, new_job_id
 from tether.limits import check_params, check_size
 from tether.results import fetch_final
 from tether.settings import Settings
-from tether.tasks import TaskGroup
+from tether.tasks import TaskGroup, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Gateway:
         self._subs.append(await nc.subscribe(subjects.INFER, queue=QUEUE_GROUP, cb=self._on_infer))
         self._subs.append(await nc.subscribe(subjects.INFER_TENANT_ALL, queue=QUEUE_GROUP, cb=self._on_infer))
         self._background.spawn(publish_snapshots(self.js, self.gateway_id, self.slis), name="slis")
+        settle_heap()
         log.info("gateway started", extra={"gateway": self.gateway_id})
 
     async def close(self) -> None:

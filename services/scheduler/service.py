@@ -53,7 +53,7 @@ from tether.security import node_identity
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStatus, JobStore, open_store
 from tether.store.fleetstate import FleetState
-from tether.tasks import TaskGroup
+from tether.tasks import TaskGroup, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class Scheduler:
         self._tasks.spawn(self.monitor.run(), name="monitor")
         self._tasks.spawn(self._consume(), name="consume")
         self._tasks.spawn(self._keepalive(), name="keepalive")
+        settle_heap()
         log.info(
             "scheduler started", extra={"scheduler": self.scheduler_id, "workers": len(self.fleet.workers())}
         )

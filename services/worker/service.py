@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from enum import StrEnum
@@ -56,7 +55,7 @@ from tether.identity import Identity
 from tether.results import publish_final
 from tether.security import node_identity
 from tether.settings import Settings
-from tether.tasks import TaskGroup
+from tether.tasks import TaskGroup, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +250,7 @@ class Worker:
             await self.cache.start()
             # Loaded models are millions of long-lived objects: keep them out of the cyclic
             # collector's scans, so a full collection cannot stall heartbeats and streaming.
-            gc.freeze()
+            settle_heap()
         finally:
             self._ready.set()
 
