@@ -2,7 +2,7 @@
 
     tether up                       everything on this machine (what `make run` calls)
     tether nats|gateway|scheduler|worker   one role, pointed at TETHER_NATS_URL
-    tether infer TEXT --model M     one request through tether.infer (--stream: tokens as they come)
+    tether infer TEXT --model M     one request through tether.infer (--stream: tokens as they come; tether/infer_cli.py)
     tether status [--watch]         workers, models, queue depths, SLIs (live with --watch)
     tether jobs list | show ID | replay --since 10m    the store's view, or RESULTS replayed
     tether dlq list                 dead letters replayed from the DLQ stream
@@ -111,77 +111,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from nats.errors import Error as NatsError
-    from nats.errors import NoRespondersError
+    from tether.infer_cli import run_infer
 
-    from tether import client, codec, subjects
-    from tether.connection import connect
-    from tether.errors import TetherError
-
-    s = _settings(args)
-    params: dict[str, Any] = {}
-    if args.max_new_tokens:
-        params["maxNewTokens"] = args.max_new_tokens
-    if args.temperature is not None:
-        params["temperature"] = args.temperature
-
-    def fail(code: str, message: str) -> int:
-        error = {"code": code, "message": message, "retryable": True}
-        print(json.dumps({"error": error}) if args.json else f"error [{code}]: {message}", file=sys.stderr)
-        return 1
-
-    async def stream(nc: Any) -> int:
-        reply: dict[str, Any] = {}
-        async for part in client.infer_stream(
-            nc, model=args.model, version=args.version, tenant=args.tenant, input=args.text, params=params,
-            idempotency_key=args.idempotency_key, timeout=args.timeout,
-        ):
-            if isinstance(part, dict):
-                reply = part
-            elif not args.json:
-                print(part, end="", flush=True)
-        print(json.dumps(reply) if args.json else "")
-        return 0
-
-    async def go() -> int:
-        try:  # a one-shot command fails fast (nats-py: 0 would mean forever)
-            nc = await connect(s.url, name="tether-cli", max_reconnect_attempts=1)
-        except (OSError, NatsError) as exc:
-            return fail("unavailable", f"cannot reach NATS at {s.url}: {exc}")
-        try:
-            if args.stream:
-                return await stream(nc)
-            reply = await client.infer(
-                nc,
-                model=args.model,
-                version=args.version,
-                tenant=args.tenant,
-                input=args.text,
-                params=params,
-                idempotency_key=args.idempotency_key,
-                timeout=args.timeout,
-                encoding=codec.MSGPACK if args.msgpack else codec.JSON,
-            )
-        except TetherError as exc:
-            print(
-                json.dumps({"error": exc.to_wire()}) if args.json else f"error [{exc.code}]: {exc.message}",
-                file=sys.stderr,
-            )
-            return 1
-        except NoRespondersError:
-            return fail("unavailable", f"no gateway answers {subjects.INFER} on {s.url}")
-        except TimeoutError:
-            return fail("timeout", f"no reply within {args.timeout}s")
-        finally:
-            await nc.close()
-        if args.json:
-            print(json.dumps(reply))
-        else:
-            result = reply["result"]
-            print(result if isinstance(result, str) else json.dumps(result))
-        return 0
-
-    return asyncio.run(go())
+    return run_infer(_settings(args), args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import math
 import os
 import re
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from nacl.signing import VerifyKey
 
 from tether.errors import SignatureInvalid
 from tether.identity import PUBLIC_KEY_BYTES, ROLE_PREFIX, Identity, encode_public_key, worker_id_for
+from tether.nonces import NonceCache
 from tether.trust import KeyLike, TrustStore, parse_allowlist
 
 log = logging.getLogger(__name__)
@@ -160,47 +161,6 @@ def _parse(data: bytes) -> tuple[Envelope, bytes]:
 def open_envelope(data: bytes) -> Envelope:
     """Parse wire bytes without verifying anything; EnvelopeRejected("malformed") on bad input."""
     return _parse(data)[0]
-
-
-class NonceCache:
-    """Remembers (public key, nonce) pairs until they expire; O(1) amortised per message.
-
-    Entries expire at ``timestamp + skew`` (after that the envelope is stale anyway).
-    ``max_entries`` caps memory under flood: past it the oldest entries are dropped
-    (counted in ``evicted``), which could let a replay of a dropped nonce through.
-    """
-
-    __slots__ = ("_expiry", "_order", "evicted", "max_entries")
-
-    def __init__(self, max_entries: int = 2_000_000) -> None:
-        self._expiry: dict[bytes, float] = {}
-        self._order: deque[tuple[float, bytes]] = deque()
-        self.max_entries = max_entries
-        self.evicted = 0
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._expiry
-
-    def expire(self, now: float) -> None:
-        """Drop entries whose expiry is before ``now`` (from the oldest insertion on)."""
-        order, expiry = self._order, self._expiry
-        while order and order[0][0] < now:
-            expiry.pop(order.popleft()[1], None)
-
-    def add(self, key: bytes, expires_at: float, now: float) -> bool:
-        """Record ``key``; False when it was already there (a replay)."""
-        self.expire(now)
-        if key in self._expiry:
-            return False
-        while len(self._expiry) >= self.max_entries and self._order:
-            self._expiry.pop(self._order.popleft()[1], None)
-            self.evicted += 1
-        self._expiry[key] = expires_at
-        self._order.append((expires_at, key))
-        return True
 
 
 _ID_PREFIXES: Final = frozenset(f"{p}-" for p in ROLE_PREFIX.values())

@@ -12,12 +12,12 @@ from tether.envelope import (
     CONTEXT,
     REASONS,
     EnvelopeRejected,
-    NonceCache,
     Verifier,
     open_envelope,
     seal,
 )
 from tether.identity import Identity
+from tether.nonces import NonceCache
 
 NOW = 1_700_000_000.0
 
