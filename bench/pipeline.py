@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,12 +99,16 @@ async def throughput(nc: nats.NATS, subject: str, body: bytes, n: int, concurren
     return n / dt
 
 
+async def quiet_errors(exc: Exception) -> None:
+    """nats-py's default error callback prints a traceback for every refused connect while we poll."""
+
+
 async def wait_ready(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     body = json.dumps({"tenantId": "bench", "modelId": "echo", "version": "1", "input": "ping"}).encode()
     while time.monotonic() < deadline:
         try:
-            nc = await nats.connect(url)
+            nc = await nats.connect(url, error_cb=quiet_errors, allow_reconnect=False)
             try:
                 msg = await nc.request(subjects.INFER, body, timeout=2)
                 if b"result" in msg.data:
@@ -176,6 +181,7 @@ async def run(args: argparse.Namespace) -> None:
             responder.terminate()
         up.terminate()
         up.wait(60)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:

@@ -29,13 +29,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import nats
-from pipeline import RESPONDER, cpu_snapshot, latency, pct, throughput, wait_ready  # bench/pipeline.py
+from pipeline import (  # bench/pipeline.py
+    RESPONDER,
+    cpu_snapshot,
+    latency,
+    pct,
+    quiet_errors,
+    throughput,
+    wait_ready,
+)
 
 from tether import subjects
 from tether.natsserver import free_port
@@ -215,6 +224,7 @@ async def run(args: argparse.Namespace) -> None:
             p.terminate()
         up.terminate()
         up.wait(60)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _cpu(root_pid: int, procs: list[subprocess.Popen[bytes]]) -> dict[str, tuple[float, int, int]]:
@@ -238,7 +248,7 @@ async def _wait_server(url: str, timeout: float = 30) -> None:
     deadline = loop.time() + timeout
     while True:
         try:
-            nc = await nats.connect(url)
+            nc = await nats.connect(url, error_cb=quiet_errors, allow_reconnect=False)
             await nc.close()
             return
         except Exception:
