@@ -76,6 +76,22 @@ async def test_headers_carry_correlation_and_trace_to_the_result(echo_system, nc
     assert seen[0]["traceparent"].split("-")[2] != "00f067aa0ba902b7"  # a new span per hop
 
 
+async def test_a_request_without_correlation_id_is_correlated_by_its_job_id(echo_system, nc: Client) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def collect(msg) -> None:
+        seen.append(dict(msg.headers or {}))
+
+    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
+    body = json.dumps({**ECHO, "input": "correlate me"}).encode()
+    reply = json.loads((await nc.request(subjects.INFER, body, timeout=10)).data)
+    await nc.flush()
+    await sub.unsubscribe()
+    assert seen and seen[0]["correlation-id"] == reply["jobId"]
+    row = await echo_system.scheduler.store.get(reply["jobId"])
+    assert row is not None and row["correlation_id"] == reply["jobId"]
+
+
 async def test_idempotency_key_maps_to_one_job_and_one_result(echo_system, nc: Client) -> None:
     first = await client.infer(nc, model="echo", input="once", idempotency_key="key-1")
     second = await client.infer(nc, model="echo", input="once", idempotency_key="key-1")
