@@ -51,6 +51,14 @@ class WorkerOffline(WorkerUnreachable):
     """The worker running an attempt stopped heartbeating (OFFLINE after 3T): re-place the job."""
 
 
+class WorkerRefused(NoCapacity):
+    """The worker refused the attempt (full, draining, over a tenant's share).
+
+    It says nothing about the job, so it does not use up one of the job's attempts: the job
+    goes to another worker, or waits in JOBS for capacity up to ``queue_wait_s``.
+    """
+
+
 class AttemptRunner:
     def __init__(
         self,
@@ -109,11 +117,13 @@ class AttemptRunner:
                     f"worker {worker_id} did not accept the job within {self.settings.dispatch_ack_s:g}s"
                 )
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
+                # it may yet have started it: stop it, so the job does not run twice
+                await self._cancel(key.job_id, attempt, "re-placed: the worker did not accept in time")
                 return err
             ack = watch.accepted.result()
             if not ack.accepted:
-                info = ack.error or ErrorInfo(code="no_capacity", message="refused", retryable=True)
-                err = NoCapacity(f"worker {worker_id} refused: {info.message}")
+                info = ack.error or ErrorInfo(code=NoCapacity.code, message="refused", retryable=True)
+                err = WorkerRefused(f"worker {worker_id} refused: {info.message}")
                 await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
                 return err
             try:

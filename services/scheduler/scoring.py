@@ -183,6 +183,9 @@ class AffinityPlacement:
                     excluded[reason] = excluded.get(reason, 0) + 1
                     continue
             wid = p.worker_id
+            if p.capacity and inflight.get(wid, 0) >= p.capacity:  # it would refuse: full with our jobs alone
+                excluded["full"] = excluded.get("full", 0) + 1
+                continue
             rtt_s = self._rtt(wid)
             score = (
                 (w.region if p.region == needs.region else 0.0)

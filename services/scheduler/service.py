@@ -27,9 +27,17 @@ from nats.js import JetStreamContext
 from schemas import ResultMessage
 from services.scheduler import outcomes
 from services.scheduler.advisories import MaxDeliveries
-from services.scheduler.attempts import AttemptRunner, WorkerUnreachable, execution_budget, retry_backoff
+from services.scheduler.attempts import (
+    AttemptRunner,
+    WorkerRefused,
+    WorkerUnreachable,
+    execution_budget,
+    retry_backoff,
+)
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
+from services.scheduler.handover import Requeue, attempts_used_up, over_budget, spent
+from services.scheduler.held import HeldJobs
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.monitor import FleetMonitor
 from services.scheduler.placement import Placement
@@ -45,7 +53,6 @@ from tether.errors import (
     ModelUnknown,
     NoCapacity,
     TetherError,
-    WorkerFailed,
 )
 from tether.fleet import FleetView
 from tether.results import fetch_final
@@ -63,13 +70,6 @@ class SchedulerState(StrEnum):
     RUNNING = "running"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-class Requeue(Exception):
-    """Hand the job back to JetStream for redelivery after ``delay`` seconds."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
 
 
 class Scheduler:
@@ -106,7 +106,7 @@ class Scheduler:
         self._own_nc = False
         self._tasks = TaskGroup(f"scheduler:{self.scheduler_id}")
         self._jobs = TaskGroup(f"scheduler-jobs:{self.scheduler_id}")
-        self._held: dict[str, Msg] = {}
+        self.held = HeldJobs(self.store, self.scheduler_id, settings.job_lease_s)
         self.dispatcher: Dispatcher | None = None
         self.attempts: AttemptRunner | None = None
         self._puller: PullConsumer | None = None
@@ -155,7 +155,7 @@ class Scheduler:
         self._tasks.spawn(self.dispatcher.run(), name="dispatch")
         self._tasks.spawn(self.monitor.run(), name="monitor")
         self._tasks.spawn(self._consume(), name="consume")
-        self._tasks.spawn(self._keepalive(), name="keepalive")
+        self._tasks.spawn(self.held.keep_alive(), name="keepalive")
         settle_heap()
         log.info(
             "scheduler started", extra={"scheduler": self.scheduler_id, "workers": len(self.fleet.workers())}
@@ -177,11 +177,9 @@ class Scheduler:
             return
         self.state = SchedulerState.STOPPED
         await self._tasks.close()
+        held = self.held.snapshot()  # before the cancelled handlers forget their jobs
         await self._jobs.close()
-        for msg in list(self._held.values()):  # not finished: let another scheduler take them now
-            with contextlib.suppress(Exception):
-                await msg.nak()
-        self._held.clear()
+        await self.held.hand_back(*held)  # not finished: another scheduler may take them now
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         if self._advisories is not None:
@@ -216,40 +214,26 @@ class Scheduler:
         )
         await self._puller.run(lambda: self.state is SchedulerState.RUNNING)
 
-    async def _keepalive(self) -> None:
-        """Tell JetStream (and the store) we still own the jobs we hold."""
-        period = self.settings.job_lease_s / 3
-        while True:
-            await asyncio.sleep(period)
-            held = list(self._held.items())
-            for _, msg in held:
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-            with contextlib.suppress(Exception):
-                await self.store.renew_leases(
-                    [jid for jid, _ in held], self.scheduler_id, time.time() + self.settings.job_lease_s
-                )
-
     async def _handle(self, msg: Msg) -> None:
         ticket = read_ticket(msg, self.settings)
-        self._held[ticket.job_id] = msg
+        if not self.held.take(ticket.job_id, msg):
+            return  # already running here: this delivery shares that handling's outcome
         try:
             with telemetry.span("scheduler.job", ticket.headers, job_id=ticket.job_id):
                 await self._run_job(ticket)
-            await msg.ack()
+            await self.held.ack(ticket.job_id)
         except Requeue as rq:
-            await msg.nak(delay=rq.delay)
+            await self.held.nak(ticket.job_id, rq.delay)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Store or NATS trouble: the job is not lost, JetStream redelivers it.
             log.exception("job handling failed; will be redelivered", extra={"job": ticket.job_id})
             self.stats["handler_errors"] += 1
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0 + random.random())
+            await self.held.nak(ticket.job_id, 1.0 + random.random())
             del exc
         finally:
-            self._held.pop(ticket.job_id, None)
+            self.held.forget(ticket.job_id)
             if self.attempts is not None and self.attempts.progress is not None:
                 await self.attempts.progress.forget(ticket.job_id)
             if self._puller is not None:
@@ -268,6 +252,10 @@ class Scheduler:
             if stored is not None:
                 await self._record_final(t, stored, stored.attempts or 1)
                 return
+            used_up = await attempts_used_up(self.store, self.settings, t.job_id, self.scheduler_id)
+            if used_up is not None:
+                await self._dead_letter(t, *used_up)
+                return
         if not self.fleet.knows_model(key.model_id, key.version) and self._past_grace():
             await self._finish_error(
                 t,
@@ -280,6 +268,7 @@ class Scheduler:
             )
             return
         avoid: set[str] = set()
+        refused: set[str] = set()  # workers that refused it for capacity: no attempt is spent on them
         params = sub.params
         needs = JobNeeds(
             key.model_id,
@@ -291,7 +280,7 @@ class Scheduler:
         while True:
             assert self.attempts is not None
             choice = self.placement.choose(needs, inflight=self.attempts.inflight_by_worker, avoid=avoid)
-            if choice is None:
+            if choice is None or choice.worker_id in refused:
                 await self._wait_for_capacity(t)  # final no_capacity error, or Requeue
                 return
             worker = self.fleet.get(choice.worker_id)
@@ -312,21 +301,31 @@ class Scheduler:
             if attempt is None:
                 await self._not_ours(t)
                 return
-            if attempt > self.settings.max_attempts:
-                await self._dead_letter(t, attempt - 1, WorkerFailed("max attempts reached"))
-                return
+            if attempt - len(refused) > self.settings.max_attempts:
+                if (err := await over_budget(self.store, self.settings, t.job_id, attempt)) is not None:
+                    await self._dead_letter(t, attempt - 1, err)
+                    return
             self.breakers.begin(breaker)
-            err = await self.attempts.run(t, choice.worker_id, attempt, exec_timeout)
+            try:
+                err = await self.attempts.run(t, choice.worker_id, attempt, exec_timeout)
+            except BaseException:
+                self.breakers.abandon(breaker)  # else a half-open breaker's probe never ends
+                raise
             self._account(breaker, choice.worker_id, err)
             if err is None:
                 return
             avoid.add(choice.worker_id)
+            if isinstance(err, WorkerRefused):
+                refused.add(choice.worker_id)
+                continue  # another worker, or back to JOBS to wait for capacity
             if not err.retryable:
                 await self._finish_error(
                     t, JobStatus.FAILED, err, attempts=attempt, worker_id=choice.worker_id
                 )
                 return
-            if attempt >= self.settings.max_attempts:
+            if attempt - len(refused) >= self.settings.max_attempts and (
+                spent(await self.store.attempts(t.job_id)) >= self.settings.max_attempts
+            ):
                 await self._dead_letter(t, attempt, err)
                 return
             self.stats["retries"] += 1

@@ -183,7 +183,8 @@ class JobStore:
                     (now, now, job_id, attempt),
                 ),
                 Stmt(
-                    "UPDATE attempts SET status='RUNNING', started_at=? WHERE job_id=? AND attempt=?",
+                    "UPDATE attempts SET status='RUNNING', started_at=? "
+                    "WHERE job_id=? AND attempt=? AND finished_at IS NULL",
                     (now, job_id, attempt),
                 ),
             ]

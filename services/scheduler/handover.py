@@ -1,0 +1,64 @@
+"""Handing a job back to JetStream, and taking over one another scheduler handed on.
+
+``Requeue`` gives the job's message back (a delayed ``nak``), so JetStream
+delivers it again later: to wait for capacity, for a live scheduler's lease, or
+for an attempt that may still finish. ``attempts_used_up`` is the check a
+redelivered job gets before a new attempt is reserved: a job whose earlier
+holder used its last attempt is not dead-lettered while that attempt may still
+succeed (its result, once stored, ends the job at the next delivery).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tether.errors import NoCapacity, WorkerFailed
+from tether.settings import Settings
+from tether.store import TERMINAL, JobStore
+
+
+class Requeue(Exception):
+    """Hand the job back to JetStream for redelivery after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+
+def spent(history: list[dict[str, Any]]) -> int:
+    """How many attempts count against ``max_attempts``: all but those a worker refused for capacity."""
+    return sum(1 for row in history if row["error_code"] != NoCapacity.code)
+
+
+async def attempts_used_up(
+    store: JobStore, settings: Settings, job_id: str, scheduler_id: str
+) -> tuple[int, WorkerFailed] | None:
+    """For a redelivered job: ``(attempts, last error)`` when it must be dead-lettered now, else None.
+
+    Raises ``Requeue`` while another live scheduler holds the job's lease, or while
+    its last attempt is still open and within its expiry.
+    """
+    row = await store.get(job_id)
+    if row is None or row["status"] in TERMINAL or int(row["attempts"] or 0) < settings.max_attempts:
+        return None
+    now = time.time()
+    lease_until = float(row["lease_until"] or 0)
+    if row["scheduler_id"] != scheduler_id and lease_until > now:
+        raise Requeue(max(1.0, lease_until - now))
+    history = await store.attempts(job_id)
+    if spent(history) < settings.max_attempts:
+        return None
+    last = history[-1] if history else None
+    if last is not None and last["finished_at"] is None and float(last["expires_at"] or 0) > now:
+        raise Requeue(min(settings.job_lease_s, max(1.0, float(last["expires_at"]) - now)))
+    why = f"; last: {last['error_code']}: {last['error_message']}" if last and last["error_code"] else ""
+    return int(row["attempts"]), WorkerFailed(f"max attempts reached{why}")
+
+
+async def over_budget(store: JobStore, settings: Settings, job_id: str, attempt: int) -> WorkerFailed | None:
+    """Whether ``attempt``, just reserved, is one too many (refusals aside); if so it is closed, unused."""
+    if spent(await store.attempts(job_id)) <= settings.max_attempts:
+        return None
+    err = WorkerFailed("max attempts reached")
+    await store.fail_attempt(job_id, attempt, err.code, err.message, time.time())
+    return err

@@ -1,0 +1,194 @@
+"""Scheduler edge cases: full workers, the same job twice, lost acks, hand-back on close, breaker probes,
+and a takeover during a job's last allowed attempt. Real nats-server, real SQLite, in-process roles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.scheduler.service import Scheduler
+from tests.conftest import start_system
+from tether import subjects
+from tether.errors import StoreError
+from tether.settings import Settings
+from tether.store import open_store
+
+JOBS_SUBJECT = "tether.jobs.demo.echo.1"
+
+
+async def _results(nc: Client) -> dict[str, list[dict[str, Any]]]:
+    """Every final result seen on core NATS, per job (a duplicate final result would show up here)."""
+    seen: dict[str, list[dict[str, Any]]] = {}
+
+    async def cb(msg: Msg) -> None:
+        body = json.loads(msg.data)
+        seen.setdefault(body["jobId"], []).append(body)
+
+    await nc.subscribe(subjects.RESULTS_ALL, cb=cb)
+    await nc.flush()
+    return seen
+
+
+async def _until(cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def _publish(nc: Client, job_id: str) -> None:
+    await nc.jetstream().publish(JOBS_SUBJECT, json.dumps({"jobId": job_id, "input": job_id}).encode())
+
+
+async def test_a_burst_over_worker_capacity_waits_for_room_instead_of_using_up_attempts(
+    settings: Settings, nc: Client
+) -> None:
+    settings.worker_concurrency = 2
+    settings.worker_max_queue = 2
+    system = await start_system(settings, ["echo;delay_ms=700"])
+    try:
+        seen = await _results(nc)
+        for i in range(6):
+            await _publish(nc, f"burst-{i}")
+        await _until(lambda: len(seen) == 6, 30)
+        assert {k: [r["status"] for r in v] for k, v in seen.items()} == {
+            f"burst-{i}": ["completed"] for i in range(6)
+        }
+    finally:
+        await system.close()
+
+
+async def test_the_same_job_delivered_twice_to_one_scheduler_runs_once(settings: Settings, nc: Client) -> None:
+    system = await start_system(settings, ["echo;delay_ms=800"])
+    try:
+        seen = await _results(nc)
+        await _publish(nc, "twice")  # a bare publish without Nats-Msg-Id: JetStream keeps both
+        await _publish(nc, "twice")
+        await _until(lambda: "twice" in seen, 10)
+        await asyncio.sleep(0.5)
+        worker = system.workers[0]
+        assert worker.completed == 1  # type: ignore[attr-defined]
+        attempts = await system.scheduler.store.attempts("twice")  # type: ignore[attr-defined]
+        assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "COMPLETED")]
+        info = await nc.jetstream().consumer_info("JOBS", "schedulers")
+        assert info.num_ack_pending == 0 and info.num_pending == 0  # both deliveries acknowledged
+    finally:
+        await system.close()
+
+
+async def test_a_lost_dispatch_ack_cancels_the_attempt_it_gives_up_on(settings: Settings, nc: Client) -> None:
+    settings.dispatch_ack_s = 0.5
+    system = await start_system(settings, ["echo;delay_ms=1500"])
+    worker = system.workers[0]
+    send_ack = worker.reporter.ack  # type: ignore[attr-defined]
+    dropped: list[object] = []
+
+    def drop_first(report_to: str, ack: object) -> None:
+        if not dropped:
+            dropped.append(ack)
+            return
+        send_ack(report_to, ack)
+
+    worker.reporter.ack = drop_first  # type: ignore[attr-defined]
+    cancels: list[dict[str, Any]] = []
+
+    async def on_cancel(msg: Msg) -> None:
+        cancels.append(json.loads(msg.data))
+
+    await nc.subscribe(subjects.control_wildcard("cancel"), cb=on_cancel)
+    try:
+        seen = await _results(nc)
+        await _publish(nc, "lost-ack")
+        await _until(lambda: "lost-ack" in seen, 15)
+        assert dropped, "the first ack was not dropped"
+        assert [(c["jobId"], c["attempt"]) for c in cancels] == [("lost-ack", 1)]
+        assert [r["status"] for r in seen["lost-ack"]] == ["completed"]
+    finally:
+        await system.close()
+
+
+async def test_close_hands_held_jobs_back_at_once(settings: Settings, nc: Client) -> None:
+    system = await start_system(settings, ["echo;delay_ms=5000"])
+    scheduler = system.scheduler
+    naked: list[str] = []
+    real_nak = Msg.nak
+
+    async def spy(self: Msg, delay: float | None = None) -> None:
+        naked.append(self.subject)
+        await real_nak(self, delay=delay)
+
+    Msg.nak = spy  # type: ignore[method-assign]
+    try:
+        for i in range(3):
+            await _publish(nc, f"held-{i}")
+        await _until(lambda: len(scheduler.held) == 3, 10)  # type: ignore[attr-defined]
+        await scheduler.close()  # type: ignore[attr-defined]
+        assert len(naked) == 3
+        now = time.time()
+        async with open_store(settings.store_url) as store:
+            rows = [await store.get(f"held-{i}") for i in range(3)]
+        assert all(r is not None and float(r["lease_until"] or 0) <= now for r in rows)  # free to take over
+    finally:
+        Msg.nak = real_nak  # type: ignore[method-assign]
+        system.scheduler = None
+        await system.close()
+
+
+async def test_a_failure_inside_a_half_open_probe_does_not_leave_the_breaker_shut(
+    settings: Settings, nc: Client
+) -> None:
+    settings.breaker_open_s = 0.3
+    system = await start_system(settings, ["echo;delay_ms=100"])
+    scheduler = system.scheduler
+    try:
+        key = ("echo", "1", settings.region)
+        for _ in range(settings.breaker_threshold):
+            scheduler.breakers.failure(key, "synthetic")  # type: ignore[attr-defined]
+        await asyncio.sleep(0.4)  # open -> half-open: the next attempt is the probe
+        mark_running = scheduler.store.mark_running  # type: ignore[attr-defined]
+        failed: list[bool] = []
+
+        async def flaky(*args: Any, **kwargs: Any) -> None:
+            if not failed:
+                failed.append(True)
+                raise StoreError("store briefly unavailable")
+            await mark_running(*args, **kwargs)
+
+        scheduler.store.mark_running = flaky  # type: ignore[attr-defined]
+        seen = await _results(nc)
+        await _publish(nc, "probe")
+        await _until(lambda: bool(failed), 10)
+        await asyncio.sleep(0.2)
+        assert scheduler.breakers.allows(key)  # type: ignore[attr-defined]
+        await _publish(nc, "after-probe")
+        await _until(lambda: {"probe", "after-probe"} <= set(seen), 20)
+        assert [r["status"] for r in seen["after-probe"]] == ["completed"]
+    finally:
+        await system.close()
+
+
+async def test_a_takeover_during_the_last_attempt_waits_for_it_instead_of_dead_lettering(
+    settings: Settings, nc: Client
+) -> None:
+    settings.job_lease_s = 2.0
+    settings.max_attempts = 1
+    system = await start_system(settings, ["echo;delay_ms=3000"])
+    try:
+        seen = await _results(nc)
+        await _publish(nc, "last")
+        await _until(lambda: system.workers[0]._jobs and True, 10)  # type: ignore[attr-defined]
+        await system.scheduler.close()  # type: ignore[attr-defined]  # its one attempt keeps running
+        system.scheduler = Scheduler(settings, scheduler_id="s-two")
+        await system.scheduler.start()  # type: ignore[attr-defined]
+        await _until(lambda: "last" in seen, 15)
+        await asyncio.sleep(1.0)
+        assert [r["status"] for r in seen["last"]] == ["completed"]
+        stored = await nc.jetstream().get_last_msg("RESULTS", subjects.result_subject("last"))
+        assert json.loads(stored.data)["status"] == "completed"
+    finally:
+        await system.close()
