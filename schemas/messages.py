@@ -54,12 +54,12 @@ class InferParams(_Wire):
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
-    seed: int | None = None
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # what msgpack and torch can carry
     stop: list[str] | None = Field(default=None, max_length=16)
     chat: bool | None = None
     normalize: bool | None = None
-    timeout_s: float | None = Field(default=None, gt=0.0)
+    timeout_s: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     region: str | None = Field(default=None, min_length=1, max_length=64)  # placement: preferred region
     device_class: str | None = Field(default=None, min_length=1, max_length=64)  # e.g. "cpu", "cuda"
     min_tier: int | None = Field(default=None, ge=1, le=3)  # placement: lowest hardware tier accepted

@@ -42,11 +42,16 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
             raise InvalidRequest(f"malformed msgpack: {exc}", field="body") from None
     try:  # JSON between systems is UTF-8 (RFC 8259): decoding it directly skips json's encoding sniffing
         return json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
+    except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, an integer over 4,300 digits, deep nesting
+        raise InvalidRequest(f"malformed JSON: {json_failure(exc)}", field="body") from None
 
 
 def encode(obj: Any, content_type: str = JSON) -> bytes:
     if content_type == MSGPACK:
         return msgpack.packb(obj, use_bin_type=True)
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_failure(exc: Exception) -> str:
+    """A JSON decoding failure in a few words (RecursionError's own message blames Python, not the input)."""
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)

@@ -18,3 +18,9 @@ def check_params(params: InferParams | None, settings: Settings) -> None:
             f"params.maxNewTokens {params.max_new_tokens} exceeds the limit {settings.max_new_tokens}",
             field="params.maxNewTokens",
         )
+    if params and params.timeout_s and params.timeout_s > settings.exec_timeout_cap_s:
+        # no attempt may run longer than the cap: a longer wait would only hold the caller's connection
+        raise InvalidRequest(
+            f"params.timeoutS {params.timeout_s:g} exceeds the limit {settings.exec_timeout_cap_s:g}",
+            field="params.timeoutS",
+        )

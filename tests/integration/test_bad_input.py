@@ -40,6 +40,13 @@ async def _ask(nc: Client, payload: bytes, headers: dict[str, str] | None = None
             "params.maxNewTokens",
         ),
         (json.dumps({**ECHO, "modelId": "no-such-model", "input": "x"}).encode(), "model_unknown", "modelId"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_request", "body"),
+        (b'{"tenantId": "demo", "input": ' + b"9" * 5000 + b"}", "invalid_request", "body"),
+        (json.dumps({**ECHO, "input": "x", "params": {"seed": 2**70}}).encode(), "invalid_request", "params.seed"),
+        (json.dumps({**ECHO, "input": "x", "params": {"topK": 2**70}}).encode(), "invalid_request", "params.topK"),
+        (b'{"tenantId": "demo", "modelId": "echo", "input": "x", "params": {"timeoutS": Infinity}}',
+         "invalid_request", "params.timeoutS"),
+        (json.dumps({**ECHO, "input": "x", "params": {"timeoutS": 1e9}}).encode(), "invalid_request", "params.timeoutS"),
     ],
     ids=[
         "malformed-json",
@@ -52,6 +59,12 @@ async def _ask(nc: Client, payload: bytes, headers: dict[str, str] | None = None
         "params-type",
         "params-limit",
         "unknown-model",
+        "nested-too-deeply",
+        "integer-over-4300-digits",
+        "seed-over-64-bits",
+        "top-k-over-limit",
+        "timeout-infinite",
+        "timeout-over-cap",
     ],
 )
 async def test_bad_requests_get_a_specific_error(

@@ -108,6 +108,13 @@ async def test_error_statuses(http_echo: HttpSystem) -> None:
             "invalid_request",
         ),
         (await c.post("/infer", content=b"x" * (2 * 1024 * 1024)), 413, "payload_too_large"),
+        (await c.post("/infer", content=b"[" * 100_000 + b"]" * 100_000), 400, "invalid_request"),
+        (await c.post("/infer", content=b'{"tenantId": "t", "input": ' + b"9" * 5000 + b"}"), 400, "invalid_request"),
+        (
+            await c.post("/infer", json={"tenantId": "t", **ECHO, "input": "x", "params": {"seed": 2**70}}),
+            400,
+            "invalid_request",
+        ),
     ]
     for response, status, code in cases:
         assert response.status_code == status, response.text

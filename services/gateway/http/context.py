@@ -10,7 +10,7 @@ from fastapi import Request
 
 from services.gateway.http.apikeys import ApiKeys, bearer_token
 from services.gateway.service import Gateway
-from tether import telemetry
+from tether import codec, telemetry
 from tether.errors import InvalidRequest, PayloadTooLarge, Unauthorized
 from tether.limits import check_size
 from tether.store import JobStore
@@ -55,8 +55,8 @@ async def read_json(request: Request) -> Any:
         raise InvalidRequest("the request body must be a JSON object", field="body")
     try:
         return json.loads(body, strict=False)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
+    except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, an integer over 4,300 digits, deep nesting
+        raise InvalidRequest(f"malformed JSON: {codec.json_failure(exc)}", field="body") from None
 
 
 async def caller_of(request: Request) -> Caller:
