@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 
 from schemas import InferReply, InferRequest
 from services.gateway.backlog import Backlog
-from services.gateway.config import GatewayConfig, ModelKey
+from services.gateway.config import GatewayConfig, ModelKey, QuotaRule
 from services.gateway.quota import SharedBuckets
 from streams.kv import IDEMPOTENCY_BUCKET
 from tether.errors import Conflict, ModelUnknown, NoCapacity
@@ -36,6 +36,7 @@ class Admitted:
     request: InferRequest  # the request as it will be queued (model possibly rewritten)
     requested: ModelKey  # what the client asked for
     degraded: bool = False
+    quota: tuple[QuotaRule, ...] = ()  # the buckets it took a token from (given back if refused later)
 
     def annotate(self, reply: InferReply) -> InferReply:
         """Say in the reply which model served when it is not the one requested."""
@@ -78,7 +79,20 @@ class Admission:
                 f"modelId {req.model_id!r} version {req.version!r} is not served by any worker",
                 field="modelId",
             )
-        await self.quotas.admit(req.tenant_id, target)
+        taken = await self.quotas.admit(req.tenant_id, target)
+        try:
+            return await self._shed_or_degrade(req, requested, target, taken)
+        except NoCapacity:
+            await self.quotas.refund(taken, req.tenant_id)
+            raise
+
+    async def give_back(self, admitted: Admitted) -> None:
+        """Return the quota tokens of an admitted request refused afterwards (an idempotency conflict)."""
+        await self.quotas.refund(admitted.quota, admitted.request.tenant_id)
+
+    async def _shed_or_degrade(
+        self, req: InferRequest, requested: ModelKey, target: ModelKey, taken: tuple[QuotaRule, ...]
+    ) -> Admitted:
         degraded = False
         if await self._over_threshold(target):
             fallback = self.config.degrade.get(target)
@@ -98,7 +112,7 @@ class Admission:
             target, degraded = fallback, True
         if target != requested:
             req = req.model_copy(update={"model_id": target[0], "version": target[1]})
-        return Admitted(request=req, requested=requested, degraded=degraded)
+        return Admitted(request=req, requested=requested, degraded=degraded, quota=taken)
 
     async def depths(self) -> dict[ModelKey, int]:
         """Queued-or-running jobs per model (empty before ``start``)."""

@@ -10,6 +10,7 @@ gateways on different machines need reasonably synchronised clocks (NTP).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -48,8 +49,8 @@ def take(state: BucketState | None, rate: Rate, now: float, cost: float = 1.0) -
     else:
         elapsed = max(0.0, now - state.ts)  # a clock that stepped back refills nothing
         tokens = min(rate.burst, state.tokens + elapsed * rate.per_s)
-    if tokens >= cost:
-        return Decision(True, BucketState(tokens - cost, now), 0.0)
+    if tokens >= cost:  # a negative cost (a refund) is always allowed, up to the burst
+        return Decision(True, BucketState(min(rate.burst, tokens - cost), now), 0.0)
     return Decision(False, BucketState(tokens, now), (cost - tokens) / rate.per_s)
 
 
@@ -82,15 +83,29 @@ class SharedBuckets:
         if self.config.quotas:
             self._kv = await js.key_value(QUOTA_BUCKET)
 
-    async def admit(self, tenant: str, model: ModelKey) -> None:
-        """Take one token from every bucket that applies, or raise ``QuotaExceeded`` with a retry time."""
+    async def admit(self, tenant: str, model: ModelKey) -> tuple[QuotaRule, ...]:
+        """Take one token from every bucket that applies; the rules taken from, to ``refund`` if the
+        request is refused later. ``QuotaExceeded`` (with a retry time) gives back what it took first."""
         rules = self.config.rules_for(tenant, model)
         if not rules or self._kv is None:
-            return
-        for rule in rules:
-            await self._take(rule, tenant)
+            return ()
+        taken: list[QuotaRule] = []
+        try:
+            for rule in rules:
+                await self._take(rule, tenant)
+                taken.append(rule)
+        except QuotaExceeded:
+            await self.refund(tuple(taken), tenant)
+            raise
+        return tuple(taken)
 
-    async def _take(self, rule: QuotaRule, tenant: str) -> None:
+    async def refund(self, rules: tuple[QuotaRule, ...], tenant: str) -> None:
+        """Give back the tokens a request took before it was refused (best effort)."""
+        for rule in rules:
+            with contextlib.suppress(Exception):
+                await self._take(rule, tenant, cost=-1.0)
+
+    async def _take(self, rule: QuotaRule, tenant: str, cost: float = 1.0) -> None:
         assert self._kv is not None
         key = bucket_key(rule, tenant)
         for _ in range(MAX_CAS_TRIES):
@@ -99,7 +114,7 @@ class SharedBuckets:
                 revision, state = entry.revision, _decode(entry.value)
             except KeyNotFoundError:
                 revision, state = None, None
-            decision = take(state, rule.rate, self._clock())
+            decision = take(state, rule.rate, self._clock(), cost)
             if not decision.allowed:
                 scope = f"model {rule.model}" if rule.model else "all models"
                 raise QuotaExceeded(

@@ -157,13 +157,17 @@ class Gateway:
         self, req: InferRequest, headers: dict[str, str] | None, on_job: OnJob | None, t0: float
     ) -> InferReply:
         check_params(req.params, self.settings)
-        admitted = await self.admission.admit(req)
+        asked, admitted = req, await self.admission.admit(req)
         req = admitted.request
         job_id = (
             idempotent_job_id(req.tenant_id, req.idempotency_key) if req.idempotency_key else new_job_id()
         )
         if req.idempotency_key:
-            await self.admission.claim_key(job_id, req)
+            try:  # the body as the client sent it: a degraded first try and a later one stay the same
+                await self.admission.claim_key(job_id, asked)
+            except TetherError:
+                await self.admission.give_back(admitted)
+                raise
         if on_job is not None:
             await on_job(job_id)
         # A request without a correlation id is correlated by its job id, as a bare publish is: one
@@ -218,7 +222,9 @@ class Gateway:
 
     def _reply(self, result: ResultMessage, t0: float, admitted: Admitted) -> InferReply:
         if result.error is not None or result.status != "completed":
-            info = result.error.model_dump() if result.error else {"code": "internal", "message": "no result"}
+            info = (  # camelCase, as error_from_wire reads it (retryAfterS, jobId)
+                result.error.model_dump(by_alias=True) if result.error else {"code": "internal", "message": "no result"}
+            )
             raise error_from_wire({**info, "jobId": result.job_id})
         self.stats["completed"] += 1
         reply = InferReply(

@@ -93,6 +93,23 @@ async def test_deep_queue_sheds_or_degrades_by_tenant_policy(held_system: HttpSy
     assert models["held"]["queueDepth"] == 2 and models["held"]["replicas"] == 0
 
 
+async def test_an_idempotent_retry_of_a_degraded_request_is_the_same_request(
+    held_system: HttpSystem, nc: Client
+) -> None:
+    c, js = held_system.client, nc.jetstream()
+    for i in range(2):
+        await js.publish(subjects.job_subject("filler", "held", "1"), json.dumps({"input": f"w{i}"}).encode())
+    await asyncio.sleep(0.3)
+    body, headers = {"modelId": "held", "input": "once"}, {**held_system.auth, "Idempotency-Key": "order-42"}
+    first = await c.post("/infer", json=body, headers=headers)
+    assert first.status_code == 200 and first.json()["degraded"] is True, first.text
+    await js.purge_stream("JOBS")  # the backlog clears: the retry is not degraded
+    await asyncio.sleep(0.3)
+    retry = await c.post("/infer", json=body, headers=headers)
+    assert retry.status_code == 200, retry.text  # not a 409 conflict: the client sent the same body
+    assert retry.json()["jobId"] == first.json()["jobId"] and retry.json()["result"] == "once"
+
+
 async def _hammer(url: str, key: str, until: float, counts: dict[int, int]) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30) as c:
 
@@ -135,3 +152,20 @@ async def test_two_gateway_processes_share_one_rate(settings: Settings, tmp_path
     assert throttled > 0, counts
     assert admitted <= allowed * 1.10, (admitted, allowed, counts)
     assert admitted >= (burst + rate * seconds) * 0.5, (admitted, allowed, counts)
+
+
+async def test_a_request_refused_by_one_bucket_gives_back_the_tokens_it_took_from_the_others(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_QUOTAS", "acme=0.001/3,acme:echo=0.001/1")  # tenant-wide 3, echo alone 1
+    async with http_system(settings, ["echo", "other:1=none;task=echo"]) as hs:
+        c = hs.client
+        codes = [
+            (await c.post("/infer", json={**ECHO, "input": "x"}, headers=hs.auth)).status_code for _ in range(3)
+        ]
+        assert codes == [200, 429, 429]  # echo's own bucket is empty after one
+        other = [
+            (await c.post("/infer", json={"modelId": "other", "input": "x"}, headers=hs.auth)).status_code
+            for _ in range(3)
+        ]
+        assert other == [200, 200, 429]  # the tenant-wide bucket lost only echo's one token

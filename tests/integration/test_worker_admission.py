@@ -141,8 +141,9 @@ async def test_jobs_asking_for_a_higher_tier_are_not_placed_on_a_tier_1_worker(
         assert gflops > 0.01
         ok = await client.infer(nc, model="echo", input="tier one", params={"minTier": 1}, timeout=30)
         assert ok["result"] == "tier one"
-        with pytest.raises(errors.NoCapacity):
+        with pytest.raises(errors.NoCapacity) as refused:
             await client.infer(nc, model="echo", input="tier two", params={"minTier": 2}, timeout=30)
+        assert refused.value.retry_after_s == settings.heartbeat_s  # when a worker may have announced itself
     finally:
         await system.close()
 

@@ -53,6 +53,8 @@ def _headers(exc: TetherError) -> dict[str, str]:
     headers: dict[str, str] = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    elif status_of(exc) == 503:  # every 503 says when to come back (RFC 9110 section 10.2.3)
+        headers["Retry-After"] = "1"
     if exc.job_id:
         headers["X-Job-Id"] = exc.job_id
     return headers
