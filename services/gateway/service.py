@@ -220,6 +220,10 @@ class Gateway:
                 if not futs:
                     del self._pending[job_id]
 
+    def waiting_on(self, job_id: str) -> int:
+        """How many requests still wait for ``job_id``'s result here."""
+        return len(self._pending.get(job_id, ()))
+
     def _reply(self, result: ResultMessage, t0: float, admitted: Admitted) -> InferReply:
         if result.error is not None or result.status != "completed":
             info = (  # camelCase, as error_from_wire reads it (retryAfterS, jobId)

@@ -110,6 +110,26 @@ async def test_client_disconnect_cancels_the_job(hs: HttpSystem, nc: Client) -> 
     assert cancel.job_id == job_id and cancel.reason == "client disconnected"
 
 
+async def test_a_keyed_stream_that_hangs_up_leaves_its_shared_job_running(hs: HttpSystem, nc: Client) -> None:
+    cancels: list[dict] = []
+
+    async def on_cancel(msg) -> None:
+        cancels.append(json.loads(msg.data))
+
+    await nc.subscribe(subjects.control_subject("cancel", "*").rsplit(".", 1)[0] + ".>", cb=on_cancel)
+    await nc.flush()
+    body, key = {"tenantId": "t", "modelId": HELD, "input": "shared"}, {"Idempotency-Key": "shared-1"}
+    async with httpx.AsyncClient(base_url=hs.url, timeout=10) as client:
+        waiting = asyncio.create_task(client.post("/infer", json=body, headers=key))  # same job, no stream
+        async with client.stream("POST", "/infer?stream=true", json=body, headers=key) as r:
+            lines = r.aiter_lines()
+            assert await anext(lines) == "event: job"
+        await asyncio.sleep(0.5)  # the hang-up has been handled
+        assert cancels == []
+        assert not waiting.done()  # still waiting for the job's result
+        waiting.cancel()
+
+
 async def _wait_subscribed(nc: Client, job_id: str) -> None:
     """Until the gateway listens for the job's chunks (it subscribes before it publishes the job)."""
     deadline = time.monotonic() + 10

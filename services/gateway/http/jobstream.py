@@ -114,12 +114,19 @@ class JobStream:
         return chunk.seq, chunk.text
 
     async def close(self) -> None:
-        """Unsubscribe; if the job has not finished, cancel it (the client went away)."""
+        """Unsubscribe; if the job has not finished and nobody else wants it, cancel it (the client went away).
+
+        A job with an idempotency key is left running: its client declared it may come back for the
+        result, and other requests with the same key may be waiting on it.
+        """
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self.job_id is not None and not self.done and self.gateway.nc is not None:
+        abandoned = self.req.idempotency_key is None and (
+            self.job_id is not None and not self.gateway.waiting_on(self.job_id)
+        )
+        if abandoned and self.job_id is not None and not self.done and self.gateway.nc is not None:
             cancel = CancelRequest(job_id=self.job_id, reason="client disconnected")
             with contextlib.suppress(Exception):
                 await self.gateway.nc.publish(
