@@ -22,6 +22,8 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 CORRELATION_ID = "correlation-id"
+#: A client's correlation id is kept up to this many characters (it is copied into every hop and the store).
+MAX_CORRELATION_ID = 128
 TRACEPARENT = "traceparent"
 _TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _propagator = TraceContextTextMapPropagator()

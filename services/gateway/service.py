@@ -172,7 +172,8 @@ class Gateway:
             await on_job(job_id)
         # A request without a correlation id is correlated by its job id, as a bare publish is: one
         # id to grep for, and time-ordered, so the store's indexes on it grow at their ends.
-        hop = telemetry.child_headers(headers, (headers or {}).get(telemetry.CORRELATION_ID) or job_id)
+        cid = (headers or {}).get(telemetry.CORRELATION_ID) or job_id
+        hop = telemetry.child_headers(headers, cid[: telemetry.MAX_CORRELATION_ID])
         fut: asyncio.Future[ResultMessage] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(job_id, []).append(fut)
         try:

@@ -100,3 +100,17 @@ async def test_idempotency_key_maps_to_one_job_and_one_result(echo_system, nc: C
     js = nc.jetstream()
     info = await js.stream_info("RESULTS", subjects_filter=subjects.result_subject(first["jobId"]))
     assert info.state.subjects == {subjects.result_subject(first["jobId"]): 1}
+
+
+async def test_a_long_correlation_id_is_cut_to_128_characters(echo_system, nc: Client) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def collect(msg) -> None:
+        seen.append(dict(msg.headers or {}))
+
+    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
+    body = json.dumps({**ECHO, "input": "long id"}).encode()
+    await nc.request(subjects.INFER, body, timeout=10, headers={"correlation-id": "c" * 5000})
+    await nc.flush()
+    await sub.unsubscribe()
+    assert seen and seen[0]["correlation-id"] == "c" * 128

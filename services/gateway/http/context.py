@@ -92,7 +92,7 @@ def trace_headers(request: Request) -> dict[str, str]:
     parent: dict[str, str] = {}
     cid = request.headers.get(telemetry.CORRELATION_ID) or request.headers.get("x-request-id")
     if cid:
-        parent[telemetry.CORRELATION_ID] = cid[:128]
+        parent[telemetry.CORRELATION_ID] = cid[: telemetry.MAX_CORRELATION_ID]
     tp = request.headers.get(telemetry.TRACEPARENT)
     if tp:
         parent[telemetry.TRACEPARENT] = tp
