@@ -40,8 +40,11 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
             return msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise InvalidRequest(f"malformed msgpack: {exc}", field="body") from None
-    try:  # JSON between systems is UTF-8 (RFC 8259): decoding it directly skips json's encoding sniffing
-        return json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+    # JSON between systems is UTF-8 (RFC 8259): decoding it directly skips json's encoding sniffing.
+    # Control characters inside strings are accepted (the seed's own ``curl`` example sends a raw
+    # newline inside its ``input``), on every entrypoint alike.
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data, strict=False)
     except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, an integer over 4,300 digits, deep nesting
         raise InvalidRequest(f"malformed JSON: {json_failure(exc)}", field="body") from None
 

@@ -114,3 +114,9 @@ async def test_a_long_correlation_id_is_cut_to_128_characters(echo_system, nc: C
     await nc.flush()
     await sub.unsubscribe()
     assert seen and seen[0]["correlation-id"] == "c" * 128
+
+
+async def test_a_raw_newline_inside_a_json_string_is_accepted_as_over_http(echo_system, nc: Client) -> None:
+    body = b'{"tenantId": "demo", "modelId": "echo", "version": "1", "input": "two\nlines"}'
+    reply = json.loads((await nc.request(subjects.INFER, body, timeout=10)).data)
+    assert reply["result"] == "two\nlines"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +35,7 @@ def state_of(request: Request) -> HttpState:
 
 
 async def read_json(request: Request) -> Any:
-    """The body as JSON, refused with 413 past ``TETHER_MAX_PAYLOAD`` before it is all read.
-
-    Control characters inside strings are accepted (the seed's own ``curl`` example sends a
-    raw newline inside its ``input``)."""
+    """The body as JSON, refused with 413 past ``TETHER_MAX_PAYLOAD`` before it is all read."""
     settings = state_of(request).gateway.settings
     declared = request.headers.get("content-length")
     if declared and declared.isdigit():
@@ -53,10 +49,7 @@ async def read_json(request: Request) -> Any:
             )
     if not body:
         raise InvalidRequest("the request body must be a JSON object", field="body")
-    try:
-        return json.loads(body, strict=False)
-    except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, an integer over 4,300 digits, deep nesting
-        raise InvalidRequest(f"malformed JSON: {codec.json_failure(exc)}", field="body") from None
+    return codec.decode(bytes(body), codec.JSON)  # the same JSON rules as tether.infer
 
 
 async def caller_of(request: Request) -> Caller:
