@@ -23,7 +23,7 @@ from schemas import ModelState, ServedModel
 from services.worker import memory
 from services.worker.runtimes.base import ModelRuntime
 from services.worker.runtimes.catalog import ModelSpec, build_runtime
-from tether.errors import ModelUnknown, NoCapacity
+from tether.errors import ModelUnknown, NoCapacity, WorkerFailed
 from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class ModelCache:
         ordered = sorted(self.models.values(), key=lambda m: not m.pinned)
         for entry in ordered:
             if entry.pinned or self.used() + entry.size <= self.budget:
-                with contextlib.suppress(NoCapacity, ModelUnknown):
+                with contextlib.suppress(NoCapacity, ModelUnknown, WorkerFailed):  # a failed load is recorded
                     await self.ensure(entry.spec.key, evict=entry.pinned)
             else:
                 entry.state = ModelState.EVICTED
@@ -139,8 +139,8 @@ class ModelCache:
             if entry.state is ModelState.WARM and entry.runtime is not None:
                 entry.last_used = time.monotonic()
                 return entry.runtime
-            if entry.state is ModelState.FAILED:
-                raise ModelUnknown(f"{key[0]}:{key[1]} failed to load: {entry.detail}")
+            if entry.state is ModelState.FAILED:  # retryable: another worker may load it
+                raise WorkerFailed(f"{key[0]}:{key[1]} failed to load on this worker: {entry.detail}")
             await self._make_room(entry, entry.size, evict=evict)
             await self._load(entry)
             if self.used() > self.budget:  # the measured size was larger than the estimate
@@ -187,7 +187,9 @@ class ModelCache:
                     await asyncio.to_thread(runtime.close)
             entry.state, entry.detail = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             log.error("model failed to load", extra={"model": entry.spec.model_id, "error": entry.detail})
-            raise ModelUnknown(f"{entry.spec.model_id}:{entry.spec.version} failed to load: {entry.detail}") from exc
+            raise WorkerFailed(  # retryable: the job moves to another worker, this one stops offering the model
+                f"{entry.spec.model_id}:{entry.spec.version} failed to load on this worker: {entry.detail}"
+            ) from exc
         finally:
             watcher.cancel()
             entry.progress, self._loading = None, None

@@ -188,3 +188,47 @@ async def test_context_limit_and_bad_params_are_errors(engine: EngineRuntime) ->
         await engine.run(_req("hello", "bad", max_new_tokens=0))
     near_limit = await engine.run(_req("hello " * 505, "near", max_new_tokens=50))
     assert near_limit.tokens_out == 512 - 505 and near_limit.finish_reason == "length"
+
+
+async def test_a_vanishing_temperature_is_greedy_and_leaves_the_engine_serving(
+    engine: EngineRuntime, naive: TransformersRuntime
+) -> None:
+    greedy = await naive.run(_req("the capital of france is", max_new_tokens=8))
+    tiny = await engine.run(_req("the capital of france is", "tiny-temp", max_new_tokens=8, temperature=1e-300))
+    assert tiny.output == greedy.output  # logits / 1e-300 would be inf and NaN: greedy instead
+    assert (await naive.run(_req("the capital of france is", max_new_tokens=8, temperature=1e-300))).output == (
+        greedy.output
+    )
+    after = await engine.run(_req("hello", "after", max_new_tokens=4))
+    assert after.tokens_out == 4 and engine.engine._thread.is_alive()  # type: ignore[union-attr]
+
+
+async def test_a_failure_choosing_tokens_fails_that_batch_only(engine: EngineRuntime) -> None:
+    import services.worker.engine.generation as generation
+
+    real = generation.next_tokens
+
+    def broken(*args: object, **kwargs: object) -> list[int]:
+        generation.next_tokens = real  # once
+        raise RuntimeError("injected")
+
+    generation.next_tokens = broken  # type: ignore[assignment]
+    try:
+        with pytest.raises(errors.WorkerFailed):
+            await engine.run(_req("hello", "doomed", max_new_tokens=4))
+    finally:
+        generation.next_tokens = real
+    assert (await engine.run(_req("hello", "next", max_new_tokens=4))).tokens_out == 4
+    assert engine.engine._thread.is_alive()  # type: ignore[union-attr]
+
+
+async def test_an_input_without_tokens_is_invalid_not_a_worker_failure(
+    engine: EngineRuntime, naive: TransformersRuntime
+) -> None:
+    ids = naive.tokenizer("   ", return_tensors="pt")["input_ids"]
+    if ids.shape[-1] != 0:
+        pytest.skip("this tokenizer keeps whitespace as tokens")
+    for runtime in (engine, naive):
+        with pytest.raises(errors.InvalidRequest) as info:
+            await runtime.run(_req("   ", "blank", max_new_tokens=4))
+        assert info.value.field == "input"

@@ -124,8 +124,9 @@ async def test_a_failed_load_is_reported_and_not_retried(tmp_path: Path, tiny_di
         entry = cache.models[("broken", "1")]
         assert entry.state is ModelState.FAILED and entry.detail
         assert states == [ModelState.LOADING, ModelState.FAILED]
-        with pytest.raises(errors.ModelUnknown, match="failed to load"):
+        with pytest.raises(errors.WorkerFailed, match="failed to load") as failed:
             await cache.ensure(("broken", "1"))
+        assert failed.value.retryable  # another worker may load it
         assert not cache.can_serve(("broken", "1"))
     finally:
         await cache.close()

@@ -127,6 +127,14 @@ class GenerationEngine:
 
     def _main(self) -> None:
         outbox = _Outbox(self.stream_interval_s)
+        try:
+            self._loop(outbox)
+        except BaseException as exc:  # a bug here must not leave jobs waiting forever on a dead thread
+            log.exception("engine loop crashed", extra={"engine": self._thread.name})
+            self._stopping = True  # submit() refuses from now on
+            self._fail_all(WorkerFailed(f"the model's engine crashed: {type(exc).__name__}: {exc}"))
+
+    def _loop(self, outbox: _Outbox) -> None:
         while not self._stopping:
             if not self._batch and not self._waiting:
                 first = self._queue.get()
@@ -193,10 +201,14 @@ class GenerationEngine:
             events.extend((s, None, _failure(s, exc)) for s in group)
             return
         self.stats.prefills += 1
-        self._advance(fresh, logits, events)
-        if self._mergeable is None and fresh.rows:
-            self._mergeable = fresh.mergeable()
-        self._batch.merge(fresh)
+        try:
+            self._advance(fresh, logits, events)
+            if self._mergeable is None and fresh.rows:
+                self._mergeable = fresh.mergeable()
+            self._batch.merge(fresh)
+        except Exception as exc:  # fails this group only; the running batch goes on
+            log.exception("admitting a group failed", extra={"rows": len(group)})
+            events.extend((s, None, _failure(s, exc)) for s in group if not s.finished)
 
     def _step(self, events: list[Event]) -> None:
         batch = self._batch
@@ -215,7 +227,12 @@ class GenerationEngine:
         self.stats.steps += 1
         self.stats.rows_stepped += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self._advance(batch, logits, events)
+        try:
+            self._advance(batch, logits, events)
+        except Exception as exc:
+            log.exception("choosing tokens failed", extra={"rows": len(batch)})
+            events.extend((s, None, _failure(s, exc)) for s in batch.rows)
+            batch.keep([False] * len(batch))
 
     def _advance(self, batch: DecodeBatch, logits: Any, events: list[Event]) -> None:
         """Pick each row's next token, record it, and drop the rows that finished."""

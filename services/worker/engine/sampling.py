@@ -10,12 +10,12 @@ import random
 
 import torch
 
-from services.worker.runtimes.base import GenerationParams
+from services.worker.runtimes.base import MIN_TEMPERATURE, GenerationParams
 
 
 def make_generator(params: GenerationParams) -> torch.Generator | None:
     """A private RNG for a sampled request; None for greedy."""
-    if params.temperature <= 0:
+    if params.temperature < MIN_TEMPERATURE:
         return None
     gen = torch.Generator(device="cpu")
     gen.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
@@ -46,5 +46,7 @@ def next_tokens(
         if gen is None:
             continue
         probs = torch.softmax(_filtered(logits[row], params[row]), dim=-1).cpu()
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            continue  # logits that overflowed (fp16, extreme values): the greedy choice stands
         chosen[row] = int(torch.multinomial(probs, 1, generator=gen).item())
     return [int(t) for t in chosen]

@@ -21,9 +21,13 @@ class Task(StrEnum):
     ECHO = "echo"  # input returned unchanged (pipeline tests and benchmarks)
 
 
+#: Below this temperature decoding is greedy: dividing logits by less overflows them to inf and NaN.
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(slots=True, kw_only=True)
 class GenerationParams:
-    """Sampling knobs. Greedy decoding unless ``temperature`` > 0 (or do_sample)."""
+    """Sampling knobs. Greedy decoding unless ``temperature`` >= ``MIN_TEMPERATURE``."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0

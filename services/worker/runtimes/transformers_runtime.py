@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from tether import errors
 
-from .base import GenerationParams, RunRequest, RunResult, Task
+from .base import MIN_TEMPERATURE, GenerationParams, RunRequest, RunResult, Task
 from .weights import merge_adapter, quantization_kwargs
 
 T = TypeVar("T")
@@ -198,6 +198,8 @@ class TransformersRuntime:
             enc = self.tokenizer.apply_chat_template(
                 prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
+        if enc["input_ids"].shape[-1] == 0:  # e.g. only whitespace, for a tokenizer that drops it
+            raise errors.InvalidRequest("the input has no tokens for this model", field="input")
         return {k: v.to(self.model.device) for k, v in enc.items()}
 
     def _generate(
@@ -230,7 +232,7 @@ class TransformersRuntime:
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "do_sample": params.temperature > 0,
+            "do_sample": params.temperature >= MIN_TEMPERATURE,  # below it, greedy (as in the engine)
         }
         if kwargs["do_sample"]:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
