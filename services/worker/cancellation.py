@@ -4,11 +4,19 @@ A ``CancelRequest`` without ``attempt`` (a client giving up) stops whichever att
 the job this worker runs; with ``attempt`` (a scheduler that re-placed the job) only that
 attempt, so the new attempt elsewhere keeps going. The engine sees the token between
 steps, drops the row and frees its batch slot.
+
+A cancel can overtake its job: the scheduler sends the dispatch and, when the ack is
+late, the cancel right after, and the two reach the worker on different subscriptions.
+So a cancel for a job that is not running here is remembered for ``EARLY_TTL_S`` (every
+worker hears every cancel; at most ``EARLY_MAX`` are kept) and applied when the job is
+registered, which the worker does as it accepts the dispatch.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 
 from nats.aio.msg import Msg
 
@@ -18,30 +26,54 @@ from tether import codec
 
 log = logging.getLogger(__name__)
 
+EARLY_TTL_S = 30.0
+EARLY_MAX = 10_000
+
 
 class CancelBoard:
     def __init__(self) -> None:
-        self._running: dict[str, tuple[int, CancelToken]] = {}
+        self._running: dict[str, dict[int, CancelToken]] = {}
+        self._early: OrderedDict[tuple[str, int | None], tuple[float, str]] = OrderedDict()
         self.cancelled = 0
 
     def register(self, job_id: str, attempt: int) -> CancelToken:
         token = CancelToken()
-        self._running[job_id] = (attempt, token)
+        self._running.setdefault(job_id, {})[attempt] = token
+        self._expire()
+        early = self._early.pop((job_id, attempt), None) or self._early.pop((job_id, None), None)
+        if early is not None:
+            token.cancel(early[1])
+            self.cancelled += 1
+            log.info("job cancelled before it started", extra={"job": job_id, "attempt": attempt})
         return token
 
     def release(self, job_id: str, attempt: int) -> None:
-        held = self._running.get(job_id)
-        if held is not None and held[0] == attempt:
-            del self._running[job_id]
+        attempts = self._running.get(job_id)
+        if attempts is not None:
+            attempts.pop(attempt, None)
+            if not attempts:
+                del self._running[job_id]
 
     def cancel(self, request: CancelRequest) -> bool:
-        held = self._running.get(request.job_id)
-        if held is None or (request.attempt is not None and request.attempt != held[0]):
+        """Cancel the matching attempt(s) running here; otherwise remember the cancel for a while."""
+        attempts = self._running.get(request.job_id, {})
+        hits = [(a, t) for a, t in attempts.items() if request.attempt is None or a == request.attempt]
+        if not hits:
+            self._expire()
+            self._early[(request.job_id, request.attempt)] = (time.monotonic() + EARLY_TTL_S, request.reason)
+            while len(self._early) > EARLY_MAX:
+                self._early.popitem(last=False)
             return False
-        held[1].cancel(request.reason)
-        self.cancelled += 1
-        log.info("job cancelled", extra={"job": request.job_id, "attempt": held[0], "reason": request.reason})
+        for attempt, token in hits:
+            token.cancel(request.reason)
+            self.cancelled += 1
+            log.info("job cancelled", extra={"job": request.job_id, "attempt": attempt, "reason": request.reason})
         return True
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._early and next(iter(self._early.values()))[0] < now:
+            self._early.popitem(last=False)
 
     async def on_message(self, msg: Msg) -> None:
         try:

@@ -41,7 +41,7 @@ from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder, PresencePublisher
 from services.worker.quota_guard import QuotaGuard
 from services.worker.reporting import Reporter
-from services.worker.runtimes.base import Resume, RunRequest
+from services.worker.runtimes.base import CancelToken, Resume, RunRequest
 from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from services.worker.streaming import ChunkPublisher
 from streams import apply, topology
@@ -289,7 +289,14 @@ class Worker:
             )
             if refusal is None and slot is not None:
                 self.quota.acquire(d.tenant_id)  # held from acceptance, so a burst is counted at once
-                self._jobs.spawn(self._run(d, slot), name=f"job:{d.job_id}")
+                cancel = self.cancels.register(d.job_id, d.attempt)  # now: a cancel may follow at once
+                task = self._jobs.spawn(self._run(d, slot, cancel), name=f"job:{d.job_id}")
+                # released when the task ends, even one cancelled before it started (a close)
+                task.add_done_callback(lambda _, d=d: self._settle(d))
+
+    def _settle(self, d: Dispatch) -> None:
+        self.cancels.release(d.job_id, d.attempt)
+        self.quota.release(d.tenant_id)
 
     def _refusal(self, d: Dispatch, slot: CachedModel | None) -> TetherError | None:
         if self.state is not WorkerState.RUNNING:
@@ -302,7 +309,7 @@ class Worker:
             return NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
         return self.quota.check(d.tenant_id, len(self._jobs))
 
-    async def _run(self, d: Dispatch, slot: CachedModel) -> None:
+    async def _run(self, d: Dispatch, slot: CachedModel, cancel: CancelToken) -> None:
         started = time.time()
         hop = telemetry.child_headers(d.trace)
         assert self.chunks is not None
@@ -316,7 +323,7 @@ class Worker:
                     params=generation_params(d.params),
                     on_delta=None if is_sealed(d.input) else stream.on_delta,  # no plaintext chunks for it
                     resume=Resume(text=d.resume.text, token_ids=d.resume.token_ids) if d.resume else None,
-                    cancel=self.cancels.register(d.job_id, d.attempt),
+                    cancel=cancel,
                 )
                 async with self.cache.use(slot.spec.key) as runtime:
                     out = await runtime.run(request)
@@ -364,9 +371,6 @@ class Worker:
         else:
             self.completed += 1
             await self._report(d, hop, started, None)
-        finally:
-            self.cancels.release(d.job_id, d.attempt)
-            self.quota.release(d.tenant_id)
 
     async def _report(
         self, d: Dispatch, hop: dict[str, str], started: float, err: TetherError | None
