@@ -33,6 +33,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "models", None):
         overrides["models"] = [m for m in args.models.split(",") if m]
+        os.environ["TETHER_MODELS"] = args.models  # the worker `tether up` starts reads it
     if getattr(args, "region", None):
         overrides["region"] = args.region
     if getattr(args, "insecure", False):

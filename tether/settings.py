@@ -116,7 +116,8 @@ class Settings:
             worker_max_queue=_int("TETHER_WORKER_MAX_QUEUE", 0),
             admission_bench=_env("TETHER_ADMISSION_BENCH", "1").lower() not in ("0", "false", "no", "off"),
             http_port=_int("TETHER_HTTP_PORT", 8080),
-            insecure=_env("TETHER_INSECURE", "") not in ("", "0", "false", "no"),
+            # only an explicit yes turns verification off: "False", "off", "NO" keep it on
+            insecure=_env("TETHER_INSECURE", "").strip().lower() in ("1", "true", "yes", "on"),
             allowlist=Path(os.environ["TETHER_ALLOWLIST"]) if os.environ.get("TETHER_ALLOWLIST") else None,
             skew_s=_float("TETHER_SKEW_S", 30.0),
             verify_workers=_int("TETHER_VERIFY_WORKERS", default_verify_workers()),

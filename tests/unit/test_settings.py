@@ -1,0 +1,32 @@
+"""Settings from the environment and the CLI flags that feed them."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from tether import cli
+from tether.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("value", "insecure"),
+    [("", False), ("0", False), ("false", False), ("False", False), ("off", False), ("NO", False),
+     ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("on", True)],
+)
+def test_only_an_explicit_yes_turns_verification_off(
+    monkeypatch: pytest.MonkeyPatch, value: str, insecure: bool
+) -> None:
+    monkeypatch.setenv("TETHER_INSECURE", value)
+    assert Settings.from_env().insecure is insecure
+
+
+def test_the_models_flag_reaches_the_processes_tether_up_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_MODELS", "before")  # recorded, so the value the CLI sets is undone after
+    monkeypatch.setenv("TETHER_INSECURE", "0")
+    s = cli._settings(argparse.Namespace(cmd="status", models="echo,other"))
+    assert s.models == ["echo", "other"]
+    import os
+
+    assert os.environ["TETHER_MODELS"] == "echo,other"  # children inherit the environment
