@@ -12,7 +12,14 @@ from streams.definitions import Topology
 log = logging.getLogger(__name__)
 
 
-async def apply(js: JetStreamContext, topo: Topology) -> None:
+async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False) -> None:
+    """Create what is missing; with ``update``, also bring existing streams and consumers to ``topo``.
+
+    Only the scheduler updates (its settings own the JOBS consumer's lease and delivery cap,
+    and it is what an operator restarts to change them). Every other process (gateway,
+    worker, CLI tools) only creates what is missing, so one started with a default
+    setting cannot shrink RESULTS' retention or JOBS' message size under the others.
+    """
     for cfg in topo.streams:
         assert cfg.name is not None
         try:
@@ -21,10 +28,17 @@ async def apply(js: JetStreamContext, topo: Topology) -> None:
             await js.add_stream(cfg)
             log.info("stream created", extra={"stream": cfg.name})
         else:
-            await js.update_stream(cfg)
+            if update:
+                await js.update_stream(cfg)
     for stream, ccfg in topo.consumers:
-        # add_consumer creates, or updates a durable with the same name.
-        await js.add_consumer(stream, ccfg)
+        assert ccfg.durable_name is not None
+        if not update:
+            try:
+                await js.consumer_info(stream, ccfg.durable_name)
+                continue
+            except NotFoundError:
+                pass
+        await js.add_consumer(stream, ccfg)  # creates, or updates a durable with the same name
     for kv in topo.key_values:
         try:
             await js.key_value(kv.bucket)

@@ -123,7 +123,7 @@ class Scheduler:
             nc = await connect(self.settings.url, name=f"tether-scheduler-{self.scheduler_id}")
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
-        await apply(self.js, topology(self.settings, nc._server_info))
+        await apply(self.js, topology(self.settings, nc._server_info), update=True)
         signer = DispatchSigner(node_identity(self.settings, "scheduler"))
         self.dispatcher = Dispatcher(nc, self.scheduler_id, signer)
         await self.dispatcher.start()

@@ -18,7 +18,7 @@ from tether.settings import Settings
 async def test_apply_creates_then_updates_without_error(nc: Client, settings: Settings) -> None:
     js = nc.jetstream()
     await apply(js, topology(settings))
-    await apply(js, topology(settings))  # second time: update, not fail
+    await apply(js, topology(settings), update=True)  # second time: update, not fail
     jobs = await js.stream_info(JOBS)
     assert jobs.config.retention == RetentionPolicy.WORK_QUEUE
     assert jobs.config.storage == StorageType.FILE
@@ -31,9 +31,13 @@ async def test_apply_creates_then_updates_without_error(nc: Client, settings: Se
     consumer = await js.consumer_info(JOBS, SCHEDULER_CONSUMER)
     assert consumer.config.durable_name == SCHEDULER_CONSUMER
 
-    changed = replace(settings, results_max_age_s=3600.0)
-    await apply(js, topology(changed))
+    changed = replace(settings, results_max_age_s=3600.0, max_deliver=7)
+    await apply(js, topology(changed))  # a gateway, a worker or a CLI tool: creates only
+    assert (await js.stream_info(RESULTS)).config.max_age == settings.results_max_age_s
+    assert (await js.consumer_info(JOBS, SCHEDULER_CONSUMER)).config.max_deliver == settings.max_deliver
+    await apply(js, topology(changed), update=True)  # the scheduler: brings them to its settings
     assert (await js.stream_info(RESULTS)).config.max_age == 3600.0
+    assert (await js.consumer_info(JOBS, SCHEDULER_CONSUMER)).config.max_deliver == 7
 
 
 def test_replicas_follow_the_cluster_size() -> None:
