@@ -8,14 +8,20 @@ JetStream announces it on
 (queue group) reads the message by its stream sequence, dead-letters it with
 its attempt history, gives the client its ``dead_lettered`` final result, and
 removes it from JOBS. Every step is idempotent (DLQ and RESULTS deduplicate
-per job), so a scheduler dying halfway leaves nothing half-done for long.
+per job), so a scheduler dying halfway leaves nothing half-done for long. A job
+whose last attempt is still open and within its expiry (its scheduler handed it
+back, or died, while a worker runs it) is looked at again once that attempt has
+expired; a job whose result is stored by then is recorded as it ended, not
+dead-lettered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -27,6 +33,7 @@ from streams import JOBS, SCHEDULER_CONSUMER
 from tether.errors import DeadLettered
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStore
+from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ class MaxDeliveries:
     def __init__(self, nc: Client, js: JetStreamContext, store: JobStore, settings: Settings) -> None:
         self._nc, self._js, self._store, self._settings = nc, js, store, settings
         self._sub = None
+        self._later = TaskGroup("max-deliveries-later")
         self.dead_lettered = 0
 
     async def start(self) -> None:
@@ -48,6 +56,14 @@ class MaxDeliveries:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+        await self._later.close()
+
+    async def _again(self, seq: int, deliveries: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self.dead_letter(seq, deliveries)
+        except Exception:
+            log.exception("max-deliveries dead letter failed", extra={"stream_seq": seq})
 
     async def _on_advisory(self, msg: Msg) -> None:
         try:
@@ -77,6 +93,13 @@ class MaxDeliveries:
             settings=self._settings,
         )
         row = await self._store.get(t.job_id)
+        if row is not None and row["status"] not in TERMINAL:
+            history = await self._store.attempts(t.job_id)
+            last = history[-1] if history else None
+            wait = float(last["expires_at"] or 0) - time.time() if last and last["finished_at"] is None else 0.0
+            if wait > 0:  # its attempt may still finish: look again once it has expired
+                self._later.spawn(self._again(seq, deliveries, wait + 1.0), name=f"dlq-later:{seq}")
+                return True
         if row is None or row["status"] not in TERMINAL:
             attempts = int(row["attempts"]) if row else 0
             reason = DeadLettered(

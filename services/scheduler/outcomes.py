@@ -108,7 +108,15 @@ async def finish_error(
 async def dead_letter(
     js: JetStreamContext, store: JobStore, t: Ticket, attempts: int, last: TetherError
 ) -> None:
-    """DLQ entry with the attempt history, then the client's ``dead_lettered`` final result."""
+    """DLQ entry with the attempt history, then the client's ``dead_lettered`` final result.
+
+    A job whose result is already stored (an attempt finished after all) is not dead-lettered:
+    the stored result is recorded instead.
+    """
+    existing = await fetch_final(js, t.job_id)
+    if existing is not None:
+        await record_final(store, t, existing, attempts or 1)
+        return
     await publish_dead_letter(js, store, t, attempts, last)
     await finish_error(
         js,

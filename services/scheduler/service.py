@@ -177,13 +177,13 @@ class Scheduler:
             return
         self.state = SchedulerState.STOPPED
         await self._tasks.close()
+        if self._advisories is not None:  # first: the hand-back's advisories go to a scheduler that stays
+            await self._advisories.stop()
         held = self.held.snapshot()  # before the cancelled handlers forget their jobs
         await self._jobs.close()
         await self.held.hand_back(*held)  # not finished: another scheduler may take them now
         if self.dispatcher is not None:
             await self.dispatcher.stop()
-        if self._advisories is not None:
-            await self._advisories.stop()
         if self.monitor is not None:
             await self.monitor.persist()
         await self.fleet.stop()

@@ -192,3 +192,29 @@ async def test_a_takeover_during_the_last_attempt_waits_for_it_instead_of_dead_l
         assert json.loads(stored.data)["status"] == "completed"
     finally:
         await system.close()
+
+
+async def test_max_deliveries_does_not_dead_letter_a_job_whose_attempt_is_still_running(
+    settings: Settings, nc: Client
+) -> None:
+    settings.max_deliver = 1  # the hand-back on close is its last delivery
+    settings.exec_timeout_base_s, settings.exec_timeout_per_token_s = 3.0, 0.0
+    system = await start_system(settings, ["echo;delay_ms=1500"])
+    try:
+        seen = await _results(nc)
+        await _publish(nc, "adv")
+        await _until(lambda: "adv" in system.scheduler.held, 10)  # type: ignore[attr-defined]
+        other = Scheduler(settings, scheduler_id="s-other")
+        await other.start()  # hears the max-deliveries advisory once the first hands the job back
+        await system.scheduler.close()  # type: ignore[attr-defined]
+        system.scheduler = other
+        await _until(lambda: "adv" in seen, 15)
+        await asyncio.sleep(settings.dispatch_ack_s + 3.0 + 1.5)  # past the attempt's expiry and the re-check
+        assert [r["status"] for r in seen["adv"]] == ["completed"]
+        dlq = await nc.jetstream().stream_info("DLQ")
+        assert dlq.state.messages == 0
+        async with open_store(settings.store_url) as store:
+            row = await store.get("adv")
+        assert row is not None and row["status"] == "COMPLETED"
+    finally:
+        await system.close()
