@@ -177,8 +177,15 @@ class Worker:
             raise TimeoutError("models still loading") from None
 
     async def drain(self, grace_s: float = 30.0) -> None:
-        """Stop accepting, finish in-flight jobs within ``grace_s``, announce, stop."""
-        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
+        """Stop accepting, finish in-flight jobs within ``grace_s``, announce, stop.
+
+        A drain already under way (ordered over NATS) is waited for, not cut short: a SIGTERM
+        during it then ends the process only once the worker has closed cleanly.
+        """
+        if self.state is WorkerState.STOPPED:
+            return
+        if self.state is WorkerState.DRAINING:
+            await self.stopped.wait()
             return
         self.state = WorkerState.DRAINING
         with contextlib.suppress(Exception):
@@ -197,8 +204,8 @@ class Worker:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()  # type: ignore[attr-defined]
+        await self._jobs.close()  # first: their hand-back flushes chunks through a publisher in _tasks
         await self._tasks.close()
-        await self._jobs.close()
         await self.dispatch_gate.stop()
         if self.reporter is not None:
             await self.reporter.flush()  # acks and reports of attempts that ended while stopping
