@@ -64,6 +64,12 @@ def cmd_nats(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: stop.set())
+    try:
+        server.start()
+    except RuntimeError as exc:
+        print(f"error: nats-server did not start: {exc}", file=sys.stderr)
+        return 1
     with server:
         print(f"nats-server listening on {server.url} (JetStream store {s.home / 'jetstream'})", flush=True)
         while not stop.wait(0.5):

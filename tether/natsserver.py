@@ -52,6 +52,14 @@ def wait_for_port(
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 @dataclass(slots=True, kw_only=True)
 class NatsServer:
     """One nats-server process with JetStream; a context manager that never leaves an orphan."""
@@ -74,6 +82,8 @@ class NatsServer:
             return self
         if self.port == 0:
             self.port = free_port()
+        elif _listening(self.host, self.port):  # another server (or a left-over one): not ours to use
+            raise RuntimeError(f"port {self.port} on {self.host} is in use already; stop what listens there")
         self.store_dir.mkdir(parents=True, exist_ok=True)
         cmd = [server_binary()]
         if self.config is not None:
@@ -82,6 +92,9 @@ class NatsServer:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
         wait_for_port(self.host, self.port, timeout, self.proc)
+        time.sleep(0.05)
+        if self.proc.poll() is not None:  # it listened only for a moment, or something else answered
+            raise RuntimeError(f"nats-server exited with code {self.proc.returncode} right after starting")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

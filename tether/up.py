@@ -39,6 +39,8 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started: float = field(default=0.0)
+    fast_exits: int = 0  # exits in a row within FAST_EXIT_S of starting
+    restart_at: float = 0.0  # when a restart is due (monotonic), after its backoff
 
 
 def _spawn(child: Child, env: dict[str, str]) -> None:
@@ -88,7 +90,11 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
         server = NatsServer(
             store_dir=home / "jetstream", port=settings.nats_port, log_file=logs / "nats-server.log"
         )
-        server.start()
+        try:
+            server.start()
+        except RuntimeError as exc:  # e.g. the port is taken (a `tether up` already running?)
+            print(f"error: nats-server did not start: {exc}", flush=True)
+            return 1
         print(f"nats-server   {server.url}   (JetStream data in {home / 'jetstream'})", flush=True)
     url = server.url if server else settings.url
     env["TETHER_NATS_URL"] = url
@@ -97,7 +103,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
     started = time.time()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
         loop.add_signal_handler(sig, stopping.set)
     try:
         for child in children:
@@ -124,6 +130,9 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
                 pass
         print("stopping ...", flush=True)
         return 0
+    except GaveUp as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
     finally:
         for role in ("gateway", "scheduler", "worker"):
             for child in children:
@@ -134,15 +143,36 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
         print("stopped: no process left behind", flush=True)
 
 
+#: A child that exits this soon after starting is failing to start; restarts back off, then give up.
+FAST_EXIT_S = 10.0
+MAX_FAST_EXITS = 5
+
+
+class GaveUp(Exception):
+    """A child kept exiting right after it started."""
+
+
 def _supervise(children: list[Child], env: dict[str, str]) -> None:
+    """Restart children that exited: at once after a long run, with a growing delay after fast exits."""
+    now = time.monotonic()
     for child in children:
-        if child.proc is not None and child.proc.poll() is not None:
+        if child.proc is None or child.proc.poll() is None:
+            continue
+        if child.restart_at == 0.0:  # just noticed
             code = child.proc.returncode
-            child.restarts += 1
+            child.fast_exits = child.fast_exits + 1 if now - child.started < FAST_EXIT_S else 0
+            if child.fast_exits >= MAX_FAST_EXITS:
+                raise GaveUp(f"{child.role} exited {child.fast_exits} times right after starting; see {child.log}")
+            delay = 0.0 if child.fast_exits == 0 else min(30.0, 0.5 * 2**child.fast_exits)
+            child.restart_at = now + delay
             print(
-                f"{child.role} exited with {code}; restarting (#{child.restarts}), see {child.log}",
+                f"{child.role} exited with {code}; restarting in {delay:.0f}s (#{child.restarts + 1}), "
+                f"see {child.log}",
                 flush=True,
             )
+        if now >= child.restart_at:
+            child.restarts += 1
+            child.restart_at = 0.0
             _spawn(child, env)
 
 

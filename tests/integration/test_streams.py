@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
+import pytest
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType
 
@@ -60,3 +61,14 @@ def test_starting_a_running_server_again_starts_no_second_one(tmp_path: Path) ->
         on_store = [p for p in psutil.process_iter(["cmdline"]) if store in " ".join(p.info["cmdline"] or [])]
         assert len(on_store) == 1
     assert server.proc is None
+
+
+def test_a_server_refuses_to_start_on_a_port_already_taken(tmp_path: Path) -> None:
+    first = NatsServer(store_dir=tmp_path / "one").start()
+    try:
+        second = NatsServer(store_dir=tmp_path / "two", port=first.port)
+        with pytest.raises(RuntimeError, match="in use"):
+            second.start()
+        assert second.proc is None
+    finally:
+        first.stop()
