@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -23,13 +24,26 @@ class Role(Protocol):
 async def _serve(role: Role, stop: Callable[[], Awaitable[None]]) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stopping.set)
+    starting = asyncio.ensure_future(role.start())
+    signalled = asyncio.ensure_future(stopping.wait())
     try:
-        await role.start()
+        # a signal while starting (NATS unreachable: the connection retries forever) ends the start
+        await asyncio.wait([starting, signalled], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            log.info("stopped while starting")
+            await role.close()
+            return
+        starting.result()  # raises what the start raised
     except BaseException:
         await role.close()  # release what a partial start opened, so the process exits with the error
         raise
+    finally:
+        signalled.cancel()
     ended: asyncio.Event | None = getattr(role, "stopped", None)  # a role that can end itself (drain)
     waits = [asyncio.ensure_future(stopping.wait())]
     if ended is not None:

@@ -1,13 +1,21 @@
-"""Worker lifecycle: a stop during a drain waits for the drain instead of cutting it short."""
+"""Role lifecycle: a stop during a worker's drain waits for the drain; a role still connecting stops on a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 from nats.aio.client import Client
 
 from tests.conftest import start_system
+from tests.proc_helpers import tether_env
+from tether.natsserver import free_port
 from tether.settings import Settings
 
 
@@ -30,3 +38,18 @@ async def test_a_stop_during_a_drain_returns_only_once_the_worker_has_closed(
         await ordered
     finally:
         await system.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_role_still_connecting_stops_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    env = tether_env(tmp_path, url=f"nats://127.0.0.1:{free_port()}", TETHER_INSECURE="1")  # nothing listens
+    proc = subprocess.Popen([sys.executable, "-m", "tether.cli", "scheduler"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2.0)  # importing, then retrying the connection
+        assert proc.poll() is None
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
