@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams import ARTIFACTS_BUCKET, TRUST_BUCKET
+from streams.kv import APIKEYS_BUCKET, GATEWAYS_BUCKET, IDEMPOTENCY_BUCKET, QUOTA_BUCKET
 from tether import subjects
 from tether.identity import write_private_file
 
@@ -45,19 +46,40 @@ def permissions(role: str, worker_id: str | None = None) -> dict[str, object]:
             f"{_P}.models.>",
             f"{_P}.results.>",
             f"{_P}.reports.>",
+            f"{_P}.events.>",  # drained / stopped
             *_JS_READ,
+            "$JS.API.CONSUMER.INFO.>",  # the start-up check that the streams and consumer exist
+            # watching the trust bucket / reading the artifact store: consumer create, with or without
+            # the filter subject in the API subject (nats-py uses both forms)
+            f"$JS.API.CONSUMER.CREATE.KV_{TRUST_BUCKET}",
             f"$JS.API.CONSUMER.CREATE.KV_{TRUST_BUCKET}.>",
+            f"$JS.API.CONSUMER.CREATE.OBJ_{ARTIFACTS_BUCKET}",
             f"$JS.API.CONSUMER.CREATE.OBJ_{ARTIFACTS_BUCKET}.>",
         ]
         sub = [subjects.dispatch_subject(worker_id), f"{_P}.control.>", "_INBOX.>"]
         return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, "allow_responses": True}
     if role == "scheduler":
-        pub = [f"{_P}.dispatch.>", f"{_P}.results.>", f"{_P}.dlq.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"]
-        sub = [f"{_P}.presence.>", f"{_P}.models.>", f"{_P}.reports.>", f"{_P}.results.>", "_INBOX.>"]
-        return {"publish": {"allow": pub}, "subscribe": {"allow": sub}}
+        pub = [
+            f"{_P}.dispatch.>", f"{_P}.results.>", f"{_P}.dlq.>", f"{_P}.events.>",
+            f"{_P}.control.cancel.>",  # stop abandoned attempts
+            "$JS.API.>", "$JS.ACK.>", "$JS.FC.>",
+        ]
+        sub = [
+            f"{_P}.presence.>", f"{_P}.models.>", f"{_P}.reports.>", f"{_P}.results.>",
+            f"{_P}.control.drain.>",  # a drained worker's placements move at once
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",  # the dead-letter path
+            "_INBOX.>",
+        ]
+        return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, "allow_responses": True}
     if role == "gateway":
-        pub = [f"{_P}.jobs.>", "$JS.API.>", "$JS.FC.>"]
-        sub = [subjects.INFER, f"{_P}.results.>", f"{_P}.presence.>", f"{_P}.models.>", "_INBOX.>"]
+        pub = [
+            f"{_P}.jobs.>", f"{_P}.control.cancel.>", "$JS.API.>", "$JS.FC.>",
+            *(f"$KV.{bucket}.>" for bucket in (QUOTA_BUCKET, IDEMPOTENCY_BUCKET, GATEWAYS_BUCKET, APIKEYS_BUCKET)),
+        ]
+        sub = [
+            subjects.INFER, f"{subjects.INFER}.*",  # tether.infer and tether.infer.<tenant>
+            f"{_P}.results.>", f"{_P}.presence.>", f"{_P}.models.>", "_INBOX.>",
+        ]
         return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, "allow_responses": True}
     if role == "publisher":
         obj = f"OBJ_{ARTIFACTS_BUCKET}"

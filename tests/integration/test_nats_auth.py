@@ -8,7 +8,7 @@ import shutil
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -195,3 +195,56 @@ def test_certs_cli_writes_tls_and_users(tmp_path: Path) -> None:
     creds = json.loads((out / "credentials.json").read_text())
     assert set(creds) == {"admin", "scheduler", "gateway", "publisher", "client", f"worker-{WORKER_A}"}
     assert subjects.dispatch_subject(WORKER_A) in (out / "auth.conf").read_text()
+
+
+async def test_every_role_runs_a_job_under_its_own_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole pipeline on prod.conf: scheduler, worker and gateway each on their role's user, a client on
+    the client user; a job gets its result and the server reports no permissions violation."""
+    from services.gateway.service import Gateway
+    from services.scheduler.service import Scheduler
+    from services.worker.runtimes.catalog import parse_model_spec
+    from services.worker.service import Worker
+    from tether import client
+    from tether.settings import Settings
+
+    worker_identity = Identity.generate("worker")
+    conf_dir = tmp_path / "nats"
+    conf_dir.mkdir()
+    shutil.copy(INFRA_DIR / "prod.conf", conf_dir / "prod.conf")
+    certs.generate(conf_dir, ["localhost", "127.0.0.1"])
+    users = {u.role: u for u in (NatsUser.new(r) for r in ("scheduler", "gateway", "client"))}
+    users["worker"] = NatsUser.new("worker", worker_identity.node_id)
+    write_auth(conf_dir, list(users.values()))
+    log_file = tmp_path / "nats-server.log"
+    server = NatsServer(store_dir=tmp_path / "js", config=conf_dir / "prod.conf", log_file=log_file)
+    server.start()
+    monkeypatch.setenv("TETHER_NATS_CA", str(conf_dir / "ca.pem"))
+    base = Settings(
+        home=tmp_path, heartbeat_s=0.5, store=f"sqlite:///{tmp_path / 'tether.db'}", insecure=True,
+        request_timeout_s=30.0, queue_wait_s=10.0,
+    )
+
+    def as_role(role: str) -> Settings:
+        return replace(base, nats_url=users[role].url(port=server.port))
+
+    scheduler = Scheduler(as_role("scheduler"), scheduler_id="s-prod")
+    worker = Worker(as_role("worker"), identity=worker_identity, specs=[parse_model_spec("echo")])
+    gateway = Gateway(as_role("gateway"), gateway_id="g-prod")
+    nc = None
+    try:
+        await scheduler.start()  # first: it creates the streams and the consumer
+        await worker.start()
+        await worker.wait_ready()
+        await gateway.start()
+        nc = await connect(users["client"].url(port=server.port), name="prod-client")
+        reply = await client.infer(nc, model="echo", input="under prod.conf", timeout=30)
+        assert reply["result"] == "under prod.conf" and reply["workerId"] == worker_identity.node_id
+    finally:
+        if nc is not None:
+            await nc.close()
+        await gateway.close()
+        await worker.close()
+        await scheduler.close()
+        server.stop()
+    violations = [line for line in log_file.read_text().splitlines() if "Permissions Violation" in line]
+    assert violations == [], violations
