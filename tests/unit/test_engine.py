@@ -232,3 +232,23 @@ async def test_an_input_without_tokens_is_invalid_not_a_worker_failure(
         with pytest.raises(errors.InvalidRequest) as info:
             await runtime.run(_req("   ", "blank", max_new_tokens=4))
         assert info.value.field == "input"
+
+
+async def test_a_cancel_ends_a_waiting_request_without_waiting_for_a_slot(tiny_dir: Path) -> None:
+    runtime = EngineRuntime(TransformersRuntime("tiny", "1", Task.GENERATE, tiny_dir), max_batch=1)
+    await asyncio.to_thread(runtime.load)
+    try:
+        running = asyncio.create_task(runtime.run(_req(PROMPTS[1], "long", max_new_tokens=400)))
+        while not runtime.engine.running:  # type: ignore[union-attr]
+            await asyncio.sleep(0.005)
+        queued = _req(PROMPTS[0], "queued", max_new_tokens=5)
+        queued.cancel = CancelToken()
+        waiting = asyncio.create_task(runtime.run(queued))
+        await asyncio.sleep(0.05)
+        queued.cancel.cancel("client went away")
+        with pytest.raises(errors.Cancelled):
+            await asyncio.wait_for(waiting, 5)
+        assert not running.done()  # it ended while the only slot was still taken
+        assert (await running).tokens_out == 400
+    finally:
+        await asyncio.to_thread(runtime.close)

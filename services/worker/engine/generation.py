@@ -147,6 +147,7 @@ class GenerationEngine:
             if self._stopping:
                 break
             events: list[Event] = []
+            self._drop_cancelled_waiting(events)
             self._admit(events)
             outbox.add(events, idle=False)  # first tokens leave before the next step
             events = []
@@ -159,7 +160,8 @@ class GenerationEngine:
     def _gather(self, deadline: float | None) -> None:
         """Move queued requests to ``_waiting``; with a deadline, wait for a full batch until then."""
         room = self.max_batch - len(self._batch)
-        while len(self._waiting) < max(room, 1):
+        # with a batch running (no deadline) take everything queued, so a cancel reaches it while it waits
+        while deadline is None or len(self._waiting) < max(room, 1):
             timeout = None if deadline is None else deadline - time.monotonic()
             try:
                 item = self._queue.get_nowait() if timeout is None or timeout <= 0 else self._queue.get(
@@ -171,6 +173,13 @@ class GenerationEngine:
                 self._stopping = True
                 return
             self._waiting.append(item)
+
+    def _drop_cancelled_waiting(self, events: list[Event]) -> None:
+        """Resolve waiting requests whose caller cancelled: they end now, not when a slot frees up."""
+        if any(s.cancelled for s in self._waiting):
+            for seq in [s for s in self._waiting if s.cancelled]:
+                self._waiting.remove(seq)
+                events.append((seq, None, _cancelled(seq)))
 
     def _admit(self, events: list[Event]) -> None:
         room = self.max_batch - len(self._batch)
