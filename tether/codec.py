@@ -46,7 +46,7 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
     try:
         return json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data, strict=False)
     except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, an integer over 4,300 digits, deep nesting
-        raise InvalidRequest(f"malformed JSON: {json_failure(exc)}", field="body") from None
+        raise InvalidRequest(f"malformed JSON: {_json_failure(exc)}", field="body") from None
 
 
 def encode(obj: Any, content_type: str = JSON) -> bytes:
@@ -55,6 +55,6 @@ def encode(obj: Any, content_type: str = JSON) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def json_failure(exc: Exception) -> str:
+def _json_failure(exc: Exception) -> str:
     """A JSON decoding failure in a few words (RecursionError's own message blames Python, not the input)."""
     return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)

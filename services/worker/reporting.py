@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from nats.aio.client import Client
 
-from schemas import AttemptReport, DispatchAck, ReportBatch
+from schemas import AttemptReport, Dispatch, DispatchAck, ErrorInfo, ReportBatch
 from tether import codec, telemetry
+from tether.errors import TetherError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,21 @@ class Reporter:
     def report(self, report_to: str, report: AttemptReport) -> None:
         self._reports.setdefault(report_to, []).append(report)
         self._wake.set()
+
+    def attempt_ended(self, d: Dispatch, started: float, err: TetherError | None) -> None:
+        """Report how attempt ``d`` ended (``err`` None: it finished and its result is stored)."""
+        self.report(
+            d.report_to,
+            AttemptReport(
+                job_id=d.job_id,
+                attempt=d.attempt,
+                worker_id=self.worker_id,
+                ok=err is None,
+                error=ErrorInfo.model_validate(err.to_wire()) if err else None,
+                started_at=started,
+                finished_at=time.time(),
+            ),
+        )
 
     async def run(self) -> None:
         while True:

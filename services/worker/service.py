@@ -21,7 +21,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import (
-    AttemptReport,
     Dispatch,
     DispatchAck,
     DispatchBatch,
@@ -301,6 +300,10 @@ class Worker:
                 # released when the task ends, even one cancelled before it started (a close)
                 task.add_done_callback(lambda _, d=d: self._settle(d))
 
+    def _ended(self, d: Dispatch, started: float, err: TetherError | None) -> None:
+        assert self.reporter is not None
+        self.reporter.attempt_ended(d, started, err)
+
     def _settle(self, d: Dispatch) -> None:
         self.cancels.release(d.job_id, d.attempt)
         self.quota.release(d.tenant_id)
@@ -360,7 +363,7 @@ class Worker:
             # its chunks go out first, so the next attempt resumes after everything the client saw
             with contextlib.suppress(Exception):
                 await self.chunks.flush()
-            await self._report(d, hop, started, WorkerFailed(f"worker {self.worker_id} stopped; job handed back"))
+            self._ended(d, started, WorkerFailed(f"worker {self.worker_id} stopped; job handed back"))
             raise
         except Exception as exc:
             err = exc if isinstance(exc, TetherError) else WorkerFailed(f"{type(exc).__name__}: {exc}")
@@ -374,27 +377,10 @@ class Worker:
                     "correlation_id": hop[telemetry.CORRELATION_ID],
                 },
             )
-            await self._report(d, hop, started, err)
+            self._ended(d, started, err)
         else:
             self.completed += 1
-            await self._report(d, hop, started, None)
-
-    async def _report(
-        self, d: Dispatch, hop: dict[str, str], started: float, err: TetherError | None
-    ) -> None:
-        assert self.reporter is not None
-        self.reporter.report(
-            d.report_to,
-            AttemptReport(
-                job_id=d.job_id,
-                attempt=d.attempt,
-                worker_id=self.worker_id,
-                ok=err is None,
-                error=ErrorInfo.model_validate(err.to_wire()) if err else None,
-                started_at=started,
-                finished_at=time.time(),
-            ),
-        )
+            self._ended(d, started, None)
 
 
 def _key(text: str) -> tuple[str, str]:

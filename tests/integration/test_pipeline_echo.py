@@ -14,6 +14,24 @@ from tether.store import open_store
 ECHO = {"tenantId": "demo", "modelId": "echo", "version": "1"}
 
 
+async def _infer_seeing_result_headers(
+    nc: Client, text: str, headers: dict[str, str] | None = None
+) -> tuple[dict, list[dict[str, str]]]:
+    """One tether.infer request; its reply and the headers of every result seen on core NATS meanwhile."""
+    seen: list[dict[str, str]] = []
+
+    async def collect(msg) -> None:
+        seen.append(dict(msg.headers or {}))
+
+    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
+    body = json.dumps({**ECHO, "input": text}).encode()
+    reply = json.loads((await nc.request(subjects.INFER, body, timeout=10, headers=headers)).data)
+    await nc.flush()
+    await sub.unsubscribe()
+    assert seen, "no result observed"
+    return reply, seen
+
+
 async def test_json_request_gets_one_reply(echo_system, nc: Client) -> None:
     msg = await nc.request(subjects.INFER, json.dumps({**ECHO, "input": "hello"}).encode(), timeout=10)
     reply = json.loads(msg.data)
@@ -59,35 +77,16 @@ async def test_job_rows_walk_the_lifecycle(echo_system, nc: Client, settings) ->
 
 async def test_headers_carry_correlation_and_trace_to_the_result(echo_system, nc: Client) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    seen: list[dict[str, str]] = []
-
-    async def collect(msg) -> None:
-        seen.append(dict(msg.headers or {}))
-
-    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
-    body = json.dumps({**ECHO, "input": "traced"}).encode()
     headers = {"correlation-id": "corr-123", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
-    await nc.request(subjects.INFER, body, timeout=10, headers=headers)
-    await nc.flush()
-    await sub.unsubscribe()
-    assert seen, "no result observed"
+    _, seen = await _infer_seeing_result_headers(nc, "traced", headers)
     assert seen[0]["correlation-id"] == "corr-123"
     assert seen[0]["traceparent"].split("-")[1] == trace_id
     assert seen[0]["traceparent"].split("-")[2] != "00f067aa0ba902b7"  # a new span per hop
 
 
 async def test_a_request_without_correlation_id_is_correlated_by_its_job_id(echo_system, nc: Client) -> None:
-    seen: list[dict[str, str]] = []
-
-    async def collect(msg) -> None:
-        seen.append(dict(msg.headers or {}))
-
-    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
-    body = json.dumps({**ECHO, "input": "correlate me"}).encode()
-    reply = json.loads((await nc.request(subjects.INFER, body, timeout=10)).data)
-    await nc.flush()
-    await sub.unsubscribe()
-    assert seen and seen[0]["correlation-id"] == reply["jobId"]
+    reply, seen = await _infer_seeing_result_headers(nc, "correlate me")
+    assert seen[0]["correlation-id"] == reply["jobId"]
     row = await echo_system.scheduler.store.get(reply["jobId"])
     assert row is not None and row["correlation_id"] == reply["jobId"]
 
@@ -103,17 +102,8 @@ async def test_idempotency_key_maps_to_one_job_and_one_result(echo_system, nc: C
 
 
 async def test_a_long_correlation_id_is_cut_to_128_characters(echo_system, nc: Client) -> None:
-    seen: list[dict[str, str]] = []
-
-    async def collect(msg) -> None:
-        seen.append(dict(msg.headers or {}))
-
-    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
-    body = json.dumps({**ECHO, "input": "long id"}).encode()
-    await nc.request(subjects.INFER, body, timeout=10, headers={"correlation-id": "c" * 5000})
-    await nc.flush()
-    await sub.unsubscribe()
-    assert seen and seen[0]["correlation-id"] == "c" * 128
+    _, seen = await _infer_seeing_result_headers(nc, "long id", {"correlation-id": "c" * 5000})
+    assert seen[0]["correlation-id"] == "c" * 128
 
 
 async def test_a_raw_newline_inside_a_json_string_is_accepted_as_over_http(echo_system, nc: Client) -> None:

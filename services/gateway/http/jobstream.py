@@ -123,10 +123,13 @@ class JobStream:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        abandoned = self.req.idempotency_key is None and (
-            self.job_id is not None and not self.gateway.waiting_on(self.job_id)
-        )
-        if abandoned and self.job_id is not None and not self.done and self.gateway.nc is not None:
+        if (
+            self.job_id is not None
+            and not self.done
+            and self.req.idempotency_key is None
+            and not self.gateway.waiting_on(self.job_id)
+            and self.gateway.nc is not None
+        ):
             cancel = CancelRequest(job_id=self.job_id, reason="client disconnected")
             with contextlib.suppress(Exception):
                 await self.gateway.nc.publish(
