@@ -2,9 +2,12 @@
 
 from streams.apply import apply
 from streams.definitions import (
+    ADVISORIES,
+    ADVISORIES_CONSUMER,
     ARTIFACTS_BUCKET,
     DLQ,
     JOBS,
+    MAX_DELIVERIES_SUBJECT,
     PRESENCE,
     RESULTS,
     SCHEDULER_CONSUMER,
@@ -14,9 +17,12 @@ from streams.definitions import (
 )
 
 __all__ = [
+    "ADVISORIES",
+    "ADVISORIES_CONSUMER",
     "ARTIFACTS_BUCKET",
     "DLQ",
     "JOBS",
+    "MAX_DELIVERIES_SUBJECT",
     "PRESENCE",
     "RESULTS",
     "SCHEDULER_CONSUMER",

@@ -28,6 +28,12 @@ RESULTS = "RESULTS"
 DLQ = "DLQ"
 PRESENCE = "PRESENCE"
 SCHEDULER_CONSUMER = "schedulers"
+#: JetStream's notice that it will not deliver a JOBS message again (the consumer's delivery cap).
+MAX_DELIVERIES_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS}.{SCHEDULER_CONSUMER}"
+#: Those notices, kept until a scheduler has dead-lettered the job: a notice sent while no scheduler
+#: listened (all restarting, or the one that would have heard it died) is not lost with the job.
+ADVISORIES = "ADVISORIES"
+ADVISORIES_CONSUMER = "schedulers-advisories"
 #: KV bucket of trusted / denied public keys (see tether/trust.py), watched by every verifier.
 TRUST_BUCKET = "TETHER_TRUST"
 #: Object store of signed model artifacts, addressed by manifest digest (see tether/artifacts/).
@@ -103,6 +109,14 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         allow_direct=True,
         description="Last heartbeat per worker and last announcement per model, to rebuild fleet views at start",
     )
+    advisories = StreamConfig(
+        name=ADVISORIES,
+        subjects=[MAX_DELIVERIES_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=r,
+        description="Max-deliveries notices for JOBS, kept until a scheduler has dead-lettered the job",
+    )
     schedulers = ConsumerConfig(
         durable_name=SCHEDULER_CONSUMER,
         ack_policy=AckPolicy.EXPLICIT,
@@ -113,6 +127,14 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         max_deliver=settings.max_deliver,
         max_ack_pending=max(settings.max_inflight * 4, 20_000),
         filter_subject=subjects.JOBS_ALL,
+    )
+    advisory_readers = ConsumerConfig(
+        durable_name=ADVISORIES_CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30.0,  # a scheduler that dies handling a notice hands it to another after this
+        max_deliver=-1,  # a notice is retried until its job is dead-lettered
+        filter_subject=MAX_DELIVERIES_SUBJECT,
     )
     trust = KeyValueConfig(
         bucket=TRUST_BUCKET,
@@ -128,8 +150,8 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         replicas=r,
     )
     return Topology(
-        streams=(jobs, results, dlq, presence),
-        consumers=((JOBS, schedulers),),
+        streams=(jobs, results, dlq, presence, advisories),
+        consumers=((JOBS, schedulers), (ADVISORIES, advisory_readers)),
         key_values=(trust,),
         object_stores=(artifacts,),
     )

@@ -25,6 +25,19 @@ class Requeue(Exception):
         self.delay = delay
 
 
+def capacity_wait_delay(waited_s: float, settings: Settings) -> float:
+    """How long a job waiting for capacity stays handed back before it is looked at again.
+
+    Each hand-back is one of the JOBS consumer's ``max_deliver`` deliveries. The delay
+    starts short (a worker may free a slot at once), grows with the wait, and is capped so
+    that the whole of ``queue_wait_s`` takes at most about half the delivery cap (72 of the
+    default 100): the rest stays for schedulers dying on the job. Before this cap a
+    ``TETHER_QUEUE_WAIT_S`` above about 170 s met the delivery cap first.
+    """
+    cap = max(2.0, settings.queue_wait_s / max(1.0, settings.max_deliver / 2))
+    return min(cap, 0.25 + waited_s / 4)
+
+
 def spent(history: list[dict[str, Any]]) -> int:
     """How many attempts count against ``max_attempts``: all but those a worker refused for capacity."""
     return sum(1 for row in history if row["error_code"] != NoCapacity.code)

@@ -36,7 +36,7 @@ from services.scheduler.attempts import (
 )
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.handover import Requeue, attempts_used_up, over_budget, spent
+from services.scheduler.handover import Requeue, attempts_used_up, capacity_wait_delay, over_budget, spent
 from services.scheduler.held import HeldJobs
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.monitor import FleetMonitor
@@ -367,7 +367,7 @@ class Scheduler:
             return
         await self.store.enqueue(t.key, time.time())
         self.stats["requeued"] += 1
-        raise Requeue(min(2.0, 0.25 + waited / 10))
+        raise Requeue(capacity_wait_delay(waited, self.settings))
 
     async def _not_ours(self, t: Ticket) -> None:
         """The reservation was refused: the job is finished, or another scheduler holds its lease."""

@@ -4,14 +4,17 @@ the max-deliveries dead-letter path, `tether dlq`, and reliability kept across r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
+import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from schemas import ModelState, Presence, ServedModel
 from services.scheduler.service import Scheduler
-from streams import JOBS
+from streams import ADVISORIES, JOBS, SCHEDULER_CONSUMER
 from tests.conftest import start_system
 from tests.proc_helpers import run_tether, tether_env
 from tether import client, codec, dlq, subjects
@@ -149,6 +152,48 @@ async def test_max_deliveries_advisory_dead_letters_the_job_and_dlq_cli_retries_
             await system2.close()
     finally:
         await system.close()
+
+
+async def test_a_max_deliveries_notice_sent_while_no_scheduler_listens_still_dead_letters_the_job(
+    settings: Settings, nc: Client
+) -> None:
+    """The notice is kept in ADVISORIES: a job JetStream gave up on while every scheduler was away is not lost."""
+    settings.max_deliver = 2
+    first = Scheduler(settings, scheduler_id="s-setup")  # declares the streams and the capped consumer
+    await first.start()
+    await first.close()
+    js = nc.jetstream()
+    await js.publish("tether.jobs.demo.echo.1", json.dumps({"jobId": "j-orphan", "input": "x"}).encode())
+    crashing = await js.pull_subscribe_bind(durable=SCHEDULER_CONSUMER, stream=JOBS)  # a scheduler that
+    for _ in range(settings.max_deliver):  # takes the job and dies on it, every time
+        (msg,) = await crashing.fetch(1, timeout=5)
+        await msg.nak()
+    with contextlib.suppress(nats.errors.TimeoutError):  # no third delivery: JetStream gives up here
+        await crashing.fetch(1, timeout=1)
+    await crashing.unsubscribe()
+    await _until_async(lambda: _stored(js, ADVISORIES), 5, "the notice kept in ADVISORIES")
+    sub = await nc.subscribe(subjects.result_subject("j-orphan"))
+    system = await start_system(settings, ["echo"])  # schedulers come back only now
+    try:
+        result = json.loads((await sub.next_msg(timeout=20)).data)
+        assert result["status"] == "dead_lettered" and "max deliveries" in result["error"]["message"], result
+        assert (await dlq.find(js, "j-orphan")) is not None
+        assert (await js.stream_info(JOBS)).state.messages == 0
+        await _until_async(lambda: _stored(js, ADVISORIES, 0), 5, "the notice acked")
+    finally:
+        await system.close()
+
+
+async def _stored(js: JetStreamContext, stream: str, n: int = 1) -> bool:
+    return (await js.stream_info(stream)).state.messages == n
+
+
+async def _until_async(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 async def test_reliability_and_placement_explanation_survive_a_scheduler_restart(

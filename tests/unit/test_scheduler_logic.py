@@ -234,3 +234,22 @@ def test_fleet_index_follows_model_changes_and_sweep_reports_transitions() -> No
     clock.t += fleet.forget_after * fleet.heartbeat_s
     fleet.sweep()
     assert fleet.workers() == [] and fleet.serving("x", "1") == []
+
+
+@pytest.mark.parametrize("queue_wait_s", [10.0, 60.0, 120.0, 300.0, 900.0, 3600.0])
+def test_waiting_for_capacity_through_the_whole_queue_wait_fits_in_half_the_delivery_cap(
+    queue_wait_s: float,
+) -> None:
+    from services.scheduler.handover import capacity_wait_delay
+    from tether.settings import Settings
+
+    settings = Settings.from_env()
+    settings.queue_wait_s, settings.max_deliver = queue_wait_s, 100
+    waited, deliveries = 0.0, 1
+    while waited <= queue_wait_s:  # each hand-back costs one more delivery
+        delay = capacity_wait_delay(waited, settings)
+        assert delay > 0
+        waited += delay
+        deliveries += 1
+    assert deliveries <= 75, deliveries  # the rest of the 100 stay for schedulers dying on the job
+    assert capacity_wait_delay(0.0, settings) <= 0.25  # a freed slot is tried again at once
