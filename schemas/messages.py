@@ -235,8 +235,8 @@ class Dispatch(_Internal):
 class DispatchBatch(_Internal):
     """Scheduler -> worker on ``tether.dispatch.<worker>``: the assignments made in one event-loop turn.
 
-    The worker answers on ``report_to`` with a ``ReportBatch``: an ack (accept or
-    refuse) per assignment, then a report per finished attempt. Batching keeps the
+    The worker answers on ``<report_to>.<worker id>`` with a ``ReportBatch``: an ack
+    (accept or refuse) per assignment, then a report per finished attempt. Batching keeps the
     message count per job low under load without adding latency (a batch leaves in
     the same loop turn its first assignment was made).
     """

@@ -45,7 +45,7 @@ def permissions(role: str, worker_id: str | None = None) -> dict[str, object]:
             f"{_P}.presence.*.{wid}",
             f"{_P}.models.>",
             f"{_P}.results.>",
-            f"{_P}.reports.>",
+            f"{_P}.reports.*.{wid}",  # its own reports only: the scheduler trusts the sender token
             f"{_P}.events.>",  # drained / stopped
             *_JS_READ,
             "$JS.API.CONSUMER.INFO.>",  # the start-up check that the streams and consumer exist

@@ -124,8 +124,22 @@ def dispatch_subject(worker_id: str) -> str:
 
 
 def report_subject(scheduler_id: str) -> str:
-    """Where workers report attempt outcomes to the scheduler that dispatched them (core NATS)."""
+    """The scheduler's report prefix (a dispatch's ``reportTo``): workers report on ``<it>.<worker>``."""
     return f"{PREFIX}.reports.{encode_token(scheduler_id)}"
+
+
+def worker_report_subject(report_to: str, worker_id: str) -> str:
+    """Where ``worker_id`` reports to the scheduler whose prefix is ``report_to`` (core NATS).
+
+    The last token names the sender, and NATS permissions let each worker's user publish only
+    on its own (``tether.reports.*.<worker>``): a worker cannot speak for another's attempts.
+    """
+    return f"{report_to}.{encode_token(worker_id)}"
+
+
+def worker_from_report_subject(subject: str) -> str:
+    """The sending worker's id from ``tether.reports.<scheduler>.<worker>``."""
+    return decode_token(subject.rsplit(".", 1)[-1])
 
 
 def dlq_subject(model: str, version: str) -> str:

@@ -53,10 +53,11 @@ class Dispatcher:
         self._sub = None
         self.batches = 0
         self.dispatched = 0
+        self.forged = 0  # report items dropped: not from the worker their attempt was dispatched to
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(
-            self.report_to, cb=self._on_reports, pending_msgs_limit=-1, pending_bytes_limit=-1
+            f"{self.report_to}.*", cb=self._on_reports, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
 
     async def stop(self) -> None:
@@ -113,18 +114,31 @@ class Dispatcher:
 
     async def _on_reports(self, msg: Msg) -> None:
         try:
+            sender = subjects.worker_from_report_subject(msg.subject)
             batch = ReportBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
         except Exception as exc:
             log.warning("malformed report batch dropped", extra={"error": str(exc)})
             return
+        if batch.worker_id != sender:
+            self._forged(sender, f"a batch in the name of {batch.worker_id}")
+            return
         for ack in batch.acks:
             watch = self._watches.get((ack.job_id, ack.attempt))
-            if watch is not None and not watch.accepted.done():
-                self._sample_rtt(watch)
-                watch.accepted.set_result(ack)
+            if watch is None or watch.accepted.done():
+                continue
+            if watch.worker_id != sender or ack.worker_id != sender:
+                self._forged(sender, f"an ack for {ack.job_id}#{ack.attempt}, dispatched to {watch.worker_id}")
+                continue
+            self._sample_rtt(watch)
+            watch.accepted.set_result(ack)
         for report in batch.reports:
             watch = self._watches.get((report.job_id, report.attempt))
             if watch is None:
+                continue
+            if watch.worker_id != sender or report.worker_id != sender:
+                self._forged(
+                    sender, f"a report for {report.job_id}#{report.attempt}, dispatched to {watch.worker_id}"
+                )
                 continue
             if not watch.accepted.done():
                 watch.accepted.set_result(
@@ -134,3 +148,7 @@ class Dispatcher:
                 )
             if not watch.report.done():
                 watch.report.set_result(report)
+
+    def _forged(self, sender: str, what: str) -> None:
+        self.forged += 1
+        log.warning("report dropped: not from the attempt's worker", extra={"sender": sender, "item": what})

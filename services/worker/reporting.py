@@ -16,7 +16,7 @@ import time
 from nats.aio.client import Client
 
 from schemas import AttemptReport, Dispatch, DispatchAck, ErrorInfo, ReportBatch
-from tether import codec, telemetry
+from tether import codec, subjects, telemetry
 from tether.errors import TetherError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Reporter:
             )
             with contextlib.suppress(Exception):  # the scheduler's watchdog covers a lost report
                 await self._nc.publish(
-                    report_to,
+                    subjects.worker_report_subject(report_to, self.worker_id),
                     codec.encode(batch.wire(), codec.MSGPACK),
                     headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.MSGPACK},
                 )

@@ -140,9 +140,13 @@ async def test_worker_cannot_publish_jobs_or_read_another_workers_dispatch(
         await prod_server.violation(subjects.dispatch_subject(WORKER_B))
         await worker.publish(subjects.presence_subject("local", WORKER_B), b"x")
         await prod_server.violation(subjects.presence_subject("local", WORKER_B))
+        reports = subjects.report_subject("s-1")  # a worker reports only in its own name
+        await worker.publish(subjects.worker_report_subject(reports, WORKER_B), b"x")
+        await prod_server.violation(subjects.worker_report_subject(reports, WORKER_B))
 
         await worker.subscribe(subjects.dispatch_subject(WORKER_A), cb=own)
         await worker.publish(subjects.presence_subject("local", WORKER_A), b"beat")
+        await worker.publish(subjects.worker_report_subject(reports, WORKER_A), b"report")
         await worker.flush()
         # core NATS is at-most-once: on a loaded machine a message can be missed, so send again
         # until the worker has its own; whatever arrives, nothing meant for B may reach it
@@ -151,10 +155,13 @@ async def test_worker_cannot_publish_jobs_or_read_another_workers_dispatch(
             await admin.publish(subjects.dispatch_subject(WORKER_B), b"for B")
             await admin.flush()
             await asyncio.sleep(0.1)
-            if got_own and subjects.presence_subject("local", WORKER_A) in seen:
+            if got_own and {subjects.presence_subject("local", WORKER_A),
+                            subjects.worker_report_subject(reports, WORKER_A)} <= set(seen):  # fmt: skip
                 break
         assert got_own and set(got_own) == {b"for A"} and got_other == []
         assert subjects.presence_subject("local", WORKER_A) in seen
+        assert subjects.worker_report_subject(reports, WORKER_A) in seen
+        assert subjects.worker_report_subject(reports, WORKER_B) not in seen
         assert not [s for s in seen if s.startswith("tether.jobs.")]
         assert subjects.presence_subject("local", WORKER_B) not in seen
     finally:

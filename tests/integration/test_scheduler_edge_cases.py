@@ -11,9 +11,10 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from schemas import AttemptReport, ReportBatch
 from services.scheduler.service import Scheduler
 from tests.conftest import start_system
-from tether import subjects
+from tether import codec, subjects
 from tether.errors import StoreError
 from tether.settings import Settings
 from tether.store import open_store
@@ -216,5 +217,43 @@ async def test_max_deliveries_does_not_dead_letter_a_job_whose_attempt_is_still_
         async with open_store(settings.store_url) as store:
             row = await store.get("adv")
         assert row is not None and row["status"] == "COMPLETED"
+    finally:
+        await system.close()
+
+
+async def test_reports_not_from_the_attempts_worker_are_dropped(settings: Settings, nc: Client) -> None:
+    """A worker can speak only for its own attempts: the sender is its subject token (NATS permissions
+    bind it to the worker's user), and it must be the worker the attempt was dispatched to."""
+    system = await start_system(settings, ["echo;delay_ms=1500"])
+    try:
+        seen = await _results(nc)
+        sched = system.scheduler
+        real = system.workers[0].worker_id  # type: ignore[attr-defined]
+        await _publish(nc, "fr")
+        await _until(lambda: ("fr", 1) in sched.dispatcher._watches, 10)  # type: ignore[attr-defined]
+        report_to = sched.dispatcher.report_to  # type: ignore[attr-defined]
+        now = time.time()
+
+        def forged(worker_id: str) -> bytes:
+            report = AttemptReport(
+                job_id="fr", attempt=1, worker_id=worker_id, ok=True, started_at=now, finished_at=now
+            )
+            return codec.encode(ReportBatch(worker_id=worker_id, reports=[report]).wire(), codec.MSGPACK)
+
+        msgpack_headers = {codec.CONTENT_TYPE: codec.MSGPACK}
+        # another worker, in its own name, for an attempt that is not its own
+        await nc.publish(subjects.worker_report_subject(report_to, "w-intruder"), forged("w-intruder"),
+                         headers=msgpack_headers)  # fmt: skip
+        # another worker, in the real worker's name
+        await nc.publish(subjects.worker_report_subject(report_to, "w-intruder"), forged(real),
+                         headers=msgpack_headers)  # fmt: skip
+        await _until(lambda: sched.dispatcher.forged == 2, 5)  # type: ignore[attr-defined]
+        row = await sched.store.get("fr")  # type: ignore[attr-defined]
+        assert row is not None and row["status"] != "COMPLETED"  # still running on the real worker
+        assert ("fr", 1) in sched.dispatcher._watches  # type: ignore[attr-defined]
+        await _until(lambda: "fr" in seen, 10)
+        await _until(lambda: ("fr", 1) not in sched.dispatcher._watches, 5)  # type: ignore[attr-defined]
+        row = await sched.store.get("fr")  # type: ignore[attr-defined]
+        assert row is not None and row["status"] == "COMPLETED" and row["worker_id"] == real
     finally:
         await system.close()

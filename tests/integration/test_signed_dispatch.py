@@ -55,7 +55,7 @@ class Probe:
         async def on_result(msg: Msg) -> None:
             self.results.append(msg)
 
-        await self.nc.subscribe(self.report_to, cb=on_report)
+        await self.nc.subscribe(f"{self.report_to}.*", cb=on_report)  # the worker appends its id
         await self.nc.subscribe(subjects.RESULTS_ALL, cb=on_result)
         await self.nc.flush()
 

@@ -64,7 +64,7 @@ async def test_quota_guard_refuses_a_tenant_over_its_local_limit(tmp_path: Path,
             if len(acks) == 3:
                 done.set()
 
-        await nc.subscribe(inbox, cb=on_reports)
+        await nc.subscribe(f"{inbox}.*", cb=on_reports)  # the worker reports on <reportTo>.<its id>
         items = [_dispatch("q-1", "acme", "tiny", inbox), _dispatch("q-2", "acme", "tiny", inbox),
                  _dispatch("q-3", "other", "tiny", inbox)]  # fmt: skip
         batch = DispatchBatch(scheduler_id="s-test", report_to=inbox, items=items)
