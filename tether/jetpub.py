@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import weakref
 from dataclasses import dataclass
 
@@ -114,11 +115,19 @@ def _expire(fut: asyncio.Future[Msg]) -> None:
         fut.set_exception(nats.errors.TimeoutError())
 
 
+#: ``{"stream":"JOBS","seq":42}``, optionally with a domain and ``"duplicate":true``; anything else
+#: (errors, new fields) is read as JSON.
+_PLAIN_ACK = re.compile(rb'\{"stream":"([A-Za-z0-9_-]+)",(?:"domain":"[^"\\]*",)?"seq":(\d+)(,"duplicate":true)?\}\Z')
+
+
 def _read_ack(msg: Msg) -> Ack:
     if not msg.data:
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.js.errors.NoStreamResponseError
         raise nats.js.errors.APIError(description="empty acknowledgement")
+    fast = _PLAIN_ACK.match(msg.data)
+    if fast is not None:  # the common PubAck, read without building a dict
+        return Ack(stream=fast[1].decode(), seq=int(fast[2]), duplicate=fast[3] is not None)
     resp = json.loads(msg.data)
     if "error" in resp:
         raise nats.js.errors.APIError.from_error(resp["error"])

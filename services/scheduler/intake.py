@@ -41,17 +41,33 @@ class Ticket:
 
 def read_ticket(msg: Msg, settings: Settings) -> Ticket:
     """The ticket of a job delivered by the JOBS consumer."""
-    meta = msg.metadata
+    seq, deliveries, enqueued_at = delivery_of(msg.reply)
     ticket = ticket_from(
-        msg.subject,
-        msg.data,
-        dict(msg.headers or {}),
-        seq=meta.sequence.stream if meta and meta.sequence else 0,
-        enqueued_at=meta.timestamp.timestamp() if meta and meta.timestamp else 0.0,
-        settings=settings,
+        msg.subject, msg.data, dict(msg.headers or {}), seq=seq, enqueued_at=enqueued_at, settings=settings
     )
-    ticket.deliveries = meta.num_delivered if meta and meta.num_delivered else 1
+    ticket.deliveries = deliveries or 1
     return ticket
+
+
+def delivery_of(reply: str | None) -> tuple[int, int, float]:
+    """``(stream sequence, deliveries, enqueued at)`` from a JetStream delivery's ack subject; zeros if none.
+
+    What nats-py's ``Msg.metadata`` reads, without its frozen dataclasses and ``datetime``
+    (a third of the cost of reading a ticket). Both ack-subject forms: ``$JS.ACK.<stream>.
+    <consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`` and the longer one
+    with a domain and account hash in front of the stream.
+    """
+    tokens = reply.split(".") if reply else ()
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return 0, 0, 0.0
+    try:
+        if len(tokens) == 9:
+            return int(tokens[5]), int(tokens[4]), int(tokens[7]) / 1e9
+        if len(tokens) >= 11:
+            return int(tokens[7]), int(tokens[6]), int(tokens[9]) / 1e9
+    except ValueError:
+        pass
+    return 0, 0, 0.0
 
 
 def ticket_from(

@@ -253,3 +253,29 @@ def test_waiting_for_capacity_through_the_whole_queue_wait_fits_in_half_the_deli
         deliveries += 1
     assert deliveries <= 75, deliveries  # the rest of the 100 stay for schedulers dying on the job
     assert capacity_wait_delay(0.0, settings) <= 0.25  # a freed slot is tried again at once
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.JOBS.schedulers.3.1042.977.1764630000123456789.12",
+        "$JS.ACK.hub.ACCHASH.JOBS.schedulers.1.7.7.1764630000987654321.0.XyZ",
+        "$JS.ACK._.ACCHASH.JOBS.schedulers.2.8.9.1764630000000000001.5",
+    ],
+)
+def test_delivery_of_reads_what_nats_py_metadata_reads(reply: str) -> None:
+    from nats.aio.msg import Msg
+
+    from services.scheduler.intake import delivery_of
+
+    meta = Msg.Metadata._from_reply(reply)
+    seq, deliveries, enqueued_at = delivery_of(reply)
+    assert (seq, deliveries) == (meta.sequence.stream, meta.num_delivered)
+    assert enqueued_at == pytest.approx(meta.timestamp.timestamp(), abs=1e-6)
+
+
+@pytest.mark.parametrize("reply", [None, "", "_INBOX.abc", "$JS.ACK.JOBS.x.y", "$JS.ACK.JOBS.c.a.b.c.d.e"])
+def test_delivery_of_anything_else_is_zeros(reply: str | None) -> None:
+    from services.scheduler.intake import delivery_of
+
+    assert delivery_of(reply) == (0, 0, 0.0)

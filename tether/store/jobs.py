@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from tether import codec
 from tether.store.backend import SqlBackend, Stmt, StmtResult
 from tether.store.batcher import WriteBatcher
 from tether.store.schema import migrate
@@ -139,7 +140,7 @@ class JobStore:
                         scheduler_id,
                         lease_until,
                         worker_id,
-                        json.dumps(placement, separators=(",", ":")),
+                        codec.compact_json(placement),
                         now,
                     ),
                 ),
