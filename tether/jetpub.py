@@ -28,6 +28,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from tether.connection import subscribe_inline
+
 EXPECTED_STREAM = "Nats-Expected-Stream"
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -69,12 +71,10 @@ class JetPublisher:
             if self._prefix:
                 return
             prefix = self._nc.new_inbox() + "."
-            await self._nc.subscribe(
-                prefix + "*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1
-            )
+            await subscribe_inline(self._nc, prefix + "*", self._on_ack)
             self._prefix = prefix
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Msg) -> None:
         fut = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if fut is not None and not fut.done():
             fut.set_result(msg)

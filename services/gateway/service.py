@@ -30,7 +30,7 @@ from services.gateway.slis import Slis, publish_snapshots
 from streams import JOBS, apply, topology
 from streams.kv import apply_kv, kv_buckets
 from tether import codec, subjects, telemetry
-from tether.connection import connect
+from tether.connection import connect, subscribe_inline
 from tether.errors import TetherError, Timeout, Unauthorized, error_from_wire
 from tether.fleet import FleetView
 from tether.jetpub import JetPublisher
@@ -77,9 +77,9 @@ class Gateway:
         await apply_kv(self.js, kv_buckets(self.settings, nc._server_info))
         await self.fleet.start(nc, self.js)
         await self.admission.start(self.js)
-        self._subs.append(await nc.subscribe(subjects.RESULTS_ALL, cb=self._on_result))
-        self._subs.append(await nc.subscribe(subjects.INFER, queue=QUEUE_GROUP, cb=self._on_infer))
-        self._subs.append(await nc.subscribe(subjects.INFER_TENANT_ALL, queue=QUEUE_GROUP, cb=self._on_infer))
+        self._subs.append(await subscribe_inline(nc, subjects.RESULTS_ALL, self._on_result))
+        for subject in (subjects.INFER, subjects.INFER_TENANT_ALL):
+            self._subs.append(await subscribe_inline(nc, subject, self._on_infer, queue=QUEUE_GROUP))
         self._background.spawn(publish_snapshots(self.js, self.gateway_id, self.slis), name="slis")
         settle_heap()
         log.info("gateway started", extra={"gateway": self.gateway_id})
@@ -111,8 +111,8 @@ class Gateway:
 
     # ---- NATS request/reply -------------------------------------------------------------------
 
-    async def _on_infer(self, msg: Msg) -> None:
-        # nats-py runs one subscription's callbacks one after another: answer each request in its own task.
+    def _on_infer(self, msg: Msg) -> None:
+        # Called from the connection's read loop: answer each request in its own task.
         self._requests.spawn(self._answer(msg), name="infer")
 
     async def _answer(self, msg: Msg) -> None:
@@ -244,7 +244,7 @@ class Gateway:
         )
         return admitted.annotate(reply)
 
-    async def _on_result(self, msg: Msg) -> None:
+    def _on_result(self, msg: Msg) -> None:
         try:
             job_id = subjects.job_id_from_result_subject(msg.subject)
         except TetherError:

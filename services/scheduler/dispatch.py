@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from schemas import AttemptReport, Dispatch, DispatchAck, DispatchBatch, ReportBatch
 from tether import codec, subjects, telemetry
+from tether.connection import subscribe_inline
 from tether.dispatch_auth import DispatchSigner
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,7 @@ class Dispatcher:
         self.forged = 0  # report items dropped: not from the worker their attempt was dispatched to
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(
-            f"{self.report_to}.*", cb=self._on_reports, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
+        self._sub = await subscribe_inline(self._nc, f"{self.report_to}.*", self._on_reports)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -112,7 +111,7 @@ class Dispatcher:
         self.batches += 1
         self.dispatched += len(items)
 
-    async def _on_reports(self, msg: Msg) -> None:
+    def _on_reports(self, msg: Msg) -> None:
         try:
             sender = subjects.worker_from_report_subject(msg.subject)
             batch = ReportBatch.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))

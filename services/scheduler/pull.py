@@ -18,6 +18,7 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from tether.connection import subscribe_inline
 from tether.tasks import wait_done
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,7 @@ class PullConsumer:
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(
-            self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
+        self._sub = await subscribe_inline(self._nc, self._inbox, self._on_msg)
 
     async def run(self, running: Callable[[], bool]) -> None:
         """Keep enough pulls outstanding while ``running()``; re-pull when requests expire."""
@@ -100,7 +99,7 @@ class PullConsumer:
             log.warning("pull request failed", extra={"error": repr(exc)})
             await asyncio.sleep(0.5)
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         status = (msg.headers or {}).get("Status") if not msg.data else None
         if status:
             # 404 no messages / 408 request expired / 409 limits: the request's remainder is void.

@@ -45,7 +45,7 @@ from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from services.worker.streaming import ChunkPublisher
 from streams import apply, topology
 from tether import codec, subjects, telemetry
-from tether.connection import connect
+from tether.connection import connect, subscribe_inline
 from tether.dispatch_auth import DispatchGate
 from tether.e2e import FleetBox, fleet_key_path, is_sealed
 from tether.envelope import EnvelopeRejected
@@ -148,12 +148,7 @@ class Worker:
         self.chunks = ChunkPublisher(nc, self.worker_id)
         await self.dispatch_gate.start(self.js, self.settings)
         self._control_subs.append(await nc.subscribe(subjects.control_wildcard("cancel"), cb=self.cancels.on_message))
-        self._sub = await nc.subscribe(
-            subjects.dispatch_subject(self.worker_id),
-            cb=self._on_dispatch,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        self._sub = await subscribe_inline(nc, subjects.dispatch_subject(self.worker_id), self._on_dispatch)
         for target in (self.worker_id, "all"):
             self._control_subs.append(
                 await nc.subscribe(subjects.control_subject("drain", target), cb=self._on_drain)
@@ -269,7 +264,7 @@ class Worker:
 
     # ---- assignments --------------------------------------------------------------------------
 
-    async def _on_dispatch(self, msg: Msg) -> None:
+    def _on_dispatch(self, msg: Msg) -> None:
         try:
             batch = DispatchBatch.model_validate(
                 codec.decode(self.dispatch_gate.open(msg.data), codec.MSGPACK)
