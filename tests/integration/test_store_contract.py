@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -160,14 +161,15 @@ async def test_version_3_reservations_move_into_attempts(make_backend: Callable[
             [
                 Stmt(
                     "INSERT INTO attempts (job_id, attempt, worker_id, scheduler_id, status, reserved_at, finished_at) "
-                    "VALUES ('j1', 1, 'w1', 's1', 'FAILED', ?, ?), ('j1', 2, 'w2', 's1', 'RESERVED', ?, NULL)",
-                    (T0, T0 + 1, T0 + 2),
+                    "VALUES ('j1', 1, 'w1', 's1', 'FAILED', ?, ?), ('j1', 2, 'w2', 's1', 'RESERVED', ?, NULL), "
+                    "('j2', 1, 'w3', 's1', 'RESERVED', ?, NULL)",
+                    (T0, T0 + 1, T0 + 2, T0 + 3),
                 ),
                 Stmt(
                     "INSERT INTO reservations (correlation_id, retry_token, job_id, worker_id, created_at, "
                     "expires_at, released_at) VALUES ('c1', 'j1#1', 'j1', 'w1', ?, ?, ?), "
-                    "('c1', 'j1#2', 'j1', 'w2', ?, ?, NULL)",
-                    (T0, T0 + 60, T0 + 1, T0 + 2, T0 + 62),
+                    "('c1', 'j1#2', 'j1', 'w2', ?, ?, NULL), ('c2', 'j2#1', 'j2', 'w3', ?, ?, NULL)",
+                    (T0, T0 + 60, T0 + 1, T0 + 2, T0 + 62, T0 + 3, T0 + 63),
                 ),
             ]
         )
@@ -180,6 +182,11 @@ async def test_version_3_reservations_move_into_attempts(make_backend: Callable[
             ("j1#2", "w2", T0 + 62, None),
         ]
         assert {r["correlation_id"] for r in rows} == {"c1"}
+        # each attempt gets its own job's reservation, not another job's with the same attempt number
+        rows = await s.reservations("j2")
+        assert [(r["correlation_id"], r["retry_token"], r["expires_at"], r["released_at"]) for r in rows] == [
+            ("c2", "j2#1", T0 + 63, None)
+        ]
 
 
 # ---- reservations and leases ----------------------------------------------------------------
@@ -406,6 +413,47 @@ async def test_failing_operation_does_not_fail_its_batch_mates(store: JobStore) 
     assert store._batcher.ops - ops_before == 2 * (len(good) + 1)
     for j in good:
         assert (await _get(store, j.job_id))["status"] == "QUEUED"
+
+
+async def test_a_late_failure_of_a_superseded_attempt_leaves_the_newer_one_alone(store: JobStore) -> None:
+    j = key("late")
+    assert await reserve(store, j, "A", T0, lease=5.0) == 1
+    assert await reserve(store, j, "B", T0 + 10) == 2  # A's lease lapsed: B took over
+    await store.fail_attempt("late", 1, "worker_failed", "A's worker failed, late", T0 + 11)
+    row = await _get(store, "late")
+    assert (row["status"], row["attempts"], row["scheduler_id"], row["error_code"]) == ("RESERVED", 2, "B", None)
+    await store.mark_running("late", 2, T0 + 12)
+    row = await _get(store, "late")
+    assert row["status"] == "RUNNING" and row["started_at"] == T0 + 12
+
+
+async def test_a_write_waits_for_a_lock_held_elsewhere_without_stalling_the_event_loop(store: JobStore) -> None:
+    if not isinstance(store.backend, SqliteBackend):
+        pytest.skip("a lock held by another connection on the same file is SQLite's case")
+    other = sqlite3.connect(store.backend.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an operator's shell, or another process, holding the write lock
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.6, other.execute, "COMMIT")
+    stalls: list[float] = []
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            stalls.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    t0 = loop.time()
+    try:
+        await store.enqueue(key("locked"), T0)
+    finally:
+        tick.cancel()
+        other.close()
+    assert loop.time() - t0 >= 0.5  # it did wait for the lock
+    assert (await _get(store, "locked"))["status"] == "QUEUED"
+    assert max(stalls) < 0.3, max(stalls)  # the loop kept running meanwhile
 
 
 # ---- fleet state: expiry sweep, reliability, breakers -------------------------------------------

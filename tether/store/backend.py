@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from tether.errors import StoreError
+
 Consistency = Literal["none", "weak", "strong"]
 
 
@@ -27,11 +29,24 @@ class StmtResult:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
+class StatementFailed(StoreError):
+    """A statement failed and its transaction was rolled back: nothing of it was applied.
+
+    Only this failure lets the group-commit batcher retry a batch's operations one by one.
+    Any other ``StoreError`` (a timeout, a lost reply, a leader lost mid-commit, a busy
+    database) may hide a committed transaction: replaying its operations could apply
+    them twice, so they fail instead.
+    """
+
+
 class SqlBackend(Protocol):
     async def connect(self) -> None: ...
 
     async def transaction(self, statements: Sequence[Stmt]) -> list[StmtResult]:
-        """Run every statement in one transaction; all or nothing."""
+        """Run every statement in one transaction; all or nothing.
+
+        Raises ``StatementFailed`` when a statement failed (rolled back), ``StoreError`` otherwise.
+        """
         ...
 
     async def query(

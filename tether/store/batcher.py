@@ -3,30 +3,34 @@
 Callers ``await submit(statements)``; a single flusher task takes everything
 queued so far (up to ``max_ops``) and runs it as one backend transaction, so
 under load the per-job cost of a commit shrinks with the batch. No artificial
-delay is added: while one transaction runs, the next batch gathers. If a batch
-fails, each operation is retried alone so one bad operation fails only itself.
+delay is added: while one transaction runs, the next batch gathers.
+
+If a statement fails (``StatementFailed``: the transaction rolled back), each
+operation is retried alone so one bad operation fails only itself. Any other
+failure (a timeout or a lost reply, after which the transaction may have
+committed; a locked or unreachable store) fails every operation of the batch
+without replaying any: replaying a committed reserve would count its attempt
+twice. ``close()`` flushes what is queued, lets the batch in flight finish, and
+fails anything left, so no caller waits forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import Sequence
 
 from tether.errors import StoreError
-from tether.store.backend import SqlBackend, Stmt, StmtResult
-
-log = logging.getLogger(__name__)
+from tether.store.backend import SqlBackend, StatementFailed, Stmt, StmtResult
 
 _Op = tuple[list[Stmt], asyncio.Future[list[StmtResult]]]
+_STOP = None  # queued by close(): flush what came before it, then stop
 
 
 class WriteBatcher:
     def __init__(self, backend: SqlBackend, *, max_ops: int = 512) -> None:
         self._backend = backend
         self._max_ops = max_ops
-        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.ops = 0
@@ -44,21 +48,33 @@ class WriteBatcher:
 
     async def close(self) -> None:
         """Flush what is queued, then stop."""
-        if self._task is None:
+        task, self._task = self._task, None  # new submits fail from now on
+        if task is None:
             return
-        while not self._queue.empty():
-            await asyncio.sleep(0.005)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        self._queue.put_nowait(_STOP)
+        await asyncio.shield(task)
 
     async def _run(self) -> None:
-        while True:
-            ops = [await self._queue.get()]
-            while len(ops) < self._max_ops and not self._queue.empty():
-                ops.append(self._queue.get_nowait())
-            await self._flush(ops)
+        try:
+            while True:
+                first = await self._queue.get()
+                if first is _STOP:
+                    return
+                ops, stop = [first], False
+                while len(ops) < self._max_ops and not self._queue.empty():
+                    op = self._queue.get_nowait()
+                    if op is _STOP:
+                        stop = True
+                        break
+                    ops.append(op)
+                await self._flush(ops)
+                if stop:
+                    return
+        finally:  # stopped, cancelled or crashed: nobody is left waiting
+            while not self._queue.empty():
+                op = self._queue.get_nowait()
+                if op is not _STOP:
+                    _settle(op[1], exc=StoreError("store closed before this write ran"))
 
     async def _flush(self, ops: list[_Op]) -> None:
         self.batches += 1
@@ -66,16 +82,21 @@ class WriteBatcher:
         flat = [st for stmts, _ in ops for st in stmts]
         try:
             results = await self._backend.transaction(flat)
-        except Exception as exc:
+        except StatementFailed as exc:
             if len(ops) == 1:
                 _settle(ops[0][1], exc=exc)
                 return
-            log.warning(
-                "batched transaction failed; retrying its operations one by one", extra={"error": str(exc)}
-            )
-            for op in ops:
+            for op in ops:  # rolled back: find the bad one, the others go through
                 await self._flush([op])
             return
+        except Exception as exc:  # it may have committed: fail them all, replay none
+            for _, fut in ops:
+                _settle(fut, exc=exc)
+            return
+        except BaseException:  # cancelled mid-write
+            for _, fut in ops:
+                _settle(fut, exc=StoreError("store closed during this write"))
+            raise
         i = 0
         for stmts, fut in ops:
             _settle(fut, result=results[i : i + len(stmts)])

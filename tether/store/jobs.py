@@ -192,14 +192,18 @@ class JobStore:
         )
 
     async def fail_attempt(self, job_id: str, attempt: int, code: str, message: str, now: float) -> None:
-        """Close a failed attempt and mark the job RETRYING (it will be reserved again)."""
+        """Close a failed attempt and mark the job RETRYING (it will be reserved again).
+
+        The job row changes only while ``attempt`` is its latest: a late failure of an attempt
+        superseded by a takeover leaves the newer attempt's state alone.
+        """
         await self._batcher.submit(
             [
                 *_close_attempt(job_id, attempt, "FAILED", code, message, now),
                 Stmt(
                     f"UPDATE jobs SET status='RETRYING', error_code=?, error_message=?, updated_at=? "
-                    f"WHERE job_id=? AND {_NOT_TERMINAL}",
-                    (code, message, now, job_id),
+                    f"WHERE job_id=? AND attempts=? AND {_NOT_TERMINAL}",
+                    (code, message, now, job_id, attempt),
                 ),
             ]
         )

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import httpx
 
 from tether.errors import StoreError
-from tether.store.backend import Consistency, Stmt, StmtResult
+from tether.store.backend import Consistency, StatementFailed, Stmt, StmtResult
 
 DEFAULT_PORT = 4001
 MAX_REDIRECTS = 5
@@ -118,7 +118,7 @@ def _response_error(body: Any) -> dict[str, Any]:
         raise StoreError(f"rqlite response has no results: {body!r:.200}")
     for res in results:
         if isinstance(res, dict) and res.get("error"):
-            raise StoreError(f"rqlite statement failed: {res['error']}")
+            raise StatementFailed(f"rqlite statement failed: {res['error']}")  # the transaction rolled back
     return body
 
 

@@ -105,9 +105,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "ALTER TABLE attempts ADD COLUMN released_at REAL",
             """UPDATE attempts SET
                 retry_token = job_id || '#' || attempt,
-                correlation_id = (SELECT r.correlation_id FROM reservations r WHERE r.retry_token = job_id||'#'||attempt),
-                expires_at = (SELECT r.expires_at FROM reservations r WHERE r.retry_token = job_id || '#' || attempt),
-                released_at = (SELECT r.released_at FROM reservations r WHERE r.retry_token = job_id || '#' || attempt)""",
+                correlation_id = (SELECT r.correlation_id FROM reservations r
+                    WHERE r.retry_token = attempts.job_id || '#' || attempts.attempt),
+                expires_at = (SELECT r.expires_at FROM reservations r
+                    WHERE r.retry_token = attempts.job_id || '#' || attempts.attempt),
+                released_at = (SELECT r.released_at FROM reservations r
+                    WHERE r.retry_token = attempts.job_id || '#' || attempts.attempt)""",
             "DROP TABLE reservations",
             """CREATE VIEW reservations AS
                 SELECT correlation_id, retry_token, job_id, worker_id, reserved_at AS created_at, expires_at, released_at
