@@ -50,6 +50,9 @@ class Topology:
     consumers: tuple[tuple[str, ConsumerConfig], ...]
     key_values: tuple[KeyValueConfig, ...] = ()
     object_stores: tuple[ObjectStoreConfig, ...] = ()
+    #: Streams a role may start without: one whose subjects another stream already captures
+    #: (an operator's audit stream of ``$JS.EVENT.>``) is skipped, with its consumers.
+    optional: frozenset[str] = frozenset()
 
 
 def cluster_replicas(server_info: dict[str, object], configured: int = 0) -> int:
@@ -154,4 +157,5 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         consumers=((JOBS, schedulers), (ADVISORIES, advisory_readers)),
         key_values=(trust,),
         object_stores=(artifacts,),
+        optional=frozenset({ADVISORIES}),
     )

@@ -115,9 +115,12 @@ def _expire(fut: asyncio.Future[Msg]) -> None:
         fut.set_exception(nats.errors.TimeoutError())
 
 
-#: ``{"stream":"JOBS","seq":42}``, optionally with a domain and ``"duplicate":true``; anything else
-#: (errors, new fields) is read as JSON.
-_PLAIN_ACK = re.compile(rb'\{"stream":"([A-Za-z0-9_-]+)",(?:"domain":"[^"\\]*",)?"seq":(\d+)(,"duplicate":true)?\}\Z')
+#: nats-server's PubAck, e.g. ``{"stream":"JOBS","seq":42}``, with ``"domain":"hub"`` after the
+#: sequence and ``"duplicate": true`` (the server writes a space there) when they apply. Anything
+#: else (errors, new fields) is read as JSON.
+_PLAIN_ACK = re.compile(
+    rb'\{"stream":"([A-Za-z0-9_-]+)","seq":(\d+)(?:,"domain":"[^"\\]*")?(,"duplicate": ?true)?\}\Z'
+)
 
 
 def _read_ack(msg: Msg) -> Ack:

@@ -17,6 +17,9 @@ from tether.errors import NoCapacity, WorkerFailed
 from tether.settings import Settings
 from tether.store import TERMINAL, JobStore
 
+#: The first wait for capacity: a worker may free a slot at once.
+FIRST_WAIT_S = 0.25
+
 
 class Requeue(Exception):
     """Hand the job back to JetStream for redelivery after ``delay`` seconds."""
@@ -28,14 +31,19 @@ class Requeue(Exception):
 def capacity_wait_delay(waited_s: float, settings: Settings) -> float:
     """How long a job waiting for capacity stays handed back before it is looked at again.
 
-    Each hand-back is one of the JOBS consumer's ``max_deliver`` deliveries. The delay
-    starts short (a worker may free a slot at once), grows with the wait, and is capped so
-    that the whole of ``queue_wait_s`` takes at most about half the delivery cap (72 of the
-    default 100): the rest stays for schedulers dying on the job. Before this cap a
-    ``TETHER_QUEUE_WAIT_S`` above about 170 s met the delivery cap first.
+    Each hand-back is one of the JOBS consumer's ``max_deliver`` deliveries, so the whole of
+    ``queue_wait_s`` is planned within a budget of three quarters of them (the rest stays for
+    schedulers dying on the job): half the budget ramps the delay up geometrically from
+    0.25 s (a worker may free a slot at once), the other half waits at the cap this leaves.
+    Without a delivery cap (``max_deliver`` <= 0) the delay ramps to 2 s as it always did.
     """
-    cap = max(2.0, settings.queue_wait_s / max(1.0, settings.max_deliver / 2))
-    return min(cap, 0.25 + waited_s / 4)
+    if settings.max_deliver <= 0:
+        return min(2.0, 0.25 + waited_s / 10)
+    budget = max(2, int(0.75 * settings.max_deliver) - 1)
+    ramp = budget // 2
+    cap = max(FIRST_WAIT_S, settings.queue_wait_s / (budget - ramp))
+    growth = (cap / FIRST_WAIT_S) ** (1 / ramp)  # delay k of the ramp is 0.25 s * growth ** k
+    return min(cap, FIRST_WAIT_S + waited_s * (growth - 1))
 
 
 def spent(history: list[dict[str, Any]]) -> int:

@@ -9,12 +9,13 @@ import json
 import time
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from schemas import ModelState, Presence, ServedModel
 from services.scheduler.service import Scheduler
-from streams import ADVISORIES, JOBS, SCHEDULER_CONSUMER
+from streams import ADVISORIES, JOBS, MAX_DELIVERIES_SUBJECT, SCHEDULER_CONSUMER
 from tests.conftest import start_system
 from tests.proc_helpers import run_tether, tether_env
 from tether import client, codec, dlq, subjects
@@ -102,14 +103,11 @@ async def test_drain_over_nats_stops_the_worker_and_placements_move_at_once(
 async def test_max_deliveries_advisory_dead_letters_the_job_and_dlq_cli_retries_it(
     settings: Settings, nc: Client
 ) -> None:
-    settings.max_deliver = 3
-    settings.queue_wait_s = 300.0  # it would wait for capacity: only the delivery cap ends it
-    system = await start_system(settings, ["echo"])
     js = nc.jetstream()
+    await _exhaust_deliveries(nc, settings, "j-capped")
+    sub = await nc.subscribe(subjects.result_subject("j-capped"))
+    system = await start_system(settings, ["echo"])
     try:
-        await system.workers[0].drain(1.0)  # type: ignore[attr-defined]  # the model is known, nobody serves it
-        sub = await nc.subscribe(subjects.result_subject("j-capped"))
-        await js.publish("tether.jobs.demo.echo.1", json.dumps({"jobId": "j-capped", "input": "x"}).encode())
         msg = await sub.next_msg(timeout=30)
         result = json.loads(msg.data)
         assert result["status"] == "dead_lettered" and result["error"]["code"] == "dead_lettered", result
@@ -158,19 +156,8 @@ async def test_a_max_deliveries_notice_sent_while_no_scheduler_listens_still_dea
     settings: Settings, nc: Client
 ) -> None:
     """The notice is kept in ADVISORIES: a job JetStream gave up on while every scheduler was away is not lost."""
-    settings.max_deliver = 2
-    first = Scheduler(settings, scheduler_id="s-setup")  # declares the streams and the capped consumer
-    await first.start()
-    await first.close()
     js = nc.jetstream()
-    await js.publish("tether.jobs.demo.echo.1", json.dumps({"jobId": "j-orphan", "input": "x"}).encode())
-    crashing = await js.pull_subscribe_bind(durable=SCHEDULER_CONSUMER, stream=JOBS)  # a scheduler that
-    for _ in range(settings.max_deliver):  # takes the job and dies on it, every time
-        (msg,) = await crashing.fetch(1, timeout=5)
-        await msg.nak()
-    with contextlib.suppress(nats.errors.TimeoutError):  # no third delivery: JetStream gives up here
-        await crashing.fetch(1, timeout=1)
-    await crashing.unsubscribe()
+    await _exhaust_deliveries(nc, settings, "j-orphan")
     await _until_async(lambda: _stored(js, ADVISORIES), 5, "the notice kept in ADVISORIES")
     sub = await nc.subscribe(subjects.result_subject("j-orphan"))
     system = await start_system(settings, ["echo"])  # schedulers come back only now
@@ -182,6 +169,24 @@ async def test_a_max_deliveries_notice_sent_while_no_scheduler_listens_still_dea
         await _until_async(lambda: _stored(js, ADVISORIES, 0), 5, "the notice acked")
     finally:
         await system.close()
+
+
+async def _exhaust_deliveries(nc: Client, settings: Settings, job_id: str) -> None:
+    """Publish ``job_id`` and have it delivered ``max_deliver`` times to a scheduler that dies on it each
+    time, while no real scheduler runs: JetStream then gives up on it and sends its max-deliveries notice."""
+    settings.max_deliver = 2
+    first = Scheduler(settings, scheduler_id="s-setup")  # declares the streams and the capped consumer
+    await first.start()
+    await first.close()
+    js = nc.jetstream()
+    await js.publish("tether.jobs.demo.echo.1", json.dumps({"jobId": job_id, "input": "x"}).encode())
+    crashing = await js.pull_subscribe_bind(durable=SCHEDULER_CONSUMER, stream=JOBS)
+    for _ in range(settings.max_deliver):
+        (msg,) = await crashing.fetch(1, timeout=5)
+        await msg.nak()
+    with contextlib.suppress(nats.errors.TimeoutError):  # no further delivery: JetStream gives up here
+        await crashing.fetch(1, timeout=1)
+    await crashing.unsubscribe()
 
 
 async def _stored(js: JetStreamContext, stream: str, n: int = 1) -> bool:
@@ -218,3 +223,52 @@ async def test_reliability_and_placement_explanation_survive_a_scheduler_restart
             await fresh.close()
     finally:
         await system.close()
+
+
+async def test_roles_start_beside_a_stream_that_already_keeps_advisories_and_notices_still_dead_letter(
+    settings: Settings, nc: Client
+) -> None:
+    """An operator's audit stream of ``$JS.EVENT.>`` overlaps ADVISORIES: every role still starts, and the
+    scheduler handles the notices it hears on core NATS."""
+    js = nc.jetstream()
+    await js.add_stream(name="AUDIT", subjects=["$JS.EVENT.>"])
+    await _exhaust_deliveries(nc, settings, "j-audit")  # its notice lands in AUDIT
+    notice = await js.get_last_msg("AUDIT", MAX_DELIVERIES_SUBJECT)
+    sub = await nc.subscribe(subjects.result_subject("j-audit"))
+    system = await start_system(settings, ["echo"])
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.stream_info(ADVISORIES)
+            raise AssertionError("ADVISORIES was created over the audit stream's subjects")
+        await nc.publish(MAX_DELIVERIES_SUBJECT, notice.data)  # as nats-server sends it to a listening scheduler
+        result = json.loads((await sub.next_msg(timeout=20)).data)
+        assert result["status"] == "dead_lettered" and "max deliveries" in result["error"]["message"], result
+        assert (await js.stream_info(JOBS)).state.messages == 0
+    finally:
+        await system.close()
+
+
+async def test_a_notice_is_ignored_once_its_sequence_names_a_newer_job_and_handling_twice_is_quiet(
+    settings: Settings, nc: Client
+) -> None:
+    sched = Scheduler(settings, scheduler_id="s-notices")
+    await sched.start()
+    js = nc.jetstream()
+    try:
+        advisories = sched._advisories
+        assert advisories is not None
+        ack = await js.publish("tether.jobs.demo.echo.1", json.dumps({"jobId": "j-new", "input": "x"}).encode())
+        # a notice from before JOBS was recreated, naming the same sequence
+        assert await advisories.dead_letter(ack.seq, 3, noticed_at=time.time() - 60) is None
+        assert (await js.stream_info(JOBS)).state.messages == 1  # the new job is left alone
+        assert await dlq.find(js, "j-new") is None
+        # the same (current) notice handled by two schedulers at once: both finish, no error
+        outcomes = await asyncio.gather(
+            advisories.dead_letter(ack.seq, 3, noticed_at=time.time()),
+            advisories.dead_letter(ack.seq, 3, noticed_at=time.time()),
+        )
+        assert outcomes == [None, None]
+        assert (await js.stream_info(JOBS)).state.messages == 0
+        assert await dlq.find(js, "j-new") is not None
+    finally:
+        await sched.close()

@@ -26,8 +26,11 @@ def _by_json(data: bytes) -> Ack:
     ("data", "fast"),
     [
         (b'{"stream":"JOBS","seq":42}', True),
-        (b'{"stream":"RESULTS","seq":9007199254740993,"duplicate":true}', True),
-        (b'{"stream":"JOBS","domain":"hub","seq":7}', True),
+        (b'{"stream":"RESULTS","seq":9007199254740993,"duplicate": true}', True),  # as nats-server writes it
+        (b'{"stream":"RESULTS","seq":3,"duplicate":true}', True),
+        (b'{"stream":"JOBS","seq":7,"domain":"hub"}', True),
+        (b'{"stream":"JOBS","seq":7,"domain":"hub","duplicate": true}', True),
+        (b'{"stream":"JOBS","domain":"hub","seq":7}', False),
         (b'{"stream":"JOBS","seq":42,"duplicate":false}', False),
         (b'{"stream": "JOBS", "seq": 42}', False),
         (b'{"seq":42,"stream":"JOBS"}', False),

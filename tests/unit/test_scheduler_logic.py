@@ -236,23 +236,35 @@ def test_fleet_index_follows_model_changes_and_sweep_reports_transitions() -> No
     assert fleet.workers() == [] and fleet.serving("x", "1") == []
 
 
-@pytest.mark.parametrize("queue_wait_s", [10.0, 60.0, 120.0, 300.0, 900.0, 3600.0])
-def test_waiting_for_capacity_through_the_whole_queue_wait_fits_in_half_the_delivery_cap(
-    queue_wait_s: float,
+@pytest.mark.parametrize("max_deliver", [4, 10, 20, 50, 100, 1000])
+@pytest.mark.parametrize("queue_wait_s", [1.0, 10.0, 30.0, 120.0, 300.0, 3600.0, 86_400.0, 1e7])
+def test_waiting_for_capacity_through_the_whole_queue_wait_fits_in_the_delivery_budget(
+    queue_wait_s: float, max_deliver: int
 ) -> None:
     from services.scheduler.handover import capacity_wait_delay
     from tether.settings import Settings
 
     settings = Settings.from_env()
-    settings.queue_wait_s, settings.max_deliver = queue_wait_s, 100
+    settings.queue_wait_s, settings.max_deliver = queue_wait_s, max_deliver
     waited, deliveries = 0.0, 1
     while waited <= queue_wait_s:  # each hand-back costs one more delivery
         delay = capacity_wait_delay(waited, settings)
         assert delay > 0
         waited += delay
         deliveries += 1
-    assert deliveries <= 75, deliveries  # the rest of the 100 stay for schedulers dying on the job
-    assert capacity_wait_delay(0.0, settings) <= 0.25  # a freed slot is tried again at once
+    # three quarters of the cap (rounded down) plus the final delivery that answers no_capacity
+    assert deliveries <= max(3, int(0.75 * max_deliver)) + 1, deliveries
+    assert capacity_wait_delay(0.0, settings) == 0.25  # a freed slot is tried again at once
+
+
+def test_without_a_delivery_cap_a_waiting_job_is_looked_at_every_two_seconds_at_most() -> None:
+    from services.scheduler.handover import capacity_wait_delay
+    from tether.settings import Settings
+
+    settings = Settings.from_env()
+    settings.queue_wait_s, settings.max_deliver = 3600.0, -1
+    assert capacity_wait_delay(0.0, settings) == 0.25
+    assert capacity_wait_delay(3000.0, settings) == 2.0
 
 
 @pytest.mark.parametrize(
