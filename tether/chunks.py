@@ -6,22 +6,49 @@ from typing import Any
 
 
 class Reorder:
-    """Releases chunks in ``seq`` order from 0; pure, so it is unit-tested on its own."""
+    """Releases chunks in ``seq`` order from 0; pure, so it is unit-tested on its own.
+
+    A released chunk must also continue exactly where the released ones ended. A later
+    attempt that resumed (the scheduler handed it the delivered prefix) continues the
+    sequence, and its first chunk's token ``offset`` is the number of tokens released.
+    One that restarted from the beginning instead (no prefix reached it) shows up with a
+    sequence number already released, or at another offset: its text cannot be spliced
+    onto what the client has token for token, so from then on nothing more is streamed
+    and ``remainder`` delivers the rest of the final text. Chunks without token counts
+    (``offset``/``tokens`` None) are ordered by ``seq`` alone.
+    """
 
     def __init__(self) -> None:
         self.next_seq = 0
-        self._held: dict[int, str] = {}
+        self.next_offset: int | None = 0
+        self.attempt = 0  # the latest attempt seen
+        self.stopped = False  # a restarted attempt took over: the final result carries the rest
+        self._held: dict[int, tuple[str, int | None, int | None]] = {}
         self.released_text: list[str] = []
 
-    def push(self, seq: int, text: str) -> list[tuple[int, str]]:
+    def push(
+        self, seq: int, text: str, *, attempt: int = 1, offset: int | None = None, tokens: int | None = None
+    ) -> list[tuple[int, str]]:
+        newer = attempt > self.attempt
+        self.attempt = max(self.attempt, attempt)
+        if self.stopped:
+            return []
         if seq < self.next_seq or seq in self._held:
-            return []  # a repeat
-        self._held[seq] = text
+            if newer and seq < self.next_seq:
+                self.stopped = True  # a new attempt starting over: it repeats what the client has
+            return []  # otherwise a repeat
+        self._held[seq] = (text, offset, tokens)
         out = []
         while self.next_seq in self._held:
-            piece = self._held.pop(self.next_seq)
+            piece, at, n = self._held[self.next_seq]
+            if at is not None and self.next_offset is not None and at != self.next_offset:
+                self.stopped = True  # does not continue the released tokens
+                self._held.clear()
+                break
+            del self._held[self.next_seq]
             out.append((self.next_seq, piece))
             self.released_text.append(piece)
+            self.next_offset = at + n if at is not None and n is not None else None
             self.next_seq += 1
         return out
 

@@ -64,7 +64,14 @@ async def infer_stream(
             except TimeoutError:
                 continue
             chunk = codec.decode(msg.data, codec.content_type_of(msg.headers))
-            for _, text in order.push(int(chunk["seq"]), str(chunk["text"])):
+            token_ids = chunk.get("tokenIds")
+            for _, text in order.push(
+                int(chunk["seq"]),
+                str(chunk["text"]),
+                attempt=int(chunk.get("attempt", 1)),
+                offset=chunk.get("offset"),
+                tokens=len(token_ids) if isinstance(token_ids, list) else None,
+            ):
                 yield text
         reply = await reply_of
         rest = order.remainder(reply.get("result"))

@@ -103,6 +103,7 @@ class GatewayConfig:
     aliases: dict[ModelKey, ModelKey] = field(default_factory=dict)
     auth_required: bool = False
     http_host: str = "127.0.0.1"
+    http_max_connections: int = 1000  # beyond this, new HTTP connections get 503 at once
     backlog_ttl_s: float = 0.25  # how long a model's measured queue depth is reused
 
     @classmethod
@@ -121,6 +122,7 @@ class GatewayConfig:
             aliases=parse_model_map(e.get("TETHER_MODEL_ALIASES", ""), "alias"),
             auth_required=auth == "required",
             http_host=e.get("TETHER_HTTP_HOST", "127.0.0.1"),
+            http_max_connections=_positive_int(e.get("TETHER_HTTP_MAX_CONNECTIONS", "1000"), "TETHER_HTTP_MAX_CONNECTIONS"),
         )
 
     def shed_depth(self, model: ModelKey) -> int:
@@ -139,3 +141,13 @@ class GatewayConfig:
             if chosen:
                 out.append(chosen[-1])
         return out
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidRequest(f"{name} must be a positive integer, got {text!r}")
+    return value

@@ -165,6 +165,11 @@ class AttemptRunner:
             if self.inflight_by_worker[worker_id] <= 0:
                 del self.inflight_by_worker[worker_id]
 
+    async def job_left(self, job_id: str, *, handed_back: bool) -> None:
+        """The job is no longer handled here: ended, or ``handed_back`` to JetStream (it may return)."""
+        if self.progress is not None:
+            await (self.progress.park(job_id) if handed_back else self.progress.forget(job_id))
+
     async def _cancel(self, job_id: str, attempt: int, reason: str) -> None:
         """Stop an abandoned attempt (if its worker still runs it) so it frees its slot."""
         if self.nc is None:

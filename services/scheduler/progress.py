@@ -8,13 +8,17 @@ draining) the next ``Dispatch`` carries that prefix as ``resume``; the new worke
 continues after it, so the client never sees a token twice or a gap.
 
 Only jobs for models announced with the ``generate`` task are watched (one subscription
-per running job, dropped when the job ends).
+per running job, dropped when the job ends). A job handed back to JetStream to wait for
+a worker is *parked*: its prefix is kept for ``keep_s``, so when the job comes back to
+this scheduler its next attempt still resumes (the gateway refuses to splice a restarted
+attempt's tokens onto what its client has, and sends the rest with the final result).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,15 +38,17 @@ class _Delivered:
     token_ids: list[int] = field(default_factory=list)
     seq: int = 0
     sub: Any = None
+    parked_at: float | None = None  # handed back to JetStream at (None: running here)
 
     def prefix(self) -> ResumePrefix:
         return ResumePrefix(text="".join(self.text), token_ids=list(self.token_ids), seq=self.seq)
 
 
 class StreamProgress:
-    def __init__(self, nc: Client, fleet: FleetView) -> None:
+    def __init__(self, nc: Client, fleet: FleetView, *, keep_s: float = 300.0) -> None:
         self._nc = nc
         self._fleet = fleet
+        self._keep_s = keep_s
         self._jobs: dict[str, _Delivered] = {}
         self.chunks_seen = 0
 
@@ -56,7 +62,8 @@ class StreamProgress:
 
     async def watch(self, job_id: str) -> None:
         """Start following a job's chunks (idempotent); call before its first dispatch."""
-        if job_id in self._jobs:
+        if (known := self._jobs.get(job_id)) is not None:
+            known.parked_at = None
             return
         state = _Delivered()
         self._jobs[job_id] = state
@@ -85,6 +92,15 @@ class StreamProgress:
         if state is None or state.seq == 0:
             return None
         return state.prefix()
+
+    async def park(self, job_id: str) -> None:
+        """The job went back to JetStream: keep its prefix for when it returns; drop long-parked ones."""
+        now = time.monotonic()
+        state = self._jobs.get(job_id)
+        if state is not None:
+            state.parked_at = now
+        for stale in [j for j, s in self._jobs.items() if s.parked_at is not None and now - s.parked_at > self._keep_s]:
+            await self.forget(stale)
 
     async def forget(self, job_id: str) -> None:
         state = self._jobs.pop(job_id, None)

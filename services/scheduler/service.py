@@ -24,7 +24,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import ResultMessage
 from services.scheduler import outcomes
 from services.scheduler.advisories import MaxDeliveries
 from services.scheduler.attempts import (
@@ -135,7 +134,7 @@ class Scheduler:
             fleet=self.fleet,
             scheduler_id=self.scheduler_id,
             stats=self.stats,
-            progress=StreamProgress(nc, self.fleet),
+            progress=StreamProgress(nc, self.fleet, keep_s=self.settings.queue_wait_s + self.settings.job_lease_s),
             nc=nc,
         )
         self.monitor = FleetMonitor(
@@ -218,11 +217,13 @@ class Scheduler:
         ticket = read_ticket(msg, self.settings)
         if not self.held.take(ticket.job_id, msg):
             return  # already running here: this delivery shares that handling's outcome
+        handed_back = False
         try:
             with telemetry.span("scheduler.job", ticket.headers, job_id=ticket.job_id):
                 await self._run_job(ticket)
             await self.held.ack(ticket.job_id)
         except Requeue as rq:
+            handed_back = True
             await self.held.nak(ticket.job_id, rq.delay)
         except asyncio.CancelledError:
             raise
@@ -234,8 +235,8 @@ class Scheduler:
             del exc
         finally:
             self.held.forget(ticket.job_id)
-            if self.attempts is not None and self.attempts.progress is not None:
-                await self.attempts.progress.forget(ticket.job_id)
+            if self.attempts is not None:
+                await self.attempts.job_left(ticket.job_id, handed_back=handed_back)
             if self._puller is not None:
                 self._puller.poke()
 
@@ -250,7 +251,7 @@ class Scheduler:
         if t.deliveries > 1 and self.js is not None:  # its last holder may have died after it finished
             stored = await fetch_final(self.js, t.job_id)
             if stored is not None:
-                await self._record_final(t, stored, stored.attempts or 1)
+                await outcomes.record_final(self.store, t, stored, stored.attempts or 1)
                 return
             used_up = await attempts_used_up(self.store, self.settings, t.job_id, self.scheduler_id)
             if used_up is not None:
@@ -375,9 +376,6 @@ class Scheduler:
         if row is None or row["status"] in TERMINAL:
             return  # finished: its result is already in RESULTS
         raise Requeue(max(1.0, float(row["lease_until"] or 0) - time.time()))
-
-    async def _record_final(self, t: Ticket, stored: ResultMessage, attempt: int) -> None:
-        await outcomes.record_final(self.store, t, stored, attempt)
 
     async def _finish_error(
         self, t: Ticket, status: JobStatus, err: TetherError, *, attempts: int, worker_id: str | None = None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from tests.http_helpers import HttpSystem, http_system
@@ -136,3 +138,36 @@ async def test_openapi_is_served(http_echo: HttpSystem) -> None:
     assert "/infer" in spec["paths"] and "/v1/chat/completions" in spec["paths"]
     assert "InferRequest" in spec["components"]["schemas"]
     assert json.dumps(spec)  # serialisable
+
+
+async def test_odd_job_ids_in_the_path_are_404_without_echoing_them_into_headers(http_echo: HttpSystem) -> None:
+    for path in ("/jobs/%E2%82%AC", "/jobs/caf%C3%A9", "/jobs/abc%0d%0aSet-Cookie:%20pwned=1"):
+        r = await http_echo.client.get(path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (path, r.text)
+        assert "X-Job-Id" not in r.headers and "set-cookie" not in r.headers, (path, r.headers)
+
+
+async def test_unknown_routes_and_methods_answer_in_the_error_shapes(http_echo: HttpSystem) -> None:
+    r = await http_echo.client.post("/v1/nothing", json={})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error", r.text
+    r = await http_echo.client.get("/v1/chat/completions")
+    assert r.status_code == 405, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and "GET" in r.json()["error"]["message"]
+    r = await http_echo.client.get("/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+
+
+async def test_a_client_gone_before_its_body_arrived_is_not_an_internal_error(
+    http_echo: HttpSystem, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = http_echo.url.removeprefix("http://").rsplit(":", 1)
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    writer.write(b'{"tenan')
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await asyncio.sleep(0.5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    r = await http_echo.client.post("/infer", json={"tenantId": "demo", **ECHO, "input": "still up"})
+    assert r.status_code == 200 and r.json()["result"] == "still up"

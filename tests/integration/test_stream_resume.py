@@ -126,3 +126,59 @@ async def _kill_mid_stream_and_check(
     text = "".join(c["text"] for c in chunks)
     assert text == final["result"] == expected
     assert sum(token_counts) == TOKENS == final["usage"]["tokensOut"]
+
+
+@pytest.mark.timeout(180)
+async def test_a_job_handed_back_to_wait_for_a_worker_still_resumes_after_the_delivered_prefix(
+    tmp_path: Path, settings: Settings, nc: Client
+) -> None:
+    """The only worker is drained mid-stream (a one-worker rolling restart): the job goes back to JetStream
+    to wait for capacity, and the next worker continues after the prefix the client already has."""
+    from services.worker.runtimes.catalog import parse_model_spec
+    from services.worker.service import Worker
+    from tests.conftest import start_system
+
+    model_dir = build_tiny_gpt2(tmp_path / "tiny")
+    settings.admission_bench = False
+    system = await start_system(settings, [f"tiny:1={model_dir}"])
+    replacement: Worker | None = None
+    try:
+        chunks: list[dict[str, Any]] = []
+        result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        async def on_chunk(msg: Any) -> None:
+            chunks.append(json.loads(msg.data))
+
+        async def on_result(msg: Any) -> None:
+            if not result.done():
+                result.set_result(json.loads(msg.data))
+
+        await nc.subscribe(subjects.chunks_subject("parked-1"), cb=on_chunk)
+        await nc.subscribe(subjects.result_subject("parked-1"), cb=on_result)
+        await nc.flush()
+        body = {"jobId": "parked-1", "input": PROMPT, "params": {"maxNewTokens": TOKENS, "chat": False}}
+        await nc.jetstream().publish(subjects.job_subject("demo", "tiny", "1"), json.dumps(body).encode())
+        deadline = time.monotonic() + 60
+        while len(chunks) < 3:
+            assert time.monotonic() < deadline, "no chunks streamed"
+            await asyncio.sleep(0.002)
+        await system.workers[0].drain(0.05)  # type: ignore[attr-defined]  # hands the job back at once
+        keys = [k for k in ensure_dev_trust(settings, extra_workers=1) if k.role == "worker"]
+        replacement = Worker(settings, identity=keys[1], specs=[parse_model_spec(f"tiny:1={model_dir}")])
+        await replacement.start()
+        final = await asyncio.wait_for(result, 120)
+        await nc.flush()
+    finally:
+        if replacement is not None:
+            await replacement.close()
+        await system.close()
+
+    assert final["status"] == "completed" and final["attempts"] == 2, final
+    assert system.scheduler.stats["requeued"] >= 1  # type: ignore[attr-defined]  # it did wait in JetStream
+    assert [c["seq"] for c in chunks] == list(range(len(chunks))), "a repeat or a gap in the stream"
+    offsets = [c["offset"] for c in chunks]
+    token_counts = [len(c["tokenIds"]) for c in chunks]
+    assert all(offsets[i + 1] == offsets[i] + token_counts[i] for i in range(len(chunks) - 1))
+    first_resumed = next(c for c in chunks if c["attempt"] == 2)
+    assert first_resumed["seq"] > 0 and first_resumed["offset"] > 0
+    assert "".join(c["text"] for c in chunks) == final["result"]

@@ -36,6 +36,29 @@ def test_reorder_releases_in_sequence_and_drops_repeats() -> None:
     assert Reorder().remainder("all of it") == "all of it"
 
 
+def test_reorder_continues_a_resumed_attempt_and_stops_at_a_restarted_one() -> None:
+    r = Reorder()
+    assert r.push(0, "The ", attempt=1, offset=0, tokens=2) == [(0, "The ")]
+    assert r.push(1, "cap", attempt=1, offset=2, tokens=1) == [(1, "cap")]
+    # attempt 2 resumed after the 3 tokens released: it continues the sequence and the offsets
+    assert r.push(2, "ital", attempt=2, offset=3, tokens=1) == [(2, "ital")]
+    assert r.push(1, "cap", attempt=1, offset=2, tokens=1) == []  # a zombie attempt 1 repeating: ignored
+    assert not r.stopped
+    # attempt 3 restarted from the beginning (no prefix reached it): nothing of it is spliced in
+    assert r.push(0, "The", attempt=3, offset=0, tokens=1) == []
+    assert r.stopped and r.push(3, " of", attempt=3, offset=4, tokens=1) == []
+    assert r.remainder("The capital of France") == " of France"  # the final result brings the rest
+
+
+def test_reorder_stops_at_a_chunk_that_does_not_continue_the_released_tokens() -> None:
+    r = Reorder()
+    assert r.push(0, "ab", attempt=1, offset=0, tokens=2) == [(0, "ab")]
+    assert r.push(2, "x", attempt=2, offset=9, tokens=1) == []  # held: seq 1 is missing
+    assert r.push(1, "c", attempt=2, offset=5, tokens=1) == []  # seq 1, but 3 tokens too far
+    assert r.stopped and r.released_text == ["ab"]
+    assert r.remainder("abcd") == "cd"
+
+
 def test_every_error_code_has_an_http_status() -> None:
     assert set(ERROR_CODES) <= STATUS_BY_CODE.keys()
     assert STATUS_BY_CODE["quota_exceeded"] == 429 and STATUS_BY_CODE["no_capacity"] == 503

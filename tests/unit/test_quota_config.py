@@ -114,3 +114,13 @@ def test_slis_percentiles_and_merge_across_gateways() -> None:
     now[0] += 400  # past the window: everything ages out
     assert merge([a.snapshot()], now=now[0])["requests"] == 0
     assert percentile({}, 0.5) is None
+
+
+def test_http_max_connections_is_a_positive_integer() -> None:
+    from services.gateway.config import GatewayConfig
+
+    assert GatewayConfig.from_env({}).http_max_connections == 1000
+    assert GatewayConfig.from_env({"TETHER_HTTP_MAX_CONNECTIONS": "50"}).http_max_connections == 50
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(InvalidRequest, match="TETHER_HTTP_MAX_CONNECTIONS"):
+            GatewayConfig.from_env({"TETHER_HTTP_MAX_CONNECTIONS": bad})

@@ -6,12 +6,15 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from services.gateway.http import routes_dashboard, routes_infer, routes_openai
 from services.gateway.http.context import HttpState
-from services.gateway.http.errors import openai_error, tether_error
+from services.gateway.http.errors import MethodNotAllowed, NotFound, openai_error, tether_error
 from services.gateway.http.openapi_docs import build_spec
 from tether.errors import Internal, InvalidRequest, TetherError
 
@@ -44,6 +47,21 @@ def create_app(state: HttpState | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
         field = ".".join(str(p) for p in first["loc"][1:]) or str(first["loc"][0])
         return _error(request, InvalidRequest(f"field {field!r}: {first['msg']}", field=field))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown paths and methods, in the same error shapes as everything else."""
+        if exc.status_code == 404:
+            return _error(request, NotFound(f"no route {request.method} {request.url.path}"))
+        if exc.status_code == 405:
+            return _error(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """The client went away before its request was read in full: nobody to answer."""
+        log.info("client disconnected mid-request", extra={"path": request.url.path})
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -15,6 +16,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "signature_invalid": 401,
     "model_unknown": 404,
     "not_found": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     "cancelled": 409,  # the job was cancelled (tether.control.cancel.<job>) before it finished
     "payload_too_large": 413,
@@ -33,6 +35,7 @@ _OPENAI_TYPE: dict[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
@@ -45,6 +48,16 @@ class NotFound(TetherError):
     code = "not_found"
 
 
+class MethodNotAllowed(TetherError):
+    """The path exists, the method does not. HTTP-only: 405 ``method_not_allowed``."""
+
+    code = "method_not_allowed"
+
+
+#: What an ``X-Job-Id`` header may carry: a job id echoed from a URL could hold anything.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,200}")
+
+
 def status_of(exc: TetherError) -> int:
     return STATUS_BY_CODE.get(exc.code, 500)
 
@@ -55,7 +68,7 @@ def _headers(exc: TetherError) -> dict[str, str]:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     elif status_of(exc) == 503:  # every 503 says when to come back (RFC 9110 section 10.2.3)
         headers["Retry-After"] = "1"
-    if exc.job_id:
+    if exc.job_id and _HEADER_SAFE.fullmatch(exc.job_id):
         headers["X-Job-Id"] = exc.job_id
     return headers
 

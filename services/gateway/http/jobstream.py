@@ -92,11 +92,11 @@ class JobStream:
                         await nxt
             if nxt.cancelled():
                 break
-            for seq, text in order.push(*self._decode(nxt.result())):
+            for seq, text in self._push(order, nxt.result()):
                 yield Chunk(self.job_id, seq, text)
         # chunks that arrived before the final result: queued here or still on the subscription
         while not self._chunks.empty() or self._sub.pending_msgs > 0:
-            for seq, text in order.push(*self._decode(await asyncio.wait_for(self._chunks.get(), 1.0))):
+            for seq, text in self._push(order, await asyncio.wait_for(self._chunks.get(), 1.0)):
                 yield Chunk(self.job_id, seq, text)
         reply = await self._task  # raises a final error
         rest = order.remainder(reply.result)
@@ -105,13 +105,14 @@ class JobStream:
         self.done = True
         yield reply
 
-    def _decode(self, msg: Any) -> tuple[int, str]:
+    def _push(self, order: Reorder, msg: Any) -> list[tuple[int, str]]:
         try:
             chunk = ResultChunk.model_validate(codec.decode(msg.data, codec.content_type_of(msg.headers)))
         except Exception:
             log.warning("malformed chunk ignored", extra={"job": self.job_id})
-            return -1, ""
-        return chunk.seq, chunk.text
+            return []
+        tokens = len(chunk.token_ids) if chunk.token_ids is not None else None
+        return order.push(chunk.seq, chunk.text, attempt=chunk.attempt, offset=chunk.offset, tokens=tokens)
 
     async def close(self) -> None:
         """Unsubscribe; if the job has not finished and nobody else wants it, cancel it (the client went away).

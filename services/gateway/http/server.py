@@ -66,7 +66,18 @@ class HttpGateway:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((self.host, self.port))
         self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            # A bound on open connections (slow or stalled clients included): past it, 503 at once.
+            # uvicorn has no deadline for reading a request's headers or body: on an open network put
+            # a reverse proxy with those timeouts in front (README, Operations).
+            limit_concurrency=self.gateway.config.http_max_connections,
+            timeout_keep_alive=5,
+        )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="http")
         while not self._server.started:
