@@ -53,6 +53,30 @@ async def _both_warm(nc: Client, settings: Settings, timeout: float = 90.0) -> N
         await fleet.stop()
 
 
+async def _stream_job(nc: Client, job_id: str) -> tuple[list[dict[str, Any]], asyncio.Future[dict[str, Any]]]:
+    """Publish a streaming job of ``TOKENS`` tokens; its chunks so far (at least 3) and its final result."""
+    chunks: list[dict[str, Any]] = []
+    result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def on_chunk(msg: Any) -> None:
+        chunks.append(json.loads(msg.data))
+
+    async def on_result(msg: Any) -> None:
+        if not result.done():
+            result.set_result(json.loads(msg.data))
+
+    await nc.subscribe(subjects.chunks_subject(job_id), cb=on_chunk)
+    await nc.subscribe(subjects.result_subject(job_id), cb=on_result)
+    await nc.flush()
+    body = {"jobId": job_id, "input": PROMPT, "params": {"maxNewTokens": TOKENS, "chat": False}}
+    await nc.jetstream().publish(subjects.job_subject("demo", "tiny", "1"), json.dumps(body).encode())
+    deadline = time.monotonic() + 60
+    while len(chunks) < 3:
+        assert time.monotonic() < deadline, "no chunks streamed"
+        await asyncio.sleep(0.002)
+    return chunks, result
+
+
 @pytest.mark.timeout(240)
 async def test_killed_worker_mid_stream_resumes_on_another_without_repeats_or_gaps(
     tmp_path: Path, nats_server: NatsServer, settings: Settings, nc: Client
@@ -83,26 +107,7 @@ async def _kill_mid_stream_and_check(
     scheduler = Scheduler(settings, scheduler_id="s-resume")
     await scheduler.start()
     try:
-        chunks: list[dict[str, Any]] = []
-        result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        async def on_chunk(msg: Any) -> None:
-            chunks.append(json.loads(msg.data))
-
-        async def on_result(msg: Any) -> None:
-            if not result.done():
-                result.set_result(json.loads(msg.data))
-
-        await nc.subscribe(subjects.chunks_subject("resume-1"), cb=on_chunk)
-        await nc.subscribe(subjects.result_subject("resume-1"), cb=on_result)
-        await nc.flush()
-        body = {"jobId": "resume-1", "input": PROMPT, "params": {"maxNewTokens": TOKENS, "chat": False}}
-        await nc.jetstream().publish(subjects.job_subject("demo", "tiny", "1"), json.dumps(body).encode())
-
-        deadline = time.monotonic() + 60
-        while len(chunks) < 3:
-            assert time.monotonic() < deadline, "no chunks streamed"
-            await asyncio.sleep(0.002)
+        chunks, result = await _stream_job(nc, "resume-1")
         victim = chunks[0]["workerId"]
         os.kill(workers[victim].pid, signal.SIGKILL)
         killed_after = sum(len(c["tokenIds"]) for c in chunks)
@@ -143,25 +148,7 @@ async def test_a_job_handed_back_to_wait_for_a_worker_still_resumes_after_the_de
     system = await start_system(settings, [f"tiny:1={model_dir}"])
     replacement: Worker | None = None
     try:
-        chunks: list[dict[str, Any]] = []
-        result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        async def on_chunk(msg: Any) -> None:
-            chunks.append(json.loads(msg.data))
-
-        async def on_result(msg: Any) -> None:
-            if not result.done():
-                result.set_result(json.loads(msg.data))
-
-        await nc.subscribe(subjects.chunks_subject("parked-1"), cb=on_chunk)
-        await nc.subscribe(subjects.result_subject("parked-1"), cb=on_result)
-        await nc.flush()
-        body = {"jobId": "parked-1", "input": PROMPT, "params": {"maxNewTokens": TOKENS, "chat": False}}
-        await nc.jetstream().publish(subjects.job_subject("demo", "tiny", "1"), json.dumps(body).encode())
-        deadline = time.monotonic() + 60
-        while len(chunks) < 3:
-            assert time.monotonic() < deadline, "no chunks streamed"
-            await asyncio.sleep(0.002)
+        chunks, result = await _stream_job(nc, "parked-1")
         await system.workers[0].drain(0.05)  # type: ignore[attr-defined]  # hands the job back at once
         keys = [k for k in ensure_dev_trust(settings, extra_workers=1) if k.role == "worker"]
         replacement = Worker(settings, identity=keys[1], specs=[parse_model_spec(f"tiny:1={model_dir}")])
