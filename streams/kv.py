@@ -6,6 +6,7 @@
 | ``tether_apikeys`` | ``k.<sha256 of the API key>`` | ``{"tenant", "name", "createdAt"}``; the key itself is never stored |
 | ``tether_idempotency`` | ``i.<job id>`` | SHA-256 of the first request body sent with that key |
 | ``tether_gateways`` | ``g.<gateway id>`` | the gateway's SLI snapshot, rewritten every few seconds |
+| ``tether_resume`` | ``r.<sha256 of the job id>`` | a parked streaming job's delivered prefix (schedulers only) |
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ APIKEYS_BUCKET = "tether_apikeys"
 IDEMPOTENCY_BUCKET = "tether_idempotency"
 GATEWAYS_BUCKET = "tether_gateways"
 GATEWAY_SNAPSHOT_TTL_S = 30.0
+RESUME_BUCKET = "tether_resume"
 
 
 def kv_buckets(settings: Settings, server_info: dict[str, object] | None = None) -> tuple[KeyValueConfig, ...]:
@@ -58,6 +60,18 @@ def kv_buckets(settings: Settings, server_info: dict[str, object] | None = None)
             storage=StorageType.MEMORY,
             replicas=r,
         ),
+    )
+
+
+def resume_bucket(settings: Settings, server_info: dict[str, object] | None = None) -> KeyValueConfig:
+    """Delivered prefixes of streaming jobs waiting in JOBS, for whichever scheduler takes them next."""
+    return KeyValueConfig(
+        bucket=RESUME_BUCKET,
+        description="A parked streaming job's delivered prefix, so any scheduler resumes it",
+        history=1,
+        ttl=settings.queue_wait_s + settings.job_lease_s + 60.0,
+        storage=StorageType.FILE,
+        replicas=cluster_replicas(server_info or {}, settings.replicas),
     )
 
 

@@ -92,7 +92,8 @@ class AttemptRunner:
         key = t.key
         resume = None
         if self.progress is not None and self.progress.streams(key.model_id, key.version):
-            await self.progress.watch(key.job_id)  # before the dispatch: no chunk goes unseen
+            # before the dispatch: no chunk goes unseen
+            await self.progress.watch(key.job_id, redelivered=t.deliveries > 1)
             resume = self.progress.prefix(key.job_id)
         d = Dispatch(
             job_id=key.job_id,

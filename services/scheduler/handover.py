@@ -46,6 +46,17 @@ def capacity_wait_delay(waited_s: float, settings: Settings) -> float:
     return min(cap, FIRST_WAIT_S + waited_s * (growth - 1))
 
 
+async def not_ours(store: JobStore, job_id: str) -> None:
+    """The reservation was refused: the job is finished, or another scheduler holds its lease.
+
+    Returns for a finished job (its result is already in RESULTS); raises ``Requeue`` until the lease ends.
+    """
+    row = await store.get(job_id)
+    if row is None or row["status"] in TERMINAL:
+        return
+    raise Requeue(max(1.0, float(row["lease_until"] or 0) - time.time()))
+
+
 def spent(history: list[dict[str, Any]]) -> int:
     """How many attempts count against ``max_attempts``: all but those a worker refused for capacity."""
     return sum(1 for row in history if row["error_code"] != NoCapacity.code)

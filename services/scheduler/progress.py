@@ -9,14 +9,17 @@ continues after it, so the client never sees a token twice or a gap.
 
 Only jobs for models announced with the ``generate`` task are watched (one subscription
 per running job, dropped when the job ends). A job handed back to JetStream to wait for
-a worker is *parked*: its prefix is kept for ``keep_s``, so when the job comes back to
-this scheduler its next attempt still resumes (the gateway refuses to splice a restarted
-attempt's tokens onto what its client has, and sends the rest with the final result).
+a worker is *parked*: its prefix is kept here for ``keep_s`` and written to the
+``tether_resume`` KV bucket, so whichever scheduler JetStream gives the job to next
+resumes it (a redelivered job's prefix is looked up there before its first attempt).
+Should that fail, the gateway refuses to splice a restarted attempt's tokens onto what
+its client has, and sends the rest with the final result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
 from schemas import ResultChunk, ResumePrefix
 from tether import codec, subjects
@@ -39,16 +43,20 @@ class _Delivered:
     seq: int = 0
     sub: Any = None
     parked_at: float | None = None  # handed back to JetStream at (None: running here)
+    shared: bool = False  # its prefix is (or was) in the KV bucket: delete it when the job ends
 
     def prefix(self) -> ResumePrefix:
         return ResumePrefix(text="".join(self.text), token_ids=list(self.token_ids), seq=self.seq)
 
 
 class StreamProgress:
-    def __init__(self, nc: Client, fleet: FleetView, *, keep_s: float = 300.0) -> None:
+    def __init__(
+        self, nc: Client, fleet: FleetView, *, keep_s: float = 300.0, kv: KeyValue | None = None
+    ) -> None:
         self._nc = nc
         self._fleet = fleet
         self._keep_s = keep_s
+        self._kv = kv
         self._jobs: dict[str, _Delivered] = {}
         self.chunks_seen = 0
 
@@ -60,13 +68,18 @@ class StreamProgress:
                     return m.task == "generate"
         return False
 
-    async def watch(self, job_id: str) -> None:
-        """Start following a job's chunks (idempotent); call before its first dispatch."""
+    async def watch(self, job_id: str, *, redelivered: bool = False) -> None:
+        """Start following a job's chunks (idempotent); call before its first dispatch.
+
+        A ``redelivered`` job another scheduler parked gets that scheduler's prefix from the KV bucket.
+        """
         if (known := self._jobs.get(job_id)) is not None:
             known.parked_at = None
             return
         state = _Delivered()
         self._jobs[job_id] = state
+        if redelivered and self._kv is not None:
+            await self._load(job_id, state)
 
         async def on_chunk(msg: Msg) -> None:
             self._record(state, msg)
@@ -99,6 +112,12 @@ class StreamProgress:
         state = self._jobs.get(job_id)
         if state is not None:
             state.parked_at = now
+            if state.seq > 0 and self._kv is not None:
+                try:
+                    await self._kv.put(_kv_key(job_id), codec.encode(state.prefix().wire(), codec.MSGPACK))
+                    state.shared = True
+                except Exception as exc:  # best effort: this scheduler still has it
+                    log.warning("resume prefix not shared", extra={"job": job_id, "error": repr(exc)})
         for stale in [j for j, s in self._jobs.items() if s.parked_at is not None and now - s.parked_at > self._keep_s]:
             await self.forget(stale)
 
@@ -107,3 +126,25 @@ class StreamProgress:
         if state is not None and state.sub is not None:
             with contextlib.suppress(Exception):
                 await state.sub.unsubscribe()
+        if state is not None and state.shared and state.parked_at is None and self._kv is not None:
+            with contextlib.suppress(Exception):  # the job ended; the bucket's TTL covers a failure here
+                await self._kv.delete(_kv_key(job_id))
+
+    async def _load(self, job_id: str, state: _Delivered) -> None:
+        try:
+            entry = await self._kv.get(_kv_key(job_id))  # type: ignore[union-attr]
+        except Exception:  # not there (KeyNotFoundError), or unreachable: start from the beginning
+            return
+        if not entry.value:
+            return
+        try:
+            prefix = ResumePrefix.model_validate(codec.decode(entry.value, codec.MSGPACK))
+        except Exception as exc:
+            log.warning("unreadable resume prefix ignored", extra={"job": job_id, "error": repr(exc)})
+            return
+        state.text, state.token_ids, state.seq, state.shared = [prefix.text], list(prefix.token_ids), prefix.seq, True
+
+
+def _kv_key(job_id: str) -> str:
+    """A KV-safe key for any job id."""
+    return "r." + hashlib.sha256(job_id.encode()).hexdigest()

@@ -35,7 +35,14 @@ from services.scheduler.attempts import (
 )
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.handover import Requeue, attempts_used_up, capacity_wait_delay, over_budget, spent
+from services.scheduler.handover import (
+    Requeue,
+    attempts_used_up,
+    capacity_wait_delay,
+    not_ours,
+    over_budget,
+    spent,
+)
 from services.scheduler.held import HeldJobs
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.monitor import FleetMonitor
@@ -45,6 +52,7 @@ from services.scheduler.pull import PullConsumer
 from services.scheduler.reliability import Reliability
 from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
+from streams.kv import RESUME_BUCKET, apply_kv, resume_bucket
 from tether import telemetry
 from tether.connection import connect
 from tether.dispatch_auth import DispatchSigner
@@ -57,7 +65,7 @@ from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.security import node_identity
 from tether.settings import Settings
-from tether.store import TERMINAL, JobStatus, JobStore, open_store
+from tether.store import JobStatus, JobStore, open_store
 from tether.store.fleetstate import FleetState
 from tether.tasks import TaskGroup, settle_heap
 
@@ -123,9 +131,11 @@ class Scheduler:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info), update=True)
+        await apply_kv(self.js, (resume_bucket(self.settings, nc._server_info),))
         signer = DispatchSigner(node_identity(self.settings, "scheduler"))
         self.dispatcher = Dispatcher(nc, self.scheduler_id, signer)
         await self.dispatcher.start()
+        keep_s = self.settings.queue_wait_s + self.settings.job_lease_s  # a parked job's resume prefix
         self.attempts = AttemptRunner(
             settings=self.settings,
             store=self.store,
@@ -134,7 +144,7 @@ class Scheduler:
             fleet=self.fleet,
             scheduler_id=self.scheduler_id,
             stats=self.stats,
-            progress=StreamProgress(nc, self.fleet, keep_s=self.settings.queue_wait_s + self.settings.job_lease_s),
+            progress=StreamProgress(nc, self.fleet, keep_s=keep_s, kv=await self.js.key_value(RESUME_BUCKET)),
             nc=nc,
         )
         self.monitor = FleetMonitor(
@@ -300,7 +310,7 @@ class Scheduler:
                 now=now,
             )
             if attempt is None:
-                await self._not_ours(t)
+                await not_ours(self.store, t.job_id)
                 return
             if attempt - len(refused) > self.settings.max_attempts:
                 if (err := await over_budget(self.store, self.settings, t.job_id, attempt)) is not None:
@@ -366,16 +376,9 @@ class Scheduler:
                 attempts=0,
             )
             return
-        await self.store.enqueue(t.key, time.time())
+        await self.store.enqueue(t.key, time.time(), release_for=self.scheduler_id)  # others may take it
         self.stats["requeued"] += 1
         raise Requeue(capacity_wait_delay(waited, self.settings))
-
-    async def _not_ours(self, t: Ticket) -> None:
-        """The reservation was refused: the job is finished, or another scheduler holds its lease."""
-        row = await self.store.get(t.job_id)
-        if row is None or row["status"] in TERMINAL:
-            return  # finished: its result is already in RESULTS
-        raise Requeue(max(1.0, float(row["lease_until"] or 0) - time.time()))
 
     async def _finish_error(
         self, t: Ticket, status: JobStatus, err: TetherError, *, attempts: int, worker_id: str | None = None

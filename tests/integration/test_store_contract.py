@@ -415,6 +415,15 @@ async def test_failing_operation_does_not_fail_its_batch_mates(store: JobStore) 
         assert (await _get(store, j.job_id))["status"] == "QUEUED"
 
 
+async def test_a_job_handed_back_to_wait_for_capacity_is_free_for_any_scheduler(store: JobStore) -> None:
+    j = key("waits")
+    assert await reserve(store, j, "A", T0, lease=30.0) == 1  # its worker then refused it: full
+    await store.enqueue(j, T0 + 1, release_for="A")  # A hands it back to JetStream
+    assert await reserve(store, j, "B", T0 + 2) == 2  # B got the redelivery: no lease to wait out
+    await store.enqueue(j, T0 + 3, release_for="A")  # A no longer holds it: B's lease stays
+    assert await reserve(store, j, "C", T0 + 4) is None
+
+
 async def test_a_late_failure_of_a_superseded_attempt_leaves_the_newer_one_alone(store: JobStore) -> None:
     j = key("late")
     assert await reserve(store, j, "A", T0, lease=5.0) == 1

@@ -134,11 +134,13 @@ async def _kill_mid_stream_and_check(
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("next_scheduler", ["same", "another"])
 async def test_a_job_handed_back_to_wait_for_a_worker_still_resumes_after_the_delivered_prefix(
-    tmp_path: Path, settings: Settings, nc: Client
+    tmp_path: Path, settings: Settings, nc: Client, next_scheduler: str
 ) -> None:
     """The only worker is drained mid-stream (a one-worker rolling restart): the job goes back to JetStream
-    to wait for capacity, and the next worker continues after the prefix the client already has."""
+    to wait for capacity, and the next worker continues after the prefix the client already has, also
+    when another scheduler takes the job (the prefix is shared through the ``tether_resume`` bucket)."""
     from services.worker.runtimes.catalog import parse_model_spec
     from services.worker.service import Worker
     from tests.conftest import start_system
@@ -150,6 +152,15 @@ async def test_a_job_handed_back_to_wait_for_a_worker_still_resumes_after_the_de
     try:
         chunks, result = await _stream_job(nc, "parked-1")
         await system.workers[0].drain(0.05)  # type: ignore[attr-defined]  # hands the job back at once
+        sched = system.scheduler
+        deadline = time.monotonic() + 30
+        while sched.stats["requeued"] < 1:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the job was not handed back"
+            await asyncio.sleep(0.01)
+        if next_scheduler == "another":
+            await sched.close()  # type: ignore[attr-defined]
+            system.scheduler = Scheduler(settings, scheduler_id="s-next")
+            await system.scheduler.start()  # type: ignore[attr-defined]
         keys = [k for k in ensure_dev_trust(settings, extra_workers=1) if k.role == "worker"]
         replacement = Worker(settings, identity=keys[1], specs=[parse_model_spec(f"tiny:1={model_dir}")])
         await replacement.start()
@@ -161,7 +172,6 @@ async def test_a_job_handed_back_to_wait_for_a_worker_still_resumes_after_the_de
         await system.close()
 
     assert final["status"] == "completed" and final["attempts"] == 2, final
-    assert system.scheduler.stats["requeued"] >= 1  # type: ignore[attr-defined]  # it did wait in JetStream
     assert [c["seq"] for c in chunks] == list(range(len(chunks))), "a repeat or a gap in the stream"
     offsets = [c["offset"] for c in chunks]
     token_counts = [len(c["tokenIds"]) for c in chunks]

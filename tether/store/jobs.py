@@ -91,17 +91,24 @@ class JobStore:
         """Run ``statements`` in the next group commit (for the store's other tables)."""
         return await self._batcher.submit(statements)
 
-    async def enqueue(self, job: JobKey, now: float) -> None:
-        """Record a job as QUEUED (no-op when the row exists)."""
-        await self._batcher.submit(
-            [
-                Stmt(
-                    f"INSERT INTO jobs ({_INSERT_COLS}) VALUES (?,?,?,?,'QUEUED',0,?,?,?,?,?) "
-                    "ON CONFLICT(job_id) DO NOTHING",
-                    (*_key_values(job), job.created_at, now, now),
-                )
-            ]
-        )
+    async def enqueue(self, job: JobKey, now: float, *, release_for: str | None = None) -> None:
+        """Record a job as QUEUED (no-op when the row exists).
+
+        ``release_for``: the scheduler handing the job back to JetStream to wait for capacity. Its
+        lease ends now, so whichever scheduler JetStream gives the job to next may reserve it at once.
+        """
+        stmts = [
+            Stmt(
+                f"INSERT INTO jobs ({_INSERT_COLS}) VALUES (?,?,?,?,'QUEUED',0,?,?,?,?,?) "
+                "ON CONFLICT(job_id) DO NOTHING",
+                (*_key_values(job), job.created_at, now, now),
+            )
+        ]
+        if release_for is not None:
+            stmts.append(
+                Stmt("UPDATE jobs SET lease_until=? WHERE job_id=? AND scheduler_id=?", (now, job.job_id, release_for))
+            )
+        await self._batcher.submit(stmts)
 
     async def reserve(
         self,
