@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams import ARTIFACTS_BUCKET, TRUST_BUCKET
-from streams.kv import APIKEYS_BUCKET, GATEWAYS_BUCKET, IDEMPOTENCY_BUCKET, QUOTA_BUCKET
+from streams.kv import APIKEYS_BUCKET, GATEWAYS_BUCKET, IDEMPOTENCY_BUCKET, QUOTA_BUCKET, RESUME_BUCKET
 from tether import subjects
 from tether.identity import write_private_file
 
@@ -63,6 +63,7 @@ def permissions(role: str, worker_id: str | None = None) -> dict[str, object]:
             f"{_P}.dispatch.>", f"{_P}.results.>", f"{_P}.dlq.>", f"{_P}.events.>",
             f"{_P}.control.cancel.>",  # stop abandoned attempts
             "$JS.API.>", "$JS.ACK.>", "$JS.FC.>",
+            f"$KV.{RESUME_BUCKET}.>",  # parked streaming jobs' prefixes, shared with the other schedulers
         ]
         sub = [
             f"{_P}.presence.>", f"{_P}.models.>", f"{_P}.reports.>", f"{_P}.results.>",
