@@ -21,6 +21,7 @@ import struct
 import sys
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgpack
 from nacl.exceptions import BadSignatureError
@@ -61,7 +62,7 @@ class SigChecker:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tether.sigcheck", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            *helper_command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="sigcheck-reader")
 
@@ -108,6 +109,18 @@ class SigChecker:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def helper_command() -> list[str]:
+    """The helper runs this very copy of ``tether``, never one found in the current directory.
+
+    ``python -m`` would put the working directory first on ``sys.path``: a ``tether`` package
+    there would then decide which signatures are valid. ``-P`` leaves it out, and the path of
+    the package this process imported is put first instead.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    code = f"import sys; sys.path.insert(0, {root!r}); from tether.sigcheck import main; main()"
+    return [sys.executable, "-P", "-c", code]
 
 
 def main() -> None:  # pragma: no cover - runs in the child process

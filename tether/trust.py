@@ -37,6 +37,9 @@ from tether.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
+#: How often the trust bucket is read in full, besides following its updates.
+KV_RESYNC_S = 30.0
+
 ANY_ROLE: Final = "any"
 KeyLike = bytes | str
 
@@ -252,8 +255,14 @@ class TrustStore:
 
     # -- background reloading ----------------------------------------------
 
-    async def start(self, kv: KeyValue | None = None, *, reload_s: float = 2.0) -> None:
-        """Load the KV bucket's entries now, then keep following it and the file in the background."""
+    async def start(
+        self, kv: KeyValue | None = None, *, reload_s: float = 2.0, resync_s: float = KV_RESYNC_S
+    ) -> None:
+        """Load the KV bucket's entries now, then keep following it and the file in the background.
+
+        The bucket is also read in full every ``resync_s``: nats-py's watcher stops delivering
+        for good after a nats-server restart, and a revocation must not wait for a process restart.
+        """
         if self._started:
             return
         self._started = True
@@ -262,7 +271,26 @@ class TrustStore:
             while (entry := await watcher.updates(timeout=5.0)) is not None:  # initial values, then None
                 self._apply_entry(entry)
             self._tasks.spawn(self._follow_kv(watcher), name="trust-kv")
+            self._tasks.spawn(self._resync_kv(kv, resync_s), name="trust-kv-resync")
         self._tasks.spawn(self._follow_file(reload_s), name="trust-file")
+
+    async def _resync_kv(self, kv: KeyValue, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                watcher = await kv.watchall()
+                fresh = []
+                while (entry := await watcher.updates(timeout=5.0)) is not None:
+                    fresh.append(entry)
+                await watcher.stop()
+            except Exception as exc:  # NATS away: the last known lists stay in force
+                log.warning("trust bucket resync failed", extra={"error": repr(exc)})
+                continue
+            self._kv.clear()
+            for entry in fresh:
+                if entry.value is not None and entry.operation is None and (p := _parse_kv_key(entry.key)):
+                    self._kv[entry.key] = p
+            self._rebuild()
 
     def _apply_entry(self, entry: KeyValue.Entry) -> None:
         self.apply_kv(entry.key, entry.value is not None and entry.operation is None)

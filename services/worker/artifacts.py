@@ -22,6 +22,7 @@ from tether.artifacts.store import FILES_DIR
 from tether.envelope import Verifier
 from tether.security import open_trust
 from tether.settings import Settings
+from tether.trust import TrustStore
 
 PREFIX = "artifact:"
 
@@ -30,10 +31,20 @@ def artifact_digest(spec: ModelSpec) -> str | None:
     return spec.source[len(PREFIX) :] if spec.source.startswith(PREFIX) else None
 
 
-def artifact_cache(settings: Settings, js: JetStreamContext | None) -> ArtifactCache:
-    """The worker's cache under ``TETHER_HOME/artifacts``, trusting the allowlist's publisher keys."""
+def artifact_cache(
+    settings: Settings, js: JetStreamContext | None, trust: TrustStore | None = None
+) -> ArtifactCache:
+    """The worker's cache under ``TETHER_HOME/artifacts``, trusting publisher keys.
+
+    ``trust`` is a started trust store (the worker passes its own, which follows the allowlist
+    file and the ``TETHER_TRUST`` bucket, so a publisher denied there is refused at the next
+    load); without one, only the allowlist file is read.
+    """
     verifier = Verifier(
-        trust=open_trust(settings), role="publisher", allow_all=settings.insecure, fresh=False
+        trust=trust if trust is not None else open_trust(settings),
+        role="publisher",
+        allow_all=settings.insecure,
+        fresh=False,
     )
     return ArtifactCache(settings.home / "artifacts", verifier, js, ARTIFACTS_BUCKET)
 

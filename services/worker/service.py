@@ -104,7 +104,9 @@ class Worker:
             pins=[_key(p) for p in settings.pin_models],
             device=self.device,
             on_change=self.herald.announce,
-            resolve=lambda spec: resolve_artifact(spec, artifact_cache(self.settings, self.js)),
+            resolve=lambda spec: resolve_artifact(
+                spec, artifact_cache(self.settings, self.js, trust=self.dispatch_gate.verifier.trust)
+            ),
             build=lambda spec: build_runtime(
                 spec, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000
             ),

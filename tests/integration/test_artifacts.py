@@ -19,7 +19,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from services.worker.artifacts import artifact_cache
-from streams import ARTIFACTS_BUCKET, apply, topology
+from streams import ARTIFACTS_BUCKET, TRUST_BUCKET, apply, topology
 from tether.artifacts import (
     ArtifactCache,
     ArtifactRejected,
@@ -33,7 +33,7 @@ from tether.artifacts.store import FILES_DIR
 from tether.identity import Identity
 from tether.security import ensure_dev_trust
 from tether.settings import Settings
-from tether.trust import allowlist_line, append_allowlist
+from tether.trust import allowlist_line, append_allowlist, kv_key
 
 
 @dataclass
@@ -179,6 +179,50 @@ async def test_cached_artifact_is_reverified_on_load(published: Published) -> No
         await offline.materialize(published.digest)
     assert ei.value.reason == "tampered_file"
     assert not local.exists()  # the bad cache entry is gone, never served
+
+
+@pytest.mark.parametrize("planted", ["unlisted file", "symbolic link"])
+async def test_a_cached_artifact_with_anything_besides_its_files_is_refused(published: Published, planted: str) -> None:
+    local, _ = await published.cache().materialize(published.digest)
+    if planted == "unlisted file":
+        (local / FILES_DIR / "evil_remote_code.py").write_text("import os")
+    else:
+        weights = local / FILES_DIR / "weights.bin"
+        outside = local.parent.parent / "outside.bin"
+        outside.write_bytes(weights.read_bytes())  # same content for now; could change after the check
+        weights.unlink()
+        weights.symlink_to(outside)
+    offline = ArtifactCache(local.parent, published.cache().verifier, None, ARTIFACTS_BUCKET)
+    with pytest.raises(ArtifactRejected) as ei:
+        await offline.materialize(published.digest)
+    assert ei.value.reason == "tampered_file", ei.value
+    assert not local.exists()
+
+
+async def test_debris_where_the_artifact_goes_is_replaced_by_the_verified_download(published: Published) -> None:
+    debris = published.settings.home / "artifacts" / published.digest
+    (debris / FILES_DIR).mkdir(parents=True)
+    (debris / FILES_DIR / "config.json").write_text('{"kind": "EVIL"}')  # no signed manifest
+    local, _ = await published.cache().materialize(published.digest)
+    assert (local / FILES_DIR / "config.json").read_text() == '{"kind": "test"}'
+    assert sorted(p.name for p in local.iterdir()) == sorted([FILES_DIR, "manifest.signed"])
+
+
+async def test_a_publisher_denied_in_the_trust_bucket_is_refused_by_a_worker(published: Published) -> None:
+    from tether.security import open_trust, start_trust
+
+    publisher = Identity.load(published.settings.keys_dir / "publisher.key")
+    js = published.nc.jetstream()
+    kv = await js.key_value(TRUST_BUCKET)
+    await kv.put(kv_key("deny", publisher.public_key), b"compromised")
+    trust = open_trust(published.settings)
+    await start_trust(trust, js, published.settings)  # what the worker's dispatch gate runs
+    try:
+        with pytest.raises(ArtifactRejected) as ei:
+            await artifact_cache(published.settings, js, trust=trust).materialize(published.digest)
+        assert ei.value.reason == "untrusted_publisher", ei.value
+    finally:
+        await trust.stop()
 
 
 def test_object_store_replicas_follow_the_cluster(settings: Settings) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import msgpack
+import pytest
 
 from schemas import ModelState, Presence, ServedModel
 from tether import subjects
@@ -83,6 +85,34 @@ async def test_helper_process_checks_batches_in_order_and_exits_with_its_input()
         proc = checker._proc
         await checker.stop()
     assert proc is not None and proc.returncode == 0  # closed stdin: the child exits by itself
+
+
+async def test_the_helper_runs_this_tether_not_one_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted = tmp_path / "tether"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("")
+    (planted / "sigcheck.py").write_text(  # answers "valid" to everything
+        "import struct, sys, msgpack\n"
+        "def main():\n"
+        "    L = struct.Struct('>I')\n"
+        "    while (h := sys.stdin.buffer.read(4)):\n"
+        "        items = msgpack.unpackb(sys.stdin.buffer.read(L.unpack(h)[0]))\n"
+        "        out = msgpack.packb([True] * len(items))\n"
+        "        sys.stdout.buffer.write(L.pack(len(out)) + out); sys.stdout.buffer.flush()\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    w = Identity.generate("worker")
+    checker = SigChecker()
+    await checker.start()
+    try:
+        forged = (w.public_key, b"forged", w.signing_key.sign(b"real").signature)
+        assert await checker.check([forged]) == [False]
+    finally:
+        await checker.stop()
 
 
 async def test_ingest_under_load_admits_real_heartbeats_and_refuses_forgeries() -> None:

@@ -123,9 +123,24 @@ class ArtifactCache:
         return final, await self._download(digest, final)
 
     def _verify_dir(self, directory: Path, digest: str) -> Manifest:
+        """The manifest of a cached artifact whose files are exactly the manifest's, unchanged.
+
+        Anything else in its files (a file the manifest does not list, a symbolic link) makes
+        it tampered: a runtime could pick up an unlisted file, or a link's target could change.
+        """
         manifest, _ = open_manifest((directory / SIGNED_MANIFEST).read_bytes(), digest, self.verifier)
+        listed = {entry.path for entry in manifest.files}
+        files = directory / FILES_DIR
+        for root, dirs, names in os.walk(files):
+            for name in (*dirs, *names):
+                path = Path(root) / name
+                rel = path.relative_to(files).as_posix()
+                if path.is_symlink():
+                    raise ArtifactRejected("tampered_file", f"{rel}: a symbolic link in the artifact")
+                if name in names and rel not in listed:
+                    raise ArtifactRejected("tampered_file", f"{rel}: not in the manifest")
         for entry in manifest.files:
-            verify_file(directory / FILES_DIR / entry.path, entry)
+            verify_file(files / entry.path, entry)
         return manifest
 
     async def _download(self, digest: str, final: Path) -> Manifest:
@@ -153,15 +168,31 @@ class ArtifactCache:
                         ) from None
                 await asyncio.to_thread(verify_file, path, entry)
             (tmp / SIGNED_MANIFEST).write_bytes(signed)
-            with contextlib.suppress(OSError):
-                os.replace(tmp, final)  # a concurrent fetch may have won: theirs is verified too
+            try:
+                os.replace(tmp, final)
+            except OSError:  # something is there already: a concurrent fetch's copy, or debris
+                try:
+                    return await asyncio.to_thread(self._verify_dir, final, digest)
+                except (ArtifactRejected, OSError):  # never served unverified: replace it with ours
+                    await asyncio.to_thread(_replace, tmp, final)
             return manifest
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _replace(new: Path, old: Path) -> None:
+    """Put directory ``new`` where ``old`` is (a directory, a file or a link)."""
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink(missing_ok=True)
+    os.replace(new, old)
+
+
 def verify_file(path: Path, entry: FileEntry) -> None:
     """The file has the manifest's size and SHA-256; ArtifactRejected says what is wrong otherwise."""
+    if path.is_symlink():
+        raise ArtifactRejected("tampered_file", f"{entry.path}: a symbolic link in the artifact")
     if not path.is_file():
         raise ArtifactRejected("missing", f"{entry.path}: not in the artifact")
     size = path.stat().st_size
