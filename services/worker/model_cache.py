@@ -144,7 +144,8 @@ class ModelCache:
             await self._make_room(entry, entry.size, evict=evict)
             await self._load(entry)
             if self.used() > self.budget:  # the measured size was larger than the estimate
-                await self._make_room(entry, 0, evict=True)
+                with contextlib.suppress(NoCapacity):  # the rest is pinned or busy: over until one is idle
+                    await self._make_room(entry, entry.size, evict=True)
             assert entry.runtime is not None
             return entry.runtime
 
@@ -152,6 +153,8 @@ class ModelCache:
         for victim in self._evictable(entry):
             if self.used(exclude=entry) + need <= self.budget or not evict:
                 break
+            if victim.state is not ModelState.WARM or victim.inflight:  # a job took it during an await
+                continue
             await self._evict(victim, f"evicted to make room for {entry.spec.model_id}:{entry.spec.version}")
         if entry.pinned or not evict:
             return

@@ -252,3 +252,20 @@ async def test_a_cancel_ends_a_waiting_request_without_waiting_for_a_slot(tiny_d
         assert (await running).tokens_out == 400
     finally:
         await asyncio.to_thread(runtime.close)
+
+
+async def test_closing_frees_the_model_without_waiting_for_a_garbage_collection(tiny_dir: Path) -> None:
+    import gc
+    import weakref
+
+    runtime = EngineRuntime(TransformersRuntime("tiny", "1", Task.GENERATE, tiny_dir), max_batch=2)
+    await asyncio.to_thread(runtime.load)
+    await runtime.run(_req(PROMPTS[0], "once", max_new_tokens=3))
+    model = weakref.ref(runtime.inner.model)
+    gc.disable()  # reference counting alone, as between two of the collector's rare full runs
+    try:
+        await asyncio.to_thread(runtime.close)
+        del runtime
+        assert model() is None, "the weights outlived the evicted runtime"
+    finally:
+        gc.enable()

@@ -164,3 +164,74 @@ async def test_load_progress_is_reported_while_loading(caplog: pytest.LogCapture
         assert model_line(warm.wire()) == "all-minilm-l6-v2:1" and warm.size_mb and warm.size_mb > 50
     finally:
         await cache.close()
+
+
+class _Timed:
+    """A stand-in runtime for the cache's own logic: a size, a slow close, and a job that notices a close."""
+
+    sizes: dict[str, int] = {}
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.model_id, self.version, self.task = spec.model_id, spec.version, spec.task
+        self.closed = False
+
+    def load(self) -> None:
+        pass
+
+    def close(self) -> None:
+        import time
+
+        time.sleep(0.2)  # long enough for a job to start on a later victim meanwhile
+        self.closed = True
+
+    async def run(self, request: RunRequest) -> object:
+        import asyncio
+
+        from services.worker.runtimes.base import RunResult
+
+        await asyncio.sleep(0.5)
+        if self.closed:
+            raise RuntimeError(f"{self.model_id}: closed under a running job")
+        return RunResult(output="ok")
+
+
+def _timed_cache(monkeypatch: pytest.MonkeyPatch, sizes: dict[str, int], budget: int) -> ModelCache:
+    monkeypatch.setattr(memory, "model_bytes", lambda runtime: sizes[runtime.model_id])
+    specs = [parse_model_spec(f"{m}:1=echo") for m in sizes]
+    cache = ModelCache(specs, budget=budget, build=_Timed)  # type: ignore[arg-type]
+    for spec in specs:
+        cache.models[spec.key].size = sizes[spec.model_id]
+    return cache
+
+
+async def test_an_eviction_skips_a_model_that_a_job_started_on_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    cache = _timed_cache(monkeypatch, {"a": 100, "b": 100, "c": 200}, budget=200)
+    await cache.start()
+    try:
+        assert _states(cache) == {"a": ModelState.WARM, "b": ModelState.WARM, "c": ModelState.EVICTED}
+
+        async def job(name: str, delay: float) -> object:
+            await asyncio.sleep(delay)
+            async with cache.use((name, "1")) as runtime:
+                return await runtime.run(RunRequest(job_id=name, input="x"))
+
+        # c needs a and b evicted; while a closes, a job starts on b
+        c, b = await asyncio.gather(job("c", 0), job("b", 0.05), return_exceptions=True)
+        assert getattr(b, "output", None) == "ok", b  # b was not closed under its job
+        assert isinstance(c, errors.NoCapacity), c  # c waits for room instead
+    finally:
+        await cache.close()
+
+
+async def test_a_model_larger_than_estimated_makes_room_after_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = _timed_cache(monkeypatch, {"a": 100, "b": 150}, budget=200)
+    cache.models[("b", "1")].size = 0  # estimated 0 (a hub id), measured 150 once loaded
+    await cache.start()
+    try:
+        await cache.ensure(("b", "1"))
+        assert cache.used() <= cache.budget, {k[0]: (m.state, m.size) for k, m in cache.models.items()}
+        assert cache.models[("a", "1")].state is ModelState.EVICTED
+    finally:
+        await cache.close()

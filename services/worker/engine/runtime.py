@@ -68,6 +68,9 @@ class EngineRuntime:
         self._closed = True
         if self.engine is not None:
             self.engine.stop()
+        # The engine holds ``self._prepare`` (and so this runtime): dropping it here breaks that
+        # cycle, so the weights are freed now, not at some later full garbage collection.
+        self.engine = self.embedder = None
         self.inner.close()
 
     @property

@@ -35,9 +35,16 @@ class TextStream:
         prefix = list(prefix_ids or [])
         # A resumed stream starts from what the previous attempt generated; the client has
         # seen ``delivered_text`` of it, the rest (held back there) is released from here.
-        self.text = self._decode(prefix) if prefix else ""
+        # A prefix that ends inside a character (its last tokens are part of one) is read
+        # only up to that character: the tokens after it complete it at the next push.
+        read = len(prefix)
+        text = self._decode(prefix) if prefix else ""
+        while text.endswith(_INCOMPLETE) and len(prefix) - read < 4 and read > 0:
+            read -= 1
+            text = self._decode(prefix[:read])
+        self.text = text
         self.released = min(len(delivered_text), len(self.text))
-        self._read = len(prefix)  # ids[:_read] are in ``text``
+        self._read = read  # ids[:_read] are in ``text``
         self._window = max(0, self._read - _WINDOW)
         self.stopped = False
 
