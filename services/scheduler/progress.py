@@ -41,6 +41,7 @@ class _Delivered:
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     seq: int = 0
+    attempt: int = 0  # the attempt whose chunks extend the prefix
     sub: Any = None
     parked_at: float | None = None  # handed back to JetStream at (None: running here)
     shared: bool = False  # its prefix is (or was) in the KV bucket: delete it when the job ends
@@ -92,8 +93,11 @@ class StreamProgress:
         except Exception as exc:
             log.debug("unreadable chunk ignored", extra={"error": repr(exc)})
             return
-        if chunk.seq < state.seq:
-            return  # a repeat (a zombie attempt): the client already has it
+        if chunk.attempt < state.attempt or chunk.seq != state.seq:
+            return  # a zombie attempt, a repeat, or past a chunk lost on the way: the prefix ends before it
+        if chunk.token_ids is not None and chunk.offset != len(state.token_ids):
+            return  # does not continue the delivered tokens (an attempt that started over)
+        state.attempt = chunk.attempt
         self.chunks_seen += 1
         state.text.append(chunk.text)
         state.token_ids.extend(chunk.token_ids or [])
