@@ -116,8 +116,8 @@ async def test_max_deliveries_advisory_dead_letters_the_job_and_dlq_cli_retries_
         assert entry is not None and entry["submission"]["input"] == "x"
         row = await system.scheduler.store.get("j-capped")  # type: ignore[attr-defined]
         assert row is not None and row["status"] == "DEAD_LETTERED"
-        info = await js.stream_info(JOBS)
-        assert info.state.messages == 0  # removed from the work queue
+        # removed from the work queue (right after the final result is published)
+        await _until_async(lambda: _stored(js, JOBS, 0), 5, "the job removed from JOBS")
 
         env = tether_env(settings.home, url=settings.url, COLUMNS="200")
         r = await asyncio.to_thread(run_tether, "dlq", "list", "--json", env=env)
@@ -165,7 +165,7 @@ async def test_a_max_deliveries_notice_sent_while_no_scheduler_listens_still_dea
         result = json.loads((await sub.next_msg(timeout=20)).data)
         assert result["status"] == "dead_lettered" and "max deliveries" in result["error"]["message"], result
         assert (await dlq.find(js, "j-orphan")) is not None
-        assert (await js.stream_info(JOBS)).state.messages == 0
+        await _until_async(lambda: _stored(js, JOBS, 0), 5, "the job removed from JOBS")
         await _until_async(lambda: _stored(js, ADVISORIES, 0), 5, "the notice acked")
     finally:
         await system.close()
@@ -243,7 +243,7 @@ async def test_roles_start_beside_a_stream_that_already_keeps_advisories_and_not
         await nc.publish(MAX_DELIVERIES_SUBJECT, notice.data)  # as nats-server sends it to a listening scheduler
         result = json.loads((await sub.next_msg(timeout=20)).data)
         assert result["status"] == "dead_lettered" and "max deliveries" in result["error"]["message"], result
-        assert (await js.stream_info(JOBS)).state.messages == 0
+        await _until_async(lambda: _stored(js, JOBS, 0), 5, "the job removed from JOBS")
     finally:
         await system.close()
 
