@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.scheduler import outcomes
+from services.scheduler import handover, outcomes
 from services.scheduler.advisories import MaxDeliveries
 from services.scheduler.attempts import (
     AttemptRunner,
@@ -35,14 +35,7 @@ from services.scheduler.attempts import (
 )
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.handover import (
-    Requeue,
-    attempts_used_up,
-    capacity_wait_delay,
-    not_ours,
-    over_budget,
-    spent,
-)
+from services.scheduler.handover import Requeue
 from services.scheduler.held import HeldJobs
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.monitor import FleetMonitor
@@ -263,7 +256,7 @@ class Scheduler:
             if stored is not None:
                 await outcomes.record_final(self.store, t, stored, stored.attempts or 1)
                 return
-            used_up = await attempts_used_up(self.store, self.settings, t.job_id, self.scheduler_id)
+            used_up = await handover.attempts_used_up(self.store, self.settings, t.job_id, self.scheduler_id)
             if used_up is not None:
                 await self._dead_letter(t, *used_up)
                 return
@@ -310,10 +303,10 @@ class Scheduler:
                 now=now,
             )
             if attempt is None:
-                await not_ours(self.store, t.job_id)
+                await handover.not_ours(self.store, t.job_id)
                 return
             if attempt - len(refused) > self.settings.max_attempts:
-                if (err := await over_budget(self.store, self.settings, t.job_id, attempt)) is not None:
+                if (err := await handover.over_budget(self.store, self.settings, t.job_id, attempt)) is not None:
                     await self._dead_letter(t, attempt - 1, err)
                     return
             self.breakers.begin(breaker)
@@ -335,7 +328,7 @@ class Scheduler:
                 )
                 return
             if attempt - len(refused) >= self.settings.max_attempts and (
-                spent(await self.store.attempts(t.job_id)) >= self.settings.max_attempts
+                handover.spent(await self.store.attempts(t.job_id)) >= self.settings.max_attempts
             ):
                 await self._dead_letter(t, attempt, err)
                 return
@@ -378,7 +371,7 @@ class Scheduler:
             return
         await self.store.enqueue(t.key, time.time(), release_for=self.scheduler_id)  # others may take it
         self.stats["requeued"] += 1
-        raise Requeue(capacity_wait_delay(waited, self.settings))
+        raise Requeue(handover.capacity_wait_delay(waited, self.settings))
 
     async def _finish_error(
         self, t: Ticket, status: JobStatus, err: TetherError, *, attempts: int, worker_id: str | None = None
