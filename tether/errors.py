@@ -116,6 +116,12 @@ class ArtifactInvalid(TetherError):
     code = "artifact_invalid"
 
 
+class KeyFileInvalid(TetherError, ValueError):
+    """A node's key file cannot be used: not a key file, another role's, or readable by other users."""
+
+    code = "key_file_invalid"
+
+
 class StoreError(TetherError):
     code = "store_unavailable"
     retryable = True

@@ -31,6 +31,8 @@ from typing import Literal, cast
 
 from nacl.signing import SigningKey
 
+from tether.errors import KeyFileInvalid
+
 log = logging.getLogger(__name__)
 
 Role = Literal["worker", "scheduler", "gateway", "publisher"]
@@ -165,9 +167,7 @@ class Identity:
     def load(cls, path: str | os.PathLike[str]) -> Identity:
         """Read a key file written by ``save``; ValueError when it is not one."""
         p = Path(path)
-        mode = stat.S_IMODE(p.stat().st_mode)
-        if mode & 0o077:
-            log.warning("key file %s has mode %o; it should be 0600", p, mode)
+        _check_key_mode(p)
         try:
             data = json.loads(p.read_text(encoding="ascii"))
             if not isinstance(data, dict) or data.get("version") != KEY_FILE_VERSION:
@@ -176,7 +176,7 @@ class Identity:
             seed = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
             return cls.from_seed(seed, str(data["role"]))
         except (KeyError, TypeError, ValueError, binascii.Error, UnicodeDecodeError) as e:
-            raise ValueError(f"{p} is not a tether key file: {e}") from e
+            raise KeyFileInvalid(f"{p} is not a tether key file: {e}") from e
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str], role: str) -> Identity:
@@ -195,8 +195,27 @@ class Identity:
                 pass  # another process created it first: use theirs
         ident = cls.load(p)
         if ident.role != role:
-            raise ValueError(f"key file {p} belongs to a {ident.role}, not a {role}")
+            raise KeyFileInvalid(f"key file {p} belongs to a {ident.role}, not a {role}")
         return ident
+
+
+#: ``warn``: load a private key file that group or others may read or write, with a warning (for
+#: platforms that cannot set 0600 on mounted secrets). Any other value, or unset: refuse it, as ssh does.
+KEY_MODE_ENV = "TETHER_KEY_FILE_MODE"
+
+
+def _check_key_mode(p: Path) -> None:
+    """A private key that other users may read is no longer this node's alone: refuse it (ValueError)."""
+    mode = stat.S_IMODE(p.stat().st_mode)
+    if not mode & 0o077:
+        return
+    if os.environ.get(KEY_MODE_ENV, "").strip().lower() == "warn":
+        log.warning("key file %s has mode %o; it should be 0600", p, mode)
+        return
+    raise KeyFileInvalid(
+        f"key file {p} has mode {mode:o}: group or others may read or change this private key; "
+        f"run `chmod 600 {p}` (or set {KEY_MODE_ENV}=warn to load it anyway)"
+    )
 
 
 def _write_fd(fd: int, data: bytes) -> None:

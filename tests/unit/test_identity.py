@@ -118,6 +118,23 @@ def test_load_rejects_garbage(tmp_path: Path) -> None:
         load(path)
 
 
+def test_load_refuses_a_key_others_may_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tether.errors import KeyFileInvalid
+
+    path = tmp_path / "w.key"
+    ident = Identity.generate("worker")
+    ident.save(path)
+    for mode in (0o640, 0o604, 0o620, 0o644):
+        os.chmod(path, mode)
+        with pytest.raises(KeyFileInvalid, match=f"has mode {mode:o}.*chmod 600"):
+            load(path)
+    monkeypatch.setenv("TETHER_KEY_FILE_MODE", "warn")  # the documented way out (mounted secrets)
+    assert load(path).public_key == ident.public_key
+    monkeypatch.delenv("TETHER_KEY_FILE_MODE")
+    os.chmod(path, 0o400)
+    assert load(path).public_key == ident.public_key
+
+
 def test_load_or_create(tmp_path: Path) -> None:
     path = tmp_path / "dev" / "gw.key"
     first = load_or_create(path, "gateway")

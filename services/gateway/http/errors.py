@@ -23,6 +23,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "quota_exceeded": 429,
     "dead_lettered": 500,
     "artifact_invalid": 500,
+    "key_file_invalid": 500,  # a node's own key file is unusable (never a client's fault)
     "internal": 500,
     "worker_failed": 502,
     "no_capacity": 503,
