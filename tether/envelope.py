@@ -38,7 +38,7 @@ from nacl.signing import VerifyKey
 
 from tether.errors import SignatureInvalid
 from tether.identity import PUBLIC_KEY_BYTES, ROLE_PREFIX, Identity, encode_public_key, worker_id_for
-from tether.nonces import NonceCache
+from tether.nonces import Added, NonceCache
 from tether.trust import KeyLike, TrustStore, parse_allowlist
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ REASONS: Final = (
     "replayed",
     "wrong_purpose",
     "id_mismatch",
+    "flood",  # the signer's share of the nonce cache is used up (fail closed, never forget a nonce early)
 )
 
 
@@ -322,10 +323,14 @@ class Verifier:
         try:
             if not signature_valid:
                 raise self.reject("bad_signature", "signature does not verify")
-            if self.fresh and not self.nonces.add(
-                env.public_key + env.nonce, pending.expires_at, pending.now
-            ):
-                raise self.reject("replayed", "nonce already seen")
+            if self.fresh:
+                added = self.nonces.add(env.public_key + env.nonce, pending.expires_at, pending.now)
+                if added is Added.REPLAYED:
+                    raise self.reject("replayed", "nonce already seen")
+                if added is Added.FULL:
+                    raise self.reject(
+                        "flood", "too many envelopes from this signer within the replay window; retry later"
+                    )
         except EnvelopeRejected as e:
             e.signer = env.public_key
             raise

@@ -17,7 +17,7 @@ from tether.envelope import (
     seal,
 )
 from tether.identity import Identity
-from tether.nonces import NonceCache
+from tether.nonces import Added, NonceCache
 
 NOW = 1_700_000_000.0
 
@@ -243,6 +243,7 @@ def test_rejection_counter_covers_all_reasons() -> None:
         "replayed",
         "wrong_purpose",
         "id_mismatch",
+        "flood",
     }
 
 
@@ -278,17 +279,37 @@ def test_nonce_cache_bounded_under_steady_traffic(worker: Identity) -> None:
     assert len(v.nonces) < 2000
 
 
-def test_nonce_cache_max_entries() -> None:
-    c = NonceCache(max_entries=3)
-    for i in range(5):
-        assert c.add(bytes([i]), expires_at=100.0, now=0.0)
-    assert len(c) == 3 and c.evicted == 2
-    assert not c.add(bytes([4]), expires_at=100.0, now=0.0)
+def test_nonce_cache_fails_closed_when_full() -> None:
+    """No live nonce is ever forgotten to make room: past the caps new keys are refused instead."""
+    c = NonceCache(max_entries=4, max_per_signer=2)
+    a, b, d = b"A" * 32, b"B" * 32, b"D" * 32
+    assert c.add(a + b"1", 100.0, 0.0) is Added.RECORDED
+    assert c.add(a + b"2", 100.0, 0.0) is Added.RECORDED
+    assert c.add(a + b"3", 100.0, 0.0) is Added.FULL  # A's share is used up; B is unaffected
+    assert c.add(b + b"1", 100.0, 0.0) is Added.RECORDED
+    assert c.add(b + b"2", 100.0, 0.0) is Added.RECORDED
+    assert c.add(d + b"1", 100.0, 0.0) is Added.FULL  # the whole cache is full
+    assert c.refused == 2 and len(c) == 4
+    for key in (a + b"1", a + b"2", b + b"1", b + b"2"):  # every live nonce still refuses its replay
+        assert c.add(key, 100.0, 0.0) is Added.REPLAYED
+    assert c.add(a + b"3", 200.0, 101.0) is Added.RECORDED  # room again once entries expire
+    assert c.held_by(a) == 1 and c.held_by(b) == 0
+
+
+def test_flooding_signer_is_refused_without_opening_a_replay(worker: Identity) -> None:
+    other = Identity.generate("worker")
+    v = Verifier([worker.public_key, other.public_key], skew_s=30.0, max_nonces=8)
+    first = seal(worker, b"p", "presence", timestamp=NOW)
+    v.verify(first, purpose="presence", now=NOW)
+    v.verify(seal(worker, b"p", "presence", timestamp=NOW), purpose="presence", now=NOW)
+    reject(v, seal(worker, b"p", "presence", timestamp=NOW), "flood")  # its share (8 // 4 = 2) is used up
+    v.verify(seal(other, b"p", "presence", timestamp=NOW), purpose="presence", now=NOW)  # others still pass
+    reject(v, first, "replayed")  # and the flood did not make room for a replay
 
 
 def test_nonce_cache_keyed_by_signer() -> None:
     c = NonceCache()
-    assert c.add(b"A" * 32 + b"n" * 16, 10.0, 0.0)
-    assert c.add(b"B" * 32 + b"n" * 16, 10.0, 0.0)
-    assert not c.add(b"A" * 32 + b"n" * 16, 10.0, 1.0)
-    assert c.add(b"A" * 32 + b"n" * 16, 20.0, 11.0)  # expired, forgotten
+    assert c.add(b"A" * 32 + b"n" * 16, 10.0, 0.0) is Added.RECORDED
+    assert c.add(b"B" * 32 + b"n" * 16, 10.0, 0.0) is Added.RECORDED
+    assert c.add(b"A" * 32 + b"n" * 16, 10.0, 1.0) is Added.REPLAYED
+    assert c.add(b"A" * 32 + b"n" * 16, 20.0, 11.0) is Added.RECORDED  # expired, forgotten
