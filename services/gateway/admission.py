@@ -12,6 +12,7 @@ With no quotas, thresholds, aliases or key configured, admission is a few dict l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -82,12 +83,13 @@ class Admission:
         taken = await self.quotas.admit(req.tenant_id, target)
         try:
             return await self._shed_or_degrade(req, requested, target, taken)
-        except NoCapacity:
-            await self.quotas.refund(taken, req.tenant_id)
+        except BaseException:  # shed, or the backlog could not be read: the request was not queued
+            with contextlib.suppress(Exception):
+                await self.quotas.refund(taken, req.tenant_id)
             raise
 
     async def give_back(self, admitted: Admitted) -> None:
-        """Return the quota tokens of an admitted request refused afterwards (an idempotency conflict)."""
+        """Return the quota tokens of an admitted request that was never queued (a conflict, a full queue)."""
         await self.quotas.refund(admitted.quota, admitted.request.tenant_id)
 
     async def _shed_or_degrade(

@@ -26,12 +26,13 @@ from nats.js import JetStreamContext
 from schemas import ErrorInfo, ErrorReply, InferReply, InferRequest, JobSubmission, ResultMessage, parse
 from services.gateway.admission import Admission, Admitted
 from services.gateway.config import GatewayConfig
+from services.gateway.enqueue import check_owner, idempotent_job, publish_job
 from services.gateway.slis import Slis, publish_snapshots
-from streams import JOBS, apply, topology
+from streams import apply, topology
 from streams.kv import apply_kv, kv_buckets
 from tether import codec, subjects, telemetry
 from tether.connection import connect, subscribe_inline
-from tether.errors import TetherError, Timeout, Unauthorized, error_from_wire
+from tether.errors import NoCapacity, StoreError, TetherError, Timeout, Unauthorized, error_from_wire
 from tether.fleet import FleetView
 from tether.jetpub import JetPublisher
 from tether.jobids import idempotent_job_id, new_job_id
@@ -62,6 +63,7 @@ class Gateway:
         self._publisher: JetPublisher | None = None
         self._own_nc = False
         self._subs: list[Any] = []
+        self._result_sub: Any = None
         self._pending: dict[str, list[asyncio.Future[ResultMessage]]] = {}
         self.stats: Counter[str] = Counter()
         self._closed = False
@@ -77,7 +79,7 @@ class Gateway:
         await apply_kv(self.js, kv_buckets(self.settings, nc._server_info))
         await self.fleet.start(nc, self.js)
         await self.admission.start(self.js)
-        self._subs.append(await subscribe_inline(nc, subjects.RESULTS_ALL, self._on_result))
+        self._result_sub = await subscribe_inline(nc, subjects.RESULTS_ALL, self._on_result)
         for subject in (subjects.INFER, subjects.INFER_TENANT_ALL):
             self._subs.append(await subscribe_inline(nc, subject, self._on_infer, queue=QUEUE_GROUP))
         self._background.spawn(publish_snapshots(self.js, self.gateway_id, self.slis), name="slis")
@@ -88,11 +90,14 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
+        for sub in self._subs:  # no new requests; the ones in flight keep receiving their results
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await self._requests.wait(timeout=5.0)
-        await self._requests.close()
+        await self._requests.close()  # still waiting: each is answered with a timeout naming its job
+        if self._result_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._result_sub.unsubscribe()
         await self._background.close()
         await self.fleet.stop()
         for futs in self._pending.values():
@@ -159,28 +164,41 @@ class Gateway:
         check_params(req.params, self.settings)
         asked, admitted = req, await self.admission.admit(req)
         req = admitted.request
-        job_id = (
-            idempotent_job_id(req.tenant_id, req.idempotency_key) if req.idempotency_key else new_job_id()
-        )
-        if req.idempotency_key:
-            try:  # the body as the client sent it: a degraded first try and a later one stay the same
-                await self.admission.claim_key(job_id, asked)
-            except TetherError:
-                await self.admission.give_back(admitted)
-                raise
-        if on_job is not None:
-            await on_job(job_id)
+        queued = False  # once the job may be in JOBS (or an earlier run answers), its tokens stay spent
+        try:
+            existing: ResultMessage | None = None
+            if req.idempotency_key:
+                job_id, existing = await idempotent_job(self.js, req.tenant_id, req.idempotency_key)  # type: ignore[arg-type]
+                # the body as the client sent it: a degraded first try and a later one stay the same
+                await self.admission.claim_key(idempotent_job_id(req.tenant_id, req.idempotency_key), asked)
+                if existing is not None:
+                    queued = True
+                    return self._reply(existing, t0, admitted)
+            else:
+                job_id = new_job_id()
+            if on_job is not None:
+                await on_job(job_id)
+            queued = True  # _run gives the tokens back if JetStream refuses the job; a lost ack keeps them
+            return await self._run(req, job_id, headers, t0, admitted)
+        except BaseException:
+            if not queued:
+                with contextlib.suppress(Exception):
+                    await self.admission.give_back(admitted)
+            raise
+
+    async def _run(
+        self, req: InferRequest, job_id: str, headers: dict[str, str] | None, t0: float, admitted: Admitted
+    ) -> InferReply:
         # A request without a correlation id is correlated by its job id, as a bare publish is: one
         # id to grep for, and time-ordered, so the store's indexes on it grow at their ends.
         cid = (headers or {}).get(telemetry.CORRELATION_ID) or job_id
         hop = telemetry.child_headers(headers, cid[: telemetry.MAX_CORRELATION_ID])
         fut: asyncio.Future[ResultMessage] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(job_id, []).append(fut)
+        timeout = (
+            req.params.timeout_s if req.params and req.params.timeout_s else self.settings.request_timeout_s
+        )
         try:
-            if req.idempotency_key:
-                existing = await fetch_final(self.js, job_id)  # type: ignore[arg-type]
-                if existing is not None:
-                    return self._reply(existing, t0, admitted)
             sub = JobSubmission(
                 job_id=job_id,
                 input=req.input,
@@ -188,21 +206,23 @@ class Gateway:
                 idempotency_key=req.idempotency_key,
                 submitted_at=time.time(),
             )
-            ack = await self._publisher.publish(  # type: ignore[union-attr]
-                subjects.job_subject(req.tenant_id, req.model_id, req.version),
-                codec.encode(sub.wire(), codec.MSGPACK),
-                stream=JOBS,
-                headers={**hop, codec.CONTENT_TYPE: codec.MSGPACK, "Nats-Msg-Id": job_id},
-            )
+            try:
+                ack = await publish_job(
+                    self._publisher,  # type: ignore[arg-type]
+                    subjects.job_subject(req.tenant_id, req.model_id, req.version),
+                    codec.encode(sub.wire(), codec.MSGPACK),
+                    {**hop, codec.CONTENT_TYPE: codec.MSGPACK, "Nats-Msg-Id": job_id},
+                    job_id=job_id,
+                    budget_s=timeout,
+                )
+            except (NoCapacity, StoreError):  # JetStream refused it: nothing was queued
+                with contextlib.suppress(Exception):
+                    await self.admission.give_back(admitted)
+                raise
             if ack.duplicate and not fut.done():  # the job exists already; it may have finished
                 existing = await fetch_final(self.js, job_id)  # type: ignore[arg-type]
                 if existing is not None:
                     return self._reply(existing, t0, admitted)
-            timeout = (
-                req.params.timeout_s
-                if req.params and req.params.timeout_s
-                else self.settings.request_timeout_s
-            )
             try:
                 async with asyncio.timeout(timeout):
                     result = await fut
@@ -210,6 +230,15 @@ class Gateway:
                 raise Timeout(
                     f"no result within {timeout:.0f}s; the job continues and its result will be on "
                     f"{subjects.result_subject(job_id)}",
+                    job_id=job_id,
+                ) from None
+            except asyncio.CancelledError:
+                if not self._closed:
+                    raise
+                # The gateway is stopping: answer now rather than leave the client waiting in silence.
+                raise Timeout(
+                    f"the gateway stopped before the result arrived; the job continues and its result "
+                    f"will be on {subjects.result_subject(job_id)}",
                     job_id=job_id,
                 ) from None
             return self._reply(result, t0, admitted)
@@ -226,6 +255,7 @@ class Gateway:
         return len(self._pending.get(job_id, ()))
 
     def _reply(self, result: ResultMessage, t0: float, admitted: Admitted) -> InferReply:
+        check_owner(result, admitted.request.tenant_id)
         if result.error is not None or result.status != "completed":
             info = (  # camelCase, as error_from_wire reads it (retryAfterS, jobId)
                 result.error.model_dump(by_alias=True) if result.error else {"code": "internal", "message": "no result"}
