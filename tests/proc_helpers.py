@@ -141,3 +141,15 @@ class Procs:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    """Live processes with ``text`` in an argument (a home or store dir: what a test left running)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in arg for arg in p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found

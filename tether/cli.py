@@ -60,20 +60,28 @@ def cmd_nats(args: argparse.Namespace) -> int:
     from tether.natsserver import NatsServer
 
     s = _settings(args)
-    server = NatsServer(store_dir=s.home / "jetstream", port=args.port or s.nats_port)
+    log_file = s.home / "logs" / "nats-server.log"
+    server = NatsServer(store_dir=s.home / "jetstream", port=args.port or s.nats_port, log_file=log_file)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: stop.set())
     try:
         server.start()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"error: nats-server did not start: {exc}", file=sys.stderr)
         return 1
     with server:
-        print(f"nats-server listening on {server.url} (JetStream store {s.home / 'jetstream'})", flush=True)
+        print(
+            f"nats-server listening on {server.url} (JetStream store {s.home / 'jetstream'}, log {log_file})",
+            flush=True,
+        )
         while not stop.wait(0.5):
             if server.proc is not None and server.proc.poll() is not None:
+                print(
+                    f"error: nats-server exited with code {server.proc.returncode}; see {log_file}",
+                    file=sys.stderr,
+                )
                 return 1
     return 0
 
@@ -165,6 +173,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     from tether import dlq
     from tether.errors import TetherError
+    from tether.status import add_id_column
 
     async def go(nc: Any, js: Any) -> int:
         if args.dlq_cmd == "list":
@@ -173,7 +182,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 print(json.dumps(rows))
                 return 0
             table = Table(title=f"dead letters ({len(rows)})")
-            for col in ("jobId", "model", "tenant", "attempts", "error"):
+            add_id_column(table, "jobId", (str(r["jobId"]) for r in rows))
+            for col in ("model", "tenant", "attempts", "error"):
                 table.add_column(col)
             for r in rows:
                 table.add_row(*(str(r[c]) for c in ("jobId", "model", "tenant", "attempts", "error")))
@@ -255,12 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(fn=cmd_up)
 
     n = sub.add_parser("nats", help="run nats-server with JetStream (data under TETHER_HOME)")
-    n.add_argument("--port", type=int, help="port (default TETHER_NATS_PORT or 4222)")
+    n.add_argument("--port", type=_port, help="port (default TETHER_NATS_PORT or 4222)")
     n.set_defaults(fn=cmd_nats)
 
     g = sub.add_parser("gateway", parents=[insecure], help="run a gateway (tether.infer; with --http also the HTTP API)")
     g.add_argument("--http", action="store_true", help="also serve HTTP (/infer, /v1/*, dashboard at /)")
-    g.add_argument("--port", type=int, help="HTTP port (default TETHER_HTTP_PORT or 8080; 0: any free)")
+    g.add_argument("--port", type=_port, help="HTTP port (default TETHER_HTTP_PORT or 8080; 0: any free)")
     g.set_defaults(fn=cmd_gateway)
     sub.add_parser("scheduler", parents=[insecure], help="run a scheduler").set_defaults(fn=cmd_scheduler)
 
@@ -344,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     from nats.errors import Error as NatsError
 
@@ -360,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, NatsError) as exc:
         print(f"error [unavailable]: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a malformed key, allowlist line, directory, ...: the input's fault
+        print(f"error [invalid_request]: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

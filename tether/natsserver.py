@@ -89,12 +89,29 @@ class NatsServer:
         if self.config is not None:
             cmd += ["-c", str(self.config)]
         cmd += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir), *self.extra_args]
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
-        wait_for_port(self.host, self.port, timeout, self.proc)
-        time.sleep(0.05)
-        if self.proc.poll() is not None:  # it listened only for a moment, or something else answered
-            raise RuntimeError(f"nats-server exited with code {self.proc.returncode} right after starting")
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_file, "ab") as out:  # the child has its own copy of the descriptor
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+        else:
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+        try:
+            wait_for_port(self.host, self.port, timeout, self.proc)
+            time.sleep(0.05)
+            if self.proc.poll() is not None:  # it listened only for a moment, or something else answered
+                raise RuntimeError(f"nats-server exited with code {self.proc.returncode} right after starting")
+        except BaseException as exc:  # too slow, a signal, ...: never leave it running in its own session
+            self.stop()
+            if not isinstance(exc, TimeoutError | RuntimeError):
+                raise
+            why = (
+                f"nats-server did not listen on {self.host}:{self.port} within {timeout:.0f}s"
+                if isinstance(exc, TimeoutError)
+                else str(exc)
+            )
+            raise RuntimeError(why + (f" (its log: {self.log_file})" if self.log_file else "")) from exc
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

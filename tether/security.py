@@ -41,8 +41,9 @@ DEV_KEYS: tuple[tuple[str, Role], ...] = (
 def warn_insecure(settings: Settings) -> None:
     """Print and log the insecure-mode warning when it applies."""
     if settings.insecure:
+        if logging.getLogger().handlers:  # logs go somewhere of their own: say it there too
+            log.warning(INSECURE_WARNING)
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-        log.warning(INSECURE_WARNING)
 
 
 def key_path(settings: Settings, name: str) -> str:

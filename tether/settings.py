@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tether.errors import InvalidRequest
+
 DEFAULT_NATS_PORT = 4222
 DEFAULT_HEARTBEAT_S = 5.0
 DEFAULT_MAX_PAYLOAD = 1_048_576  # bytes accepted in one request (input + params)
@@ -28,11 +30,17 @@ def _env(name: str, default: str) -> str:
 
 
 def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise InvalidRequest(f"{name}={os.environ.get(name)!r} is not a number", field=name) from None
 
 
 def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise InvalidRequest(f"{name}={os.environ.get(name)!r} is not a whole number", field=name) from None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -85,9 +86,16 @@ def model_line(m: dict[str, Any]) -> str:
     return name
 
 
+def add_id_column(table: Table, name: str, ids: Iterable[str]) -> None:
+    """A column of ids that is never shortened or wrapped: they are meant to be copied into commands."""
+    width = max((len(i) for i in ids), default=0)
+    table.add_column(name, no_wrap=True, overflow="ignore", min_width=max(width, len(name)))
+
+
 def render(snap: dict[str, Any]) -> Group:
     workers = Table(title="workers", title_justify="left")
-    for col in ("worker", "health", "tier", "region", "models warm / loading", "queue", "heartbeat age"):
+    add_id_column(workers, "worker", (w["workerId"] for w in snap["workers"]))
+    for col in ("health", "tier", "region", "models warm / loading", "queue", "heartbeat age"):
         workers.add_column(col)
     for w in snap["workers"]:
         style = _HEALTH_STYLE.get(w["health"], "")
@@ -166,8 +174,11 @@ async def jobs_list(settings: Settings, *, status: str | None, limit: int) -> in
     async with store:
         rows = await store.list_jobs(limit=limit, status=status)
     t = Table(title=f"jobs ({settings.store_url})")
-    for col in ("job", "tenant", "model", "status", "attempts", "worker", "created"):
+    add_id_column(t, "job", (r["job_id"] for r in rows))
+    for col in ("tenant", "model", "status", "attempts"):
         t.add_column(col)
+    add_id_column(t, "worker", (r["worker_id"] or "" for r in rows))
+    t.add_column("created")
     for r in rows:
         t.add_row(
             r["job_id"],
@@ -197,8 +208,8 @@ async def jobs_show(settings: Settings, job_id: str) -> int:
             await nc.close()
     except Exception as exc:
         result = {"unavailable": str(exc)}
-    if row is None and result is None:
-        print(f"no job {job_id!r}")
+    if row is None and (result is None or "unavailable" in result):
+        print(f"no job {job_id!r}" + (f" (RESULTS unavailable: {result['unavailable']})" if result else ""))
         return 1
     print(json.dumps({"job": row, "attempts": attempts, "result": result}, indent=2, default=str))
     return 0

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tether.natsserver import NatsServer
-from tether.settings import Settings
+from tether.settings import DEFAULT_NATS_PORT, Settings
 
 DEMO_MODELS = ["echo", "smollm2-135m-instruct", "all-minilm-l6-v2"]
 DEMO_QUESTION = "What is the capital of France?"
@@ -44,14 +44,14 @@ class Child:
 
 
 def _spawn(child: Child, env: dict[str, str]) -> None:
-    out = open(child.log, "ab")
-    child.proc = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli", child.role, *child.args],
-        env=env,
-        stdout=out,
-        stderr=out,
-        start_new_session=True,
-    )
+    with open(child.log, "ab") as out:  # the child has its own copy of the descriptor
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "tether.cli", child.role, *child.args],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     child.started = time.monotonic()
 
 
@@ -68,6 +68,12 @@ def _stop(child: Child, grace: float) -> None:
 
 
 async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 600.0) -> int:
+    # Signals first: one that arrives while nats-server starts must still stop it (it runs in its own
+    # session, so dying here would leave it behind).
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+        loop.add_signal_handler(sig, stopping.set)
     home = settings.home.resolve()
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -91,20 +97,19 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
             store_dir=home / "jetstream", port=settings.nats_port, log_file=logs / "nats-server.log"
         )
         try:
-            server.start()
-        except RuntimeError as exc:  # e.g. the port is taken (a `tether up` already running?)
-            print(f"error: nats-server did not start: {exc}", flush=True)
+            server.start()  # stops what it started if it fails
+        except (RuntimeError, OSError) as exc:  # e.g. the port is taken (a `tether up` already running?)
+            print(f"error: nats-server did not start: {exc}", file=sys.stderr, flush=True)
             return 1
+        if stopping.is_set():
+            server.stop()
+            return 130
         print(f"nats-server   {server.url}   (JetStream data in {home / 'jetstream'})", flush=True)
     url = server.url if server else settings.url
     env["TETHER_NATS_URL"] = url
 
     children = [Child(role, logs / f"{role}.log", tuple(args)) for role, *args in ROLES]
     started = time.time()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
-        loop.add_signal_handler(sig, stopping.set)
     try:
         for child in children:
             _spawn(child, env)
@@ -115,7 +120,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
         while not stopping.is_set():
             if ready.done():
                 if ready.exception() is not None:
-                    print(f"not ready: {ready.exception()}", flush=True)
+                    print(f"not ready: {ready.exception()}", file=sys.stderr, flush=True)
                     return 1
                 await _announce(url, models, settings, demo)
                 ready = None  # type: ignore[assignment]
@@ -131,7 +136,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
         print("stopping ...", flush=True)
         return 0
     except GaveUp as exc:
-        print(f"error: {exc}", flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         for role in ("gateway", "scheduler", "worker"):
@@ -143,6 +148,8 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
         print("stopped: no process left behind", flush=True)
 
 
+#: How long ``tether up`` tries to reach a ``TETHER_NATS_URL`` server before it gives up.
+CONNECT_WAIT_S = 30.0
 #: A child that exits this soon after starting is failing to start; restarts back off, then give up.
 FAST_EXIT_S = 10.0
 MAX_FAST_EXITS = 5
@@ -186,12 +193,16 @@ async def _wait_ready(
     from tether.connection import connect
     from tether.fleet import FleetView
 
-    wanted = {(s.model_id, s.version) for s in (parse_model_spec(m) for m in models)}
-    nc = await connect(url, name="tether-up")
+    specs = [parse_model_spec(m) for m in models]
+    wanted = {(s.model_id, s.version) for s in specs}
+    deadline = time.monotonic() + timeout
+    try:  # the first connection fails after a while instead of retrying forever
+        nc = await asyncio.wait_for(connect(url, name="tether-up"), min(timeout, CONNECT_WAIT_S))
+    except TimeoutError:
+        raise TimeoutError(f"cannot reach NATS at {url} within {min(timeout, CONNECT_WAIT_S):.0f}s") from None
     try:
         fleet = FleetView.from_settings(settings)
         await fleet.start(nc, nc.jetstream())
-        deadline = time.monotonic() + timeout
         while True:
             current = [e for e in fleet.workers() if e.presence.started_at >= since]  # not a previous run's
             states = {(m.model_id, m.version): m.state for e in current for m in e.presence.models}
@@ -206,9 +217,13 @@ async def _wait_ready(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"models not warm after {timeout:.0f}s: {sorted(wanted - warm)}")
             await asyncio.sleep(0.2)
-        while True:
+        probe = next((s for s in specs if s.model_id == "echo"), specs[0] if specs else None)
+        while probe is not None:  # the gateway answers, through the whole pipeline
             try:
-                await client.infer(nc, model="echo", input="ready?", timeout=2.0)
+                await client.infer(
+                    nc, model=probe.model_id, version=probe.version, input="ready?",
+                    params={"maxNewTokens": 1}, timeout=30.0,
+                )
                 return
             except Exception:
                 if time.monotonic() > deadline:
@@ -225,7 +240,7 @@ async def _announce(url: str, models: list[str], settings: Settings, demo: bool)
     print(
         f"\nTether is up. Models: {', '.join(models)}\n"
         f"  NATS    {url}   request subject: tether.infer\n"
-        f'  try     tether infer "{DEMO_QUESTION}" --model smollm2-135m-instruct\n'
+        f"  try     {_try_line(models, url)}\n"
         f"  or      nats --server {url} request tether.infer "
         '\'{"tenantId":"demo","modelId":"echo","version":"1","input":"hello"}\'\n'
         f"  HTTP    http://127.0.0.1:{settings.http_port}   dashboard: / , API: /docs\n"
@@ -252,3 +267,14 @@ async def _announce(url: str, models: list[str], settings: Settings, demo: bool)
         print(f"demo request failed: {exc}", flush=True)
     finally:
         await nc.close()
+
+
+def _try_line(models: list[str], url: str) -> str:
+    """A ``tether infer`` line that works against this system: the demo model when it runs, else the first."""
+    from services.worker.runtimes.catalog import parse_model_spec
+
+    ids = [parse_model_spec(m).model_id for m in models]
+    model = "smollm2-135m-instruct" if "smollm2-135m-instruct" in ids else (ids[0] if ids else "echo")
+    text = DEMO_QUESTION if model == "smollm2-135m-instruct" else "hello"
+    env = "" if url == f"nats://127.0.0.1:{DEFAULT_NATS_PORT}" else f"TETHER_NATS_URL={url} "
+    return f'{env}tether infer "{text}" --model {model}'

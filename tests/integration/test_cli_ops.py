@@ -42,6 +42,23 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert run_tether("nosuch", env=env).returncode == 2
     assert run_tether("infer", env=env).returncode == 2  # TEXT and --model missing
     assert run_tether("jobs", "replay", "--since", "yesterday", env=env).returncode == 2
+    # bad values are named, with no traceback: a port, a number in the environment, a key
+    for args, extra, says in (
+        (["nats", "--port", "99999"], {}, "not a TCP port"),
+        (["status"], {"TETHER_NATS_PORT": "abc"}, "TETHER_NATS_PORT='abc' is not a whole number"),
+        (["keys", "allow", "notakey", "--role", "worker"], {}, "not a 32-byte public key"),
+        (["keys", "deny", "notakey"], {}, "not a 32-byte public key"),
+    ):
+        r = run_tether(*args, env={**env, **extra})
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_jobs_show_of_an_unknown_job_fails_when_results_cannot_be_read(tmp_path: Path) -> None:
+    from tether.natsserver import free_port
+
+    env = tether_env(tmp_path, url=f"nats://127.0.0.1:{free_port()}")
+    r = run_tether("jobs", "show", "no-such-job", env=env, timeout=60)
+    assert r.returncode == 1 and "no job 'no-such-job'" in r.stdout, (r.stdout, r.stderr)
 
 
 async def _cli(settings: Settings, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from nats.errors import Error as NatsError
 
-from tests.proc_helpers import Procs, gone, poll, port_free, port_listening, run_tether, tether_env
+from tests.proc_helpers import (
+    Procs,
+    gone,
+    poll,
+    port_free,
+    port_listening,
+    processes_mentioning,
+    run_tether,
+    tether_env,
+)
 from tether import client
 from tether.connection import connect
 from tether.errors import TetherError
@@ -42,17 +50,6 @@ def _logs(home: Path) -> str:
     for log in sorted((home / "logs").glob("*.log")):
         parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}")
     return "\n".join(parts)
-
-
-def _processes_mentioning(text: str) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(text in arg for arg in p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
 
 
 def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, procs: Procs) -> None:
@@ -143,7 +140,7 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     assert "request tether.infer" in out and '"modelId":"echo"' in out, out
     assert "stopped: no process left behind" in out, out
     poll(lambda: all(gone(c.pid) for c in children), timeout=15, what="children of tether up gone")
-    assert _processes_mentioning(str(home)) == []  # e.g. no nats-server with its store under home
+    assert processes_mentioning(str(home)) == []  # e.g. no nats-server with its store under home
     poll(lambda: port_free(port) and not port_listening(port), timeout=15, what=f"port {port} free")
 
 

@@ -1,0 +1,56 @@
+"""What `tether up` and `tether nats` leave behind when starting goes wrong, and readiness without echo."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+import tether.natsserver as natsserver
+from tests.conftest import start_system
+from tests.proc_helpers import processes_mentioning
+from tests.tiny_models import build_tiny_gpt2
+from tether.natsserver import NatsServer, server_binary
+from tether.settings import Settings
+from tether.up import _try_line, _wait_ready
+
+
+def test_a_server_too_slow_to_listen_is_stopped_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = tmp_path / "slow-nats-server"  # e.g. recovering a large JetStream store
+    slow.write_text(f"#!/bin/sh\nsleep 30\nexec {server_binary()} \"$@\"\n")
+    slow.chmod(slow.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(natsserver, "server_binary", lambda: str(slow))
+    store = tmp_path / "slow-store"
+    server = NatsServer(store_dir=store, log_file=tmp_path / "logs" / "nats.log")
+    with pytest.raises(RuntimeError, match=r"did not listen .* within 1s \(its log: .*nats.log\)"):
+        server.start(timeout=1.0)
+    assert server.proc is None
+    assert processes_mentioning(str(store)) == []  # the wrapper (in its own session) was stopped too
+
+
+async def test_ready_without_echo_probes_a_model_that_runs(tmp_path: Path, settings: Settings) -> None:
+    tiny = build_tiny_gpt2(tmp_path / "tiny")
+    spec = f"tiny-gpt2:1={tiny}"
+    system = await start_system(settings, [spec])
+    try:
+        await _wait_ready(settings, settings.url, [spec], 60.0, since=0.0)  # raised (echo unknown) before
+    finally:
+        await system.close()
+
+
+async def test_an_unreachable_server_is_reported_not_waited_on_forever(
+    tmp_path: Path, settings: Settings
+) -> None:
+    url = f"nats://127.0.0.1:{natsserver.free_port()}"
+    with pytest.raises(TimeoutError, match="cannot reach NATS"):
+        await _wait_ready(settings, url, ["echo"], 2.0, since=0.0)
+
+
+def test_the_try_line_names_a_model_that_runs() -> None:
+    assert _try_line(["echo"], "nats://127.0.0.1:4222") == 'tether infer "hello" --model echo'
+    demo = _try_line(["echo", "smollm2-135m-instruct"], "nats://127.0.0.1:5000")
+    assert demo.startswith("TETHER_NATS_URL=nats://127.0.0.1:5000 tether infer")
+    assert demo.endswith("--model smollm2-135m-instruct")
