@@ -61,7 +61,9 @@ def cmd_nats(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     log_file = s.home / "logs" / "nats-server.log"
-    server = NatsServer(store_dir=s.home / "jetstream", port=args.port or s.nats_port, log_file=log_file)
+    server = NatsServer(
+        store_dir=s.home / "jetstream", port=args.port or s.nats_port, log_file=log_file, die_with_parent=True
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

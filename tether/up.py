@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tether.natsserver import NatsServer
+from tether.natsserver import NatsServer, die_with_parent
 from tether.settings import DEFAULT_NATS_PORT, Settings
 
 DEMO_MODELS = ["echo", "smollm2-135m-instruct", "all-minilm-l6-v2"]
@@ -51,6 +51,7 @@ def _spawn(child: Child, env: dict[str, str]) -> None:
             stdout=out,
             stderr=out,
             start_new_session=True,
+            preexec_fn=die_with_parent,  # gone with `up`, even when it is SIGKILLed
         )
     child.started = time.monotonic()
 
@@ -94,7 +95,10 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
     server: NatsServer | None = None
     if settings.nats_url is None:
         server = NatsServer(
-            store_dir=home / "jetstream", port=settings.nats_port, log_file=logs / "nats-server.log"
+            store_dir=home / "jetstream",
+            port=settings.nats_port,
+            log_file=logs / "nats-server.log",
+            die_with_parent=True,
         )
         try:
             server.start()  # stops what it started if it fails

@@ -146,6 +146,10 @@ async def test_max_deliveries_advisory_dead_letters_the_job_and_dlq_cli_retries_
                 await asyncio.sleep(0.1)
             await retried.unsubscribe()
             assert fetched is not None and fetched.status == "completed" and fetched.result == "x"
+            # retried again within the same second: another job, not one JOBS deduplicates away
+            r = await asyncio.to_thread(run_tether, "dlq", "retry", "j-capped", "--json", env=env)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["retriedAs"] not in (new_id, "j-capped")
         finally:
             await system2.close()
     finally:

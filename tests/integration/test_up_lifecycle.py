@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 import tether.natsserver as natsserver
 from tests.conftest import start_system
-from tests.proc_helpers import processes_mentioning
+from tests.proc_helpers import poll, processes_mentioning
 from tests.tiny_models import build_tiny_gpt2
 from tether.natsserver import NatsServer, server_binary
 from tether.settings import Settings
@@ -54,3 +57,28 @@ def test_the_try_line_names_a_model_that_runs() -> None:
     demo = _try_line(["echo", "smollm2-135m-instruct"], "nats://127.0.0.1:5000")
     assert demo.startswith("TETHER_NATS_URL=nats://127.0.0.1:5000 tether infer")
     assert demo.endswith("--model smollm2-135m-instruct")
+
+
+def test_a_server_started_to_die_with_its_parent_goes_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """`tether up` and `tether nats` start their server so; a SIGKILLed `up` leaves no server behind."""
+    store = tmp_path / "orphan-store"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tether.natsserver import NatsServer\n"
+        f"s = NatsServer(store_dir=Path({str(store)!r}), die_with_parent=True).start()\n"
+        "print(s.proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline())
+        assert psutil.pid_exists(server_pid)
+        parent.kill()
+        parent.wait()
+        poll(lambda: processes_mentioning(str(store)) == [] or None, timeout=15, what="nats-server gone")
+    finally:
+        parent.kill()
+        for p in processes_mentioning(str(store)):
+            p.kill()
