@@ -172,10 +172,10 @@ class Presence(_Internal):
     worker_id: str
     region: str
     device_class: str
-    capacity: int
-    queue_depth: int
+    capacity: int = Field(ge=1)  # a worker that can take no job at all does not announce itself
+    queue_depth: int = Field(ge=0)
     models: list[ServedModel]
-    heartbeat_s: float
+    heartbeat_s: float = Field(gt=0.0, allow_inf_nan=False)
     started_at: float
     seq: int
     ts: float

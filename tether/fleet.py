@@ -58,10 +58,17 @@ class WorkerEntry:
     presence: Presence
     last_seen: float
     served: dict[tuple[str, str], ModelState] = field(default_factory=dict)
+    signer: bytes | None = None  # the public key that signed its heartbeats (None: observed unsigned)
 
     @property
     def worker_id(self) -> str:
         return self.presence.worker_id
+
+    @property
+    def incarnation(self) -> float:
+        """Which run of the worker process this is: its ``started_at`` (a restart under the same key
+        changes it, and the jobs dispatched to the earlier run are gone)."""
+        return self.presence.started_at
 
 
 class WorkerIndex:
@@ -122,6 +129,9 @@ class FleetView:
         self.forget_after = 60  # heartbeat periods an OFFLINE worker stays listed
         self._models_seen: set[tuple[str, str]] = set()
         self.announcements: dict[tuple[str, str, str], ModelAnnouncement] = {}
+        self._announced: dict[str, tuple[float, set[tuple[str, str, str]]]] = {}  # worker -> (last, keys)
+        #: Called with a worker id when the view forgets it (per-worker caches elsewhere drop it too).
+        self.on_forget: list[Callable[[str], None]] = []
         self._subs: list[object] = []
         self.ingest: PresenceIngest | None = None  # live traffic, once started
         #: Processes checking signatures of live traffic under load (``tether.presence_ingest``).
@@ -150,7 +160,7 @@ class FleetView:
     def now(self) -> float:
         return self._clock()
 
-    def observe(self, presence: Presence, *, seen_at: float | None = None) -> None:
+    def observe(self, presence: Presence, *, seen_at: float | None = None, signer: bytes | None = None) -> None:
         now = self._clock() if seen_at is None else seen_at
         worker_id = presence.worker_id
         entry = self._workers.get(worker_id)
@@ -158,6 +168,8 @@ class FleetView:
             prev = entry.presence
             if presence.started_at == prev.started_at and presence.seq <= prev.seq:
                 return  # out of order or duplicate
+            if presence.started_at < prev.started_at and self.health(entry, now) is not Health.OFFLINE:
+                return  # a late heartbeat of the run the live one replaced
         served = {(m.model_id, m.version): m.state for m in presence.models if m.state in SERVABLE_STATES}
         if entry is None:
             entry = self._workers[worker_id] = WorkerEntry(presence, now)
@@ -165,6 +177,8 @@ class FleetView:
         else:  # updated in place: the model indexes hold this entry already
             entry.presence, entry.last_seen = presence, now
             old = entry.served
+        if signer is not None:
+            entry.signer = signer
         if served != old:
             entry.served = served
             for key in old.keys() - served.keys():
@@ -191,6 +205,15 @@ class FleetView:
             return Health.SUSPECT
         return Health.OFFLINE
 
+    def trusted(self, entry: WorkerEntry) -> bool:
+        """Does the live trust store (allowlist file, TETHER_TRUST bucket, run-time changes) still
+        allow the key that signed this worker's heartbeats? A key denied or dropped since its last
+        heartbeat gets no more work, though the entry stays listed until it goes OFFLINE."""
+        if entry.signer is None:
+            return True
+        v = self.gate.verifier
+        return not v.trust.is_denied(entry.signer) and (v.allow_all or v.trust.allows(entry.signer, v.role))
+
     def sweep(self, now: float | None = None) -> list[tuple[WorkerEntry, Health | None, Health]]:
         """Health transitions since the last sweep: ``(entry, old or None if new, new)``.
 
@@ -206,16 +229,28 @@ class FleetView:
                 changes.append((entry, old, state))
             if state is Health.OFFLINE and now - entry.last_seen > self.forget_after * self.heartbeat_s:
                 self.forget(worker_id)
+        horizon = now - self.forget_after * self.heartbeat_s
+        for worker_id, (last, _keys) in list(self._announced.items()):
+            if last < horizon and worker_id not in self._workers:  # announced, never (or no longer) beating
+                self._drop_announcements(worker_id)
         return changes
 
     def forget(self, worker_id: str) -> None:
         entry = self._workers.pop(worker_id, None)
         self._health.pop(worker_id, None)
+        self._drop_announcements(worker_id)
         if entry is not None:
             for key in entry.served:
                 index = self._by_model.get(key)
                 if index is not None:
                     index.discard(worker_id)
+            for hook in self.on_forget:
+                hook(worker_id)
+
+    def _drop_announcements(self, worker_id: str) -> None:
+        _last, keys = self._announced.pop(worker_id, (0.0, set()))
+        for key in keys:
+            self.announcements.pop(key, None)
 
     def mark_draining(self, worker_id: str) -> bool:
         """A drain was ordered: stop placing on the worker now, before its next heartbeat says so."""
@@ -252,6 +287,7 @@ class FleetView:
             if not e.presence.draining
             and e.served.get((model_id, version)) is ModelState.WARM
             and self.health(e, now) is not Health.OFFLINE
+            and self.trusted(e)
         ]
 
     def knows_model(self, model_id: str, version: str) -> bool:
@@ -282,10 +318,14 @@ class FleetView:
         except EnvelopeRejected:
             return False
         if isinstance(msg, ModelAnnouncement):
-            self.announcements[(msg.worker_id, msg.model_id, msg.version)] = msg
+            key = (msg.worker_id, msg.model_id, msg.version)
+            self.announcements[key] = msg
+            _last, keys = self._announced.get(msg.worker_id, (0.0, set()))
+            keys.add(key)
+            self._announced[msg.worker_id] = (self._clock() if seen_at is None else seen_at, keys)
             self._models_seen.add((msg.model_id, msg.version))
         else:
-            self.observe(msg, seen_at=seen_at)
+            self.observe(msg, seen_at=seen_at, signer=adm.pending.envelope.public_key)
         return True
 
     def _already_seen(self, data: bytes) -> bool:

@@ -51,6 +51,11 @@ class WorkerOffline(WorkerUnreachable):
     """The worker running an attempt stopped heartbeating (OFFLINE after 3T): re-place the job."""
 
 
+class WorkerRestarted(WorkerOffline):
+    """The worker running an attempt restarted under the same id (a new incarnation): the attempt
+    died with the earlier run, so the job is re-placed at once instead of at the execution timeout."""
+
+
 class WorkerRefused(NoCapacity):
     """The worker refused the attempt (full, draining, over a tenant's share).
 
@@ -110,6 +115,8 @@ class AttemptRunner:
             trace=telemetry.child_headers(t.headers),
             resume=resume,
         )
+        entry = self.fleet.get(worker_id)
+        incarnation = entry.incarnation if entry is not None else None  # the run the job goes to
         watch = self.dispatcher.submit(worker_id, d)
         self.inflight_by_worker[worker_id] += 1
         try:
@@ -128,10 +135,12 @@ class AttemptRunner:
                 await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
                 return err
             try:
-                report = await self._await_outcome(watch.report, key.job_id, attempt, exec_timeout, worker_id)
+                report = await self._await_outcome(
+                    watch.report, key.job_id, attempt, exec_timeout, worker_id, incarnation
+                )
             except WorkerOffline as off:
                 await self.store.fail_attempt(key.job_id, attempt, off.code, off.message, time.time())
-                await self._cancel(key.job_id, attempt, "re-placed: the worker went offline")
+                await self._cancel(key.job_id, attempt, f"re-placed: {off.message}")
                 return off
             if isinstance(report, ResultMessage):  # its report was lost; its result is stored
                 await outcomes.record_final(self.store, t, report, attempt)
@@ -193,8 +202,10 @@ class AttemptRunner:
         attempt: int,
         exec_timeout: float,
         worker_id: str,
+        incarnation: float | None = None,
     ) -> AttemptReport | ResultMessage | None:
-        """Wait for the worker's report; None on timeout, ``WorkerOffline`` when the worker goes OFFLINE.
+        """Wait for the worker's report; None on timeout, ``WorkerOffline`` when the worker goes OFFLINE,
+        ``WorkerRestarted`` when it comes back as a run other than ``incarnation`` (the one dispatched to).
 
         RUNNING is written only when the job is still running after
         ``RUNNING_WRITE_DELAY_S``: a job that finishes sooner gets its start time
@@ -215,6 +226,8 @@ class AttemptRunner:
             entry = self.fleet.get(worker_id)
             if entry is None or self.fleet.health(entry) is Health.OFFLINE:
                 raise WorkerOffline(f"worker {worker_id} went offline while running the job")
+            if incarnation is not None and entry.incarnation != incarnation:
+                raise WorkerRestarted(f"worker {worker_id} restarted while running the job")
             if time.monotonic() >= lookup_at:  # the report may have been lost: is the result stored?
                 lookup_gap *= 2
                 lookup_at = time.monotonic() + lookup_gap

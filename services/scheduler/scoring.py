@@ -1,7 +1,7 @@
 """Affinity scoring: which live worker should run this job, and why.
 
 Hard filters first: the worker serves the model (warm, or evicted but loadable),
-is HEALTHY (not SUSPECT or OFFLINE), is not draining, passed admission and is at
+is HEALTHY (not SUSPECT or OFFLINE), is not draining, its key is still trusted, passed admission and is at
 least the job's minimum hardware tier (``tiers.py``), and the breaker of
 (model, version, worker's region) lets work through. Workers that just failed
 this job are avoided while any other can serve it.
@@ -13,14 +13,15 @@ region      1 when the worker is in the job's preferred region (else the schedul
 device      1 when the job asked for no device class or the worker has it
 load        1 / (1 + (reported queue depth + this scheduler's in-flight) / capacity)
 warm        1 when the model is warm (no load before the first token)
-reliability the worker's decaying success rate (see ``reliability.py``)
+reliability the worker's decaying success rate; the fleet's mean for a new one (``reliability.py``)
 rtt         1 / (1 + measured dispatch round trip / 10 ms)
 =========== ================================================================
 
 Decisions stay fast in big fleets: at most ``sample`` candidates are scored,
 drawn at random from the model's index (the "power of d choices" idea), so the
 cost does not grow with the fleet; a full scan happens only when no sampled
-worker passes the filters.
+worker passes the filters. Equal scores (within ``TIE``) are broken at random,
+so identical workers share the work.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class JobNeeds:
 
 SERVABLE = (ModelState.WARM, ModelState.EVICTED)
 
+#: Scores this close are a tie, broken at random (float noise must not pick one worker for good).
+TIE = 1e-9
+
 
 def terms(
     entry: WorkerEntry,
@@ -86,7 +90,7 @@ def terms(
     return {
         "region": 1.0 if p.region == needs.region else 0.0,
         "device": 1.0 if needs.device_class in (None, p.device_class) else 0.0,
-        "load": 1.0 / (1.0 + depth / max(1, p.capacity)),
+        "load": 1.0 / (1.0 + max(0, depth) / max(1, p.capacity)),
         "warm": 1.0 if model_state is ModelState.WARM else 0.0,
         "reliability": reliability,
         "rtt": 1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010),
@@ -123,6 +127,7 @@ class AffinityPlacement:
         self._weights_dict = asdict(self.weights)
         self.tiers = tiers or TierThresholds.from_env()
         self._tiers: dict[str, tuple[float | None, float | None, TierDecision]] = {}  # per worker
+        fleet.on_forget.append(lambda worker_id: self._tiers.pop(worker_id, None))
 
     def choose(
         self, needs: JobNeeds, *, inflight: Mapping[str, int], avoid: Collection[str] = ()
@@ -133,9 +138,11 @@ class AffinityPlacement:
         now = self.fleet.now()
         excluded: dict[str, int] = {}
         picked = self._best(needs, index.sample(self.sample, self._rng), inflight, avoid, now, excluded)
+        scored = min(len(index), self.sample)
         if len(index) > self.sample and (picked is None or picked[0].worker_id in avoid):
             excluded.clear()  # nothing usable in the sample: look at everyone
             picked = self._best(needs, index.entries(), inflight, avoid, now, excluded)
+            scored = len(index)
         if picked is None:
             return None
         entry, score, t = picked
@@ -146,7 +153,7 @@ class AffinityPlacement:
             "terms": {k: round(v, 4) for k, v in t.items()},
             "weights": self._weights_dict,
             "candidates": len(index),
-            "scored": min(len(index), self.sample),
+            "scored": scored,
             "excluded": excluded,
             "avoided": sorted(avoid),
         }
@@ -168,11 +175,15 @@ class AffinityPlacement:
         best: WorkerEntry | None = None
         best_avoided: WorkerEntry | None = None
         best_score = best_avoided_score = -1.0
+        ties = 0
         for entry in entries:
             p = entry.presence
             if p.draining or entry.last_seen < healthy_after:
                 reason = "draining" if p.draining else self.fleet.health(entry, now).lower()
                 excluded[reason] = excluded.get(reason, 0) + 1
+                continue
+            if not self.fleet.trusted(entry):
+                excluded["untrusted"] = excluded.get("untrusted", 0) + 1
                 continue
             if not self._breaker_allows(needs.model_id, needs.version, p.region):
                 excluded["breaker_open"] = excluded.get("breaker_open", 0) + 1
@@ -183,14 +194,14 @@ class AffinityPlacement:
                     excluded[reason] = excluded.get(reason, 0) + 1
                     continue
             wid = p.worker_id
-            if p.capacity and inflight.get(wid, 0) >= p.capacity:  # it would refuse: full with our jobs alone
+            if inflight.get(wid, 0) >= max(1, p.capacity):  # it would refuse: full with our jobs alone
                 excluded["full"] = excluded.get("full", 0) + 1
                 continue
             rtt_s = self._rtt(wid)
             score = (
                 (w.region if p.region == needs.region else 0.0)
                 + (w.device if needs.device_class is None or needs.device_class == p.device_class else 0.0)
-                + w.load / (1.0 + (p.queue_depth + inflight.get(wid, 0)) / (p.capacity or 1))
+                + w.load / (1.0 + max(0, p.queue_depth + inflight.get(wid, 0)) / max(1, p.capacity))
                 + (w.warm if entry.served.get(key) is ModelState.WARM else 0.0)
                 + w.reliability * self._reliability(wid)
                 + w.rtt * (1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010))
@@ -198,8 +209,12 @@ class AffinityPlacement:
             if wid in avoid:
                 if score > best_avoided_score:
                     best_avoided, best_avoided_score = entry, score
-            elif score > best_score:
-                best, best_score = entry, score
+            elif score > best_score + TIE:
+                best, best_score, ties = entry, score, 1
+            elif score >= best_score - TIE:  # a tie: each of the tied wins with equal chance
+                ties += 1
+                if self._rng.random() * ties < 1.0:
+                    best = entry
         winner, score = (best, best_score) if best is not None else (best_avoided, best_avoided_score)
         if winner is None:
             return None

@@ -33,7 +33,7 @@ from services.scheduler.attempts import (
     execution_budget,
     retry_backoff,
 )
-from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
+from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy, BreakerTicket
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.handover import Requeue
 from services.scheduler.held import HeldJobs
@@ -291,31 +291,31 @@ class Scheduler:
             breaker: BreakerKey = (
                 key.model_id, key.version, worker.presence.region if worker else self.settings.region
             )
-            now = time.time()
-            exec_timeout = execution_budget(self.settings, t)
-            attempt = await self.store.reserve(
-                key,
-                scheduler_id=self.scheduler_id,
-                worker_id=choice.worker_id,
-                placement=choice.explanation,
-                lease_until=now + self.settings.job_lease_s,
-                expires_at=now + self.settings.dispatch_ack_s + exec_timeout,
-                now=now,
-            )
-            if attempt is None:
-                await handover.not_ours(self.store, t.job_id)
-                return
-            if attempt - len(refused) > self.settings.max_attempts:
-                if (err := await handover.over_budget(self.store, self.settings, t.job_id, attempt)) is not None:
-                    await self._dead_letter(t, attempt - 1, err)
+            with self.breakers.attempt(breaker) as ticket:  # before any await: the probe is ours or not
+                if ticket is None:  # choose() saw it allowed just now: cannot happen, but never loop
+                    await self._wait_for_capacity(t)
                     return
-            self.breakers.begin(breaker)
-            try:
+                now = time.time()
+                exec_timeout = execution_budget(self.settings, t)
+                attempt = await self.store.reserve(
+                    key,
+                    scheduler_id=self.scheduler_id,
+                    worker_id=choice.worker_id,
+                    placement=choice.explanation,
+                    lease_until=now + self.settings.job_lease_s,
+                    expires_at=now + self.settings.dispatch_ack_s + exec_timeout,
+                    now=now,
+                )
+                if attempt is None:
+                    await handover.not_ours(self.store, t.job_id)
+                    return
+                if attempt - len(refused) > self.settings.max_attempts:
+                    err = await handover.over_budget(self.store, self.settings, t.job_id, attempt)
+                    if err is not None:
+                        await self._dead_letter(t, attempt - 1, err)
+                        return
                 err = await self.attempts.run(t, choice.worker_id, attempt, exec_timeout)
-            except BaseException:
-                self.breakers.abandon(breaker)  # else a half-open breaker's probe never ends
-                raise
-            self._account(breaker, choice.worker_id, err)
+                self._account(ticket, choice.worker_id, err)
             if err is None:
                 return
             avoid.add(choice.worker_id)
@@ -335,7 +335,7 @@ class Scheduler:
             self.stats["retries"] += 1
             await asyncio.sleep(retry_backoff(attempt))
 
-    def _account(self, breaker: BreakerKey, worker_id: str, err: TetherError | None) -> None:
+    def _account(self, breaker: BreakerTicket, worker_id: str, err: TetherError | None) -> None:
         """Feed an attempt's outcome to the breaker and the worker's reliability.
 
         Refusals for lack of capacity say nothing about the model's health and are not counted;

@@ -70,10 +70,13 @@ class HealthReporter:
             except Exception as exc:  # a flaky driver read is a missing reading, not a crash
                 log.debug("NVML read failed", extra={"error": repr(exc)})
         elif self._torch_cuda:
-            import torch
+            try:
+                import torch
 
-            free, total_bytes = torch.cuda.mem_get_info(self._gpu_index)
-            used, total = (total_bytes - free) / MB, total_bytes / MB
+                free, total_bytes = torch.cuda.mem_get_info(self._gpu_index)
+                used, total = (total_bytes - free) / MB, total_bytes / MB
+            except Exception as exc:  # same as NVML: a failed read is a missing reading
+                log.debug("torch CUDA memory read failed", extra={"error": repr(exc)})
         return HealthSample(
             cpu_percent=psutil.cpu_percent(None),
             mem_percent=psutil.virtual_memory().percent,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import psutil
 import pytest
 
@@ -59,3 +62,19 @@ def test_health_sample_reads_this_process() -> None:
             assert sample.gpu_mem_total_mb and sample.gpu_mem_total_mb > 0
     finally:
         reporter.close()
+
+
+def test_a_failing_torch_gpu_read_is_a_missing_reading_not_a_failed_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(_index: int) -> tuple[int, int]:
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    fake = types.ModuleType("torch")
+    fake.cuda = types.SimpleNamespace(mem_get_info=broken)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    reporter = HealthReporter()
+    reporter._nvml, reporter._torch_cuda = None, True  # the torch path, as on a host without pynvml
+    sample = reporter.sample()
+    assert (sample.gpu_mem_used_mb, sample.gpu_mem_total_mb) == (None, None)
+    assert sample.rss_mb > 0

@@ -6,51 +6,14 @@ import random
 
 import pytest
 
-from schemas import ModelState, Presence, ServedModel
+from schemas import ModelState, Presence
 from services.scheduler.breakers import BreakerBoard, BreakerPolicy, BreakerState, Transition
 from services.scheduler.reliability import Reliability
 from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights, total
+from tests.fleet_helpers import Clock, presence
 from tether.envelope import Verifier
 from tether.fleet import FleetView, Health
 from tether.signed import PresenceGate
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def presence(
-    worker_id: str,
-    *,
-    models: dict[str, ModelState] | None = None,
-    region: str = "eu",
-    device: str = "cpu",
-    depth: int = 0,
-    capacity: int = 8,
-    seq: int = 1,
-    draining: bool = False,
-) -> Presence:
-    return Presence(
-        worker_id=worker_id,
-        region=region,
-        device_class=device,
-        capacity=capacity,
-        queue_depth=depth,
-        models=[
-            ServedModel(model_id=m, version="1", task="generate", state=st)
-            for m, st in (models or {"m": ModelState.WARM}).items()
-        ],
-        heartbeat_s=1.0,
-        started_at=1.0,
-        seq=seq,
-        ts=0.0,
-        draining=draining,
-    )
-
 
 # ---- breakers ------------------------------------------------------------------------------------
 
@@ -68,9 +31,10 @@ def test_breaker_opens_after_threshold_within_window_then_probes_and_closes() ->
     assert [(t.old, t.new) for t in seen] == [(BreakerState.CLOSED, BreakerState.OPEN)]
     clock.t += 5
     assert board.state(key) is BreakerState.HALF_OPEN and board.allows(key)
-    board.begin(key)  # the probe
+    probe = board.try_acquire(key)
+    assert probe is not None and probe.probe
     assert not board.allows(key), "half-open admits exactly one probe at a time"
-    board.success(key)
+    board.success(probe)
     assert board.state(key) is BreakerState.CLOSED and board.allows(key)
     assert [t.new for t in seen] == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
@@ -81,9 +45,9 @@ def test_an_abandoned_probe_lets_the_next_attempt_probe() -> None:
     key = ("m", "1", "eu")
     board.failure(key)
     clock.t += 1
-    board.begin(key)
-    assert not board.allows(key)
-    board.abandon(key)  # e.g. the worker refused for capacity: no verdict on the model
+    probe = board.try_acquire(key)
+    assert probe is not None and not board.allows(key)
+    board.abandon(probe)  # e.g. the worker refused for capacity: no verdict on the model
     assert board.allows(key) and board.state(key) is BreakerState.HALF_OPEN
 
 
@@ -104,8 +68,9 @@ def test_failed_probe_reopens_for_another_full_period() -> None:
     key = ("m", "1", "eu")
     board.failure(key)
     clock.t += 5
-    board.begin(key)
-    board.failure(key, "probe failed")
+    probe = board.try_acquire(key)
+    assert probe is not None
+    board.failure(probe, "probe failed")
     assert board.state(key) is BreakerState.OPEN and not board.allows(key)
     clock.t += 4.9
     assert not board.allows(key)
