@@ -29,7 +29,9 @@ def content_type_of(headers: Mapping[str, str] | None) -> str:
     """The canonical encoding named by a message's headers (JSON when absent)."""
     if not headers:
         return JSON
-    raw = headers.get(CONTENT_TYPE) or headers.get("content-type") or ""
+    raw = headers.get(CONTENT_TYPE) or headers.get("content-type")
+    if raw is None:  # header names are case-insensitive: CONTENT-TYPE, Content-type, ...
+        raw = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
     value = raw.split(";", 1)[0].strip().lower()
     if value in _MSGPACK_ALIASES:
         return MSGPACK

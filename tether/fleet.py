@@ -11,7 +11,8 @@ Every heartbeat and model announcement is a signed envelope; only what the
 counted by reason in ``rejections``.
 
 Health by heartbeat age (T = heartbeat period): HEALTHY up to 2T, SUSPECT up
-to 3T, OFFLINE after; ``sweep()`` reports transitions (the scheduler logs them
+to 3T, OFFLINE after, measured on the monotonic clock (a step of the wall
+clock neither keeps a dead worker alive nor kills live ones); ``sweep()`` reports transitions (the scheduler logs them
 and publishes ``tether.events.worker.<state>``). Workers are indexed by the
 models they serve, so finding candidates costs O(matches), not O(fleet).
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,6 +39,7 @@ from tether.envelope import EnvelopeRejected, open_envelope, signature_ok
 from tether.presence_ingest import PresenceIngest
 from tether.settings import Settings, default_verify_workers
 from tether.signed import Admission, PresenceGate
+from tether.worker_index import WorkerIndex
 
 log = logging.getLogger(__name__)
 
@@ -71,45 +72,6 @@ class WorkerEntry:
         return self.presence.started_at
 
 
-class WorkerIndex:
-    """Workers serving one model: O(1) add and remove, and random samples without copying."""
-
-    __slots__ = ("_entries", "_pos")
-
-    def __init__(self) -> None:
-        self._entries: list[WorkerEntry] = []
-        self._pos: dict[str, int] = {}
-
-    def put(self, entry: WorkerEntry) -> None:
-        i = self._pos.get(entry.worker_id)
-        if i is None:
-            self._pos[entry.worker_id] = len(self._entries)
-            self._entries.append(entry)
-        else:
-            self._entries[i] = entry
-
-    def discard(self, worker_id: str) -> None:
-        i = self._pos.pop(worker_id, None)
-        if i is None:
-            return
-        last = self._entries.pop()
-        if i < len(self._entries):
-            self._entries[i] = last
-            self._pos[last.worker_id] = i
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def entries(self) -> list[WorkerEntry]:
-        return list(self._entries)
-
-    def sample(self, k: int, rng: random.Random) -> list[WorkerEntry]:
-        n = len(self._entries)
-        if n <= k:
-            return list(self._entries)
-        return [self._entries[i] for i in rng.sample(range(n), k)]
-
-
 class FleetView:
     def __init__(
         self,
@@ -117,12 +79,14 @@ class FleetView:
         heartbeat_s: float,
         gate: PresenceGate,
         settings: Settings | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.gate = gate
         self._settings = settings
-        self._clock = clock
+        self._clock = clock  # ages and health; ``wall`` only to place stream timestamps on it
+        self._wall = wall
         self._workers: dict[str, WorkerEntry] = {}
         self._by_model: dict[tuple[str, str], WorkerIndex] = {}
         self._health: dict[str, Health] = {}
@@ -139,7 +103,7 @@ class FleetView:
         self.changed = asyncio.Event()
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.time) -> FleetView:
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> FleetView:
         """A fleet view admitting heartbeats from workers the settings' trust store allows."""
         from tether.security import verifier_for
 
@@ -160,8 +124,19 @@ class FleetView:
     def now(self) -> float:
         return self._clock()
 
+    def _seen(self, seen_at: float | None) -> float:
+        """When, on this view's clock, a message seen at wall time ``seen_at`` (None: now) arrived."""
+        if seen_at is None:
+            return self._clock()
+        return self._clock() - max(0.0, self._wall() - seen_at)
+
+    def wall_time(self, at: float) -> float:
+        """A time on this view's clock (``last_seen``) as wall-clock seconds, for events and views."""
+        return self._wall() - (self._clock() - at)
+
     def observe(self, presence: Presence, *, seen_at: float | None = None, signer: bytes | None = None) -> None:
-        now = self._clock() if seen_at is None else seen_at
+        """Take a heartbeat; ``seen_at``: the wall time it was stored (replayed from the stream)."""
+        now = self._seen(seen_at)
         worker_id = presence.worker_id
         entry = self._workers.get(worker_id)
         if entry is not None:
@@ -322,7 +297,7 @@ class FleetView:
             self.announcements[key] = msg
             _last, keys = self._announced.get(msg.worker_id, (0.0, set()))
             keys.add(key)
-            self._announced[msg.worker_id] = (self._clock() if seen_at is None else seen_at, keys)
+            self._announced[msg.worker_id] = (self._seen(seen_at), keys)
             self._models_seen.add((msg.model_id, msg.version))
         else:
             self.observe(msg, seen_at=seen_at, signer=adm.pending.envelope.public_key)
@@ -335,7 +310,7 @@ class FleetView:
         except EnvelopeRejected:
             return False
         v = self.gate.verifier
-        return env.public_key + env.nonce in v.nonces or env.timestamp < self._clock() - v.skew_s
+        return env.public_key + env.nonce in v.nonces or env.timestamp < self._wall() - v.skew_s
 
     async def start(self, nc: Client, js: JetStreamContext, region: str = "*") -> None:
         """Follow the trust store, subscribe to live heartbeats and announcements, then replay

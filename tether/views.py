@@ -25,7 +25,7 @@ def _tier(gflops: float | None, max_alloc_mb: float | None) -> str:
 
 
 def workers_view(fleet: FleetView, now: float | None = None) -> list[dict[str, Any]]:
-    now = time.time() if now is None else now
+    now = fleet.now() if now is None else now  # the fleet's own (monotonic) clock
     out = []
     for e in sorted(fleet.workers(), key=lambda e: e.worker_id):
         p = e.presence

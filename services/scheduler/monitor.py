@@ -85,7 +85,9 @@ class FleetMonitor:
             self._wake.clear()
             await self._publish_breakers()
             for entry, old, new in self.fleet.sweep():
-                await self._worker_changed(entry.worker_id, entry.presence.region, old, new, entry.last_seen)
+                await self._worker_changed(
+                    entry.worker_id, entry.presence.region, old, new, self.fleet.wall_time(entry.last_seen)
+                )
             if time.monotonic() >= next_persist:
                 next_persist = time.monotonic() + PERSIST_EVERY_S
                 await self.persist()

@@ -10,7 +10,7 @@ from schemas import ModelAnnouncement, ModelState
 from services.scheduler.scoring import AffinityPlacement, JobNeeds
 from tests.fleet_helpers import Clock, presence
 from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, Verifier
-from tether.fleet import FleetView
+from tether.fleet import FleetView, Health
 from tether.identity import Identity
 from tether.signed import PresenceGate, seal_message
 from tether.trust import TrustStore, allowlist_line, kv_key
@@ -109,3 +109,20 @@ def test_forgotten_workers_leave_no_announcements_or_tier_decisions_behind() -> 
     assert fleet.announcements == {}
     assert placement._tiers == {}  # the tier decisions of forgotten workers went with them
     assert fleet.knows_model("m", "1")  # the model stays known: jobs for it wait rather than fail
+
+
+def test_health_ignores_steps_of_the_wall_clock_and_replays_keep_their_age() -> None:
+    mono, wall = Clock(500.0), Clock(1_700_000_000.0)
+    fleet = FleetView(heartbeat_s=1.0, gate=PresenceGate(Verifier([], role="worker")), clock=mono, wall=wall)
+    fleet.observe(presence("w-live"))
+    wall.t -= 60.0  # the wall clock steps back a minute: the worker still ages in real time
+    mono.t += 3.5
+    assert fleet.health(fleet.get("w-live")) is Health.OFFLINE  # type: ignore[arg-type]
+    fleet.observe(presence("w-live", seq=2))
+    wall.t += 3600.0  # and forward an hour: a worker heard just now is not OFFLINE
+    assert fleet.health(fleet.get("w-live")) is Health.HEALTHY  # type: ignore[arg-type]
+    # a heartbeat replayed from the stream, stored 2.5 s ago by the wall clock, is 2.5 s old here
+    fleet.observe(presence("w-replayed"), seen_at=wall.t - 2.5)
+    entry = fleet.get("w-replayed")
+    assert entry is not None and fleet.health(entry) is Health.SUSPECT
+    assert abs(fleet.wall_time(entry.last_seen) - (wall.t - 2.5)) < 1e-6

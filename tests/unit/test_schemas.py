@@ -108,8 +108,9 @@ def test_content_type_aliases(value: str, expected: str) -> None:
     assert codec.content_type_of({codec.CONTENT_TYPE: value}) == expected
 
 
-def test_lower_case_header_name_is_honoured() -> None:
-    assert codec.content_type_of({"content-type": "application/msgpack"}) == codec.MSGPACK
+@pytest.mark.parametrize("name", ["content-type", "CONTENT-TYPE", "Content-type", "content-Type"])
+def test_header_name_in_any_case_is_honoured(name: str) -> None:
+    assert codec.content_type_of({name: "application/msgpack", "correlation-id": "c"}) == codec.MSGPACK
 
 
 @pytest.mark.parametrize("value", ["text/xml", "application/cbor", "application/protobuf"])
