@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -280,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--models", help="comma-separated model specs (default TETHER_MODELS or echo)")
     w.add_argument("--region", help="region label (default TETHER_REGION or local)")
     w.add_argument("--name", default="worker", help="identity name under TETHER_HOME/keys (default worker)")
-    w.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
+    w.add_argument("--grace", type=_seconds, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
     w.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="weights' dtype (all models)")
     w.add_argument(
         "--quantize", choices=["8bit", "4bit"], help="bitsandbytes quantization (CUDA only; refused without a GPU)"
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dn = sub.add_parser("drain", help="tell a worker (or 'all') to finish its jobs and stop")
     dn.add_argument("worker_id", help="worker id as shown by `tether status`, or all")
-    dn.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight jobs (default 30)")
+    dn.add_argument("--grace", type=_seconds, default=30.0, help="seconds to finish in-flight jobs (default 30)")
     dn.set_defaults(fn=cmd_drain)
 
     k = sub.add_parser("apikeys", help="API keys for the HTTP gateway (stored hashed in NATS)")
@@ -354,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sub)
     add_certs(sub)
     return p
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, at least 0)")
+    return value
 
 
 def _port(text: str) -> int:

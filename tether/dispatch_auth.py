@@ -47,6 +47,10 @@ class DispatchGate:
         self.verifier = verifier
         self.purpose = dispatch_purpose(worker_id)
         self.log = rejection_log or RejectionLog()
+        #: Dispatches sealed before this (wall time) are refused as ``stale``: the worker sets its own
+        #: start, so a dispatch captured before a restart cannot run again on the new process, whose
+        #: nonce cache starts empty (the scheduler re-places what the earlier run held anyway).
+        self.not_before = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, worker_id: str) -> DispatchGate:
@@ -57,7 +61,13 @@ class DispatchGate:
     def open(self, data: bytes) -> bytes:
         """The verified payload; EnvelopeRejected (counted, logged once per offender a minute) otherwise."""
         try:
-            return self.verifier.verify(data, purpose=self.purpose).payload
+            env = self.verifier.verify(data, purpose=self.purpose)
+            if env.timestamp < self.not_before:
+                raise self.verifier.reject(
+                    "stale", "sealed before this worker process started (a replay across a restart)",
+                    env.public_key,
+                )
+            return env.payload
         except EnvelopeRejected as err:
             self.log.note(encode_public_key(err.signer) if err.signer else "dispatch", err)
             raise

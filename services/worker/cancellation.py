@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from schemas import CancelRequest
 from services.worker.runtimes.base import CancelToken
 from tether import codec
+from tether.errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +83,14 @@ class CancelBoard:
             log.warning("malformed cancel request dropped", extra={"error": str(exc)})
             return
         self.cancel(request)
+
+
+def raise_if_cancelled(cancel: CancelToken, job_id: str) -> None:
+    """Raise ``Cancelled`` once the attempt was cancelled: it must not complete or publish a result.
+
+    Checked before a job runs (a cancel that overtook its dispatch), after the runtime returns
+    (runtimes that cannot stop midway: echo, embeddings, the naive one) and before the result is
+    published; the generation engine also checks between decoding steps.
+    """
+    if cancel.cancelled:
+        raise Cancelled(f"job {job_id} cancelled: {cancel.reason or 'cancelled'}", job_id=job_id)

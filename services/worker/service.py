@@ -33,8 +33,9 @@ from schemas import (
 from services.worker.admission import BenchmarkResult, run_benchmark
 from services.worker.artifacts import artifact_cache
 from services.worker.artifacts import resolve as resolve_artifact
-from services.worker.cancellation import CancelBoard
+from services.worker.cancellation import CancelBoard, raise_if_cancelled
 from services.worker.device_support import resolve_device
+from services.worker.draining import drain_grace, grace_of, log_failure
 from services.worker.model_cache import CachedModel, ModelCache
 from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder, PresencePublisher
@@ -128,6 +129,8 @@ class Worker:
         self._sub = None
         self.reporter: Reporter | None = None
         self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
+        self.dispatch_gate.not_before = self.presence.started_at
+        self._unreported: set[tuple[str, int]] = set()  # accepted attempts not yet reported
         self.fleet_box = FleetBox.load(fleet_key_path(settings.keys_dir))
         self.completed = 0
         self.failed = 0
@@ -184,12 +187,14 @@ class Worker:
             await self.stopped.wait()
             return
         self.state = WorkerState.DRAINING
-        with contextlib.suppress(Exception):
-            await self.herald.beat()
-        finished = await self._jobs.wait(grace_s)
-        if not finished:
-            log.warning("drain grace expired; in-flight jobs handed back", extra={"left": len(self._jobs)})
-        await self.close()
+        try:
+            with contextlib.suppress(Exception):
+                await self.herald.beat()
+            finished = await self._jobs.wait(drain_grace(grace_s))
+            if not finished:
+                log.warning("drain grace expired; in-flight jobs handed back", extra={"left": len(self._jobs)})
+        finally:  # whatever happens, a draining worker ends STOPPED (never refusing work forever)
+            await self.close()
 
     async def close(self) -> None:
         if self.state is WorkerState.STOPPED:
@@ -231,10 +236,7 @@ class Worker:
 
     async def _on_drain(self, msg: Msg) -> None:
         """``tether.control.drain.<worker>`` (or ``.all``): drain within the given grace, then stop."""
-        grace = 30.0
-        with contextlib.suppress(Exception):
-            body = codec.decode(msg.data, codec.content_type_of(msg.headers)) if msg.data else {}
-            grace = float(body.get("graceS", grace))
+        grace = grace_of(msg)
         log.warning("drain ordered", extra={"worker": self.worker_id, "grace_s": grace})
         if msg.reply and self.nc is not None:
             with contextlib.suppress(Exception):
@@ -245,6 +247,7 @@ class Worker:
                 )
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self.drain(grace))
+            self._drain_task.add_done_callback(log_failure)
 
     # ---- presence -----------------------------------------------------------------------------
 
@@ -293,17 +296,21 @@ class Worker:
             if refusal is None and slot is not None:
                 self.quota.acquire(d.tenant_id)  # held from acceptance, so a burst is counted at once
                 cancel = self.cancels.register(d.job_id, d.attempt)  # now: a cancel may follow at once
+                self._unreported.add((d.job_id, d.attempt))
                 task = self._jobs.spawn(self._run(d, slot, cancel), name=f"job:{d.job_id}")
                 # released when the task ends, even one cancelled before it started (a close)
                 task.add_done_callback(lambda _, d=d: self._settle(d))
 
     def _ended(self, d: Dispatch, started: float, err: TetherError | None) -> None:
         assert self.reporter is not None
+        self._unreported.discard((d.job_id, d.attempt))
         self.reporter.attempt_ended(d, started, err)
 
     def _settle(self, d: Dispatch) -> None:
         self.cancels.release(d.job_id, d.attempt)
         self.quota.release(d.tenant_id)
+        if (d.job_id, d.attempt) in self._unreported:  # cancelled before its first step (a close)
+            self._ended(d, time.time(), WorkerFailed(f"worker {self.worker_id} stopped; job handed back"))
 
     def _refusal(self, d: Dispatch, slot: CachedModel | None) -> TetherError | None:
         if self.state is not WorkerState.RUNNING:
@@ -332,8 +339,10 @@ class Worker:
                     resume=Resume(text=d.resume.text, token_ids=d.resume.token_ids) if d.resume else None,
                     cancel=cancel,
                 )
+                raise_if_cancelled(cancel, d.job_id)  # a cancel that overtook the dispatch
                 async with self.cache.use(slot.spec.key) as runtime:
                     out = await runtime.run(request)
+                raise_if_cancelled(cancel, d.job_id)  # runtimes that cannot stop midway stop here
             await self.chunks.flush()  # every chunk goes out before the final result
             result = ResultMessage(
                 job_id=d.job_id,
@@ -354,6 +363,7 @@ class Worker:
                 finished_at=time.time(),
             )
             assert self.js is not None
+            raise_if_cancelled(cancel, d.job_id)
             await publish_final(self.js, result, hop, budget_s=max(5.0, d.deadline - time.time()))
         except asyncio.CancelledError:
             # stopped before finishing (drain grace expired): hand the job back for re-placement now;

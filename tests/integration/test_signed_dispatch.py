@@ -131,3 +131,28 @@ async def test_trusted_assignment_runs_once_and_its_replay_is_refused(
     probe.reports.clear()
     probe.results.clear()
     await probe.refused(data, "replayed")
+
+
+async def test_a_dispatch_captured_before_a_restart_is_refused_by_the_new_process(
+    probe: Probe, settings: Settings
+) -> None:
+    """The nonce cache lives in memory; a restarted worker refuses what was sealed before it started."""
+    from services.worker.runtimes.catalog import parse_model_spec
+    from services.worker.service import Worker
+
+    trusted = DispatchSigner(Identity.load(settings.keys_dir / "scheduler.key"))
+    old = probe.worker
+    data = trusted.seal(old.worker_id, batch("j-captured", probe.report_to))  # type: ignore[attr-defined]
+    await probe.accepted(data)
+    await old.close()  # type: ignore[attr-defined]
+    await asyncio.sleep(0.01)  # the new process starts strictly after the capture
+    again = Worker(settings, identity=old.identity, specs=[parse_model_spec("echo")])  # type: ignore[attr-defined]
+    await again.start()
+    try:
+        await again.wait_ready()
+        probe.worker = again
+        probe.reports.clear()
+        probe.results.clear()
+        await probe.refused(data, "stale")
+    finally:
+        await again.close()

@@ -1,0 +1,36 @@
+"""A drain order's grace: how long a draining worker lets its jobs finish before handing them back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+
+from nats.aio.msg import Msg
+
+from tether import codec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRAIN_GRACE_S = 30.0
+
+
+def drain_grace(grace_s: float) -> float:
+    """At least 0, and the default for anything not a finite number (``nan`` would break the wait)."""
+    return max(0.0, grace_s) if math.isfinite(grace_s) else DEFAULT_DRAIN_GRACE_S
+
+
+def grace_of(msg: Msg) -> float:
+    """The grace a ``tether.control.drain.<worker>`` message asks for (``{"graceS": …}``), made sane."""
+    grace = DEFAULT_DRAIN_GRACE_S
+    with contextlib.suppress(Exception):
+        body = codec.decode(msg.data, codec.content_type_of(msg.headers)) if msg.data else {}
+        grace = float(body.get("graceS", grace))
+    return drain_grace(grace)
+
+
+def log_failure(task: asyncio.Task[None]) -> None:
+    """Done-callback of the drain task: a drain that failed is logged, never lost silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("drain failed", exc_info=task.exception())
