@@ -41,10 +41,13 @@ class ChatMessage(_Wire):
     content: str
 
 
+#: Texts one embeddings request may carry (OpenAI's limit too): each costs a vector in the result.
+MAX_INPUTS = 2048
+
 Input = (
     Annotated[str, StringConstraints(min_length=1)]
-    | Annotated[list[ChatMessage], Field(min_length=1)]
-    | Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+    | Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_INPUTS)]
+    | Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1, max_length=MAX_INPUTS)]
 )
 
 
@@ -331,6 +334,8 @@ def _describe(exc: ValidationError) -> str:
     if kind == "extra_forbidden":
         return f"unknown field {field!r}"
     if field == "input" or field.startswith("input."):
+        if any(e["type"] == "too_long" for e in errors):
+            return f"field 'input' carries more than {MAX_INPUTS} items; split the request"
         return "field 'input' must be a non-empty string, a non-empty list of strings, or a list of chat messages"
     return f"field {field!r}: {first['msg']}"
 

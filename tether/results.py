@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from nats.js.errors import APIError, NotFoundError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from schemas import ResultMessage
 from streams import RESULTS
 from tether import codec, subjects
+from tether.errors import PayloadTooLarge
 from tether.jetpub import JetPublisher
 
 DEDUPE_PREFIX = "result:"
@@ -35,18 +37,40 @@ async def publish_final(
     try:  # the common case: one publish, no retry machinery
         ack = await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs)
         return not ack.duplicate
-    except Exception:
+    except Exception as exc:
+        _raise_if_permanent(exc, len(payload))
         if time.monotonic() - t0 >= budget_s:
             raise
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(max(0.0, budget_s - (time.monotonic() - t0))),
         wait=wait_exponential_jitter(initial=0.05, max=2.0),
-        retry=retry_if_exception_type(Exception),
+        retry=retry_if_exception(lambda e: not isinstance(e, PayloadTooLarge)),
         reraise=True,
     ):
         with attempt:
-            ack = await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs)
+            try:
+                ack = await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs)
+            except Exception as exc:
+                _raise_if_permanent(exc, len(payload))
+                raise
     return not ack.duplicate
+
+
+#: JetStream's "message larger than the stream allows".
+_TOO_LARGE_ERR_CODES = frozenset({10054})
+
+
+def _raise_if_permanent(exc: Exception, size: int) -> None:
+    """A result too large for the server or the stream fails the same way every time: say so at once."""
+    too_large = isinstance(exc, MaxPayloadError) or (
+        isinstance(exc, APIError) and exc.err_code in _TOO_LARGE_ERR_CODES
+    )
+    if too_large:
+        raise PayloadTooLarge(
+            f"the result is {size} bytes, more than NATS or the RESULTS stream accepts; ask for less "
+            "(fewer inputs, fewer tokens) or raise the server's max_payload",
+            field="result",
+        ) from exc
 
 
 async def fetch_final(js: JetStreamContext, job_id: str) -> ResultMessage | None:

@@ -47,6 +47,7 @@ async def _ask(nc: Client, payload: bytes, headers: dict[str, str] | None = None
         (b'{"tenantId": "demo", "modelId": "echo", "input": "x", "params": {"timeoutS": Infinity}}',
          "invalid_request", "params.timeoutS"),
         (json.dumps({**ECHO, "input": "x", "params": {"timeoutS": 1e9}}).encode(), "invalid_request", "params.timeoutS"),
+        (json.dumps({**ECHO, "input": ["a"] * 2049}).encode(), "invalid_request", "input"),
     ],
     ids=[
         "malformed-json",
@@ -65,6 +66,7 @@ async def _ask(nc: Client, payload: bytes, headers: dict[str, str] | None = None
         "top-k-over-limit",
         "timeout-infinite",
         "timeout-over-cap",
+        "too-many-inputs",
     ],
 )
 async def test_bad_requests_get_a_specific_error(

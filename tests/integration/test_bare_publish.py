@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
@@ -76,3 +77,25 @@ async def test_model_ids_with_dots_slashes_and_colons_round_trip_in_subjects() -
     subject = subjects.job_subject("acme", "Qwen/Qwen2.5-0.5B:int8", "1.0")
     assert subject == "tether.jobs.acme.Qwen~2FQwen2~2E5-0~2E5B~3Aint8.1~2E0"
     assert subjects.parse_job_subject(subject) == ("acme", "Qwen/Qwen2.5-0.5B:int8", "1.0")
+
+
+async def test_a_result_too_large_for_nats_fails_at_once_and_names_itself(nc: Client) -> None:
+    """Not retried for the whole budget: the same bytes are refused every time."""
+    import time
+
+    from schemas import ResultMessage, ResultStatus
+    from streams import apply, topology
+    from tether.errors import PayloadTooLarge
+    from tether.results import publish_final
+    from tether.settings import Settings
+
+    js = nc.jetstream()
+    await apply(js, topology(Settings(), nc._server_info))
+    huge = ResultMessage(
+        job_id="j-huge", status=ResultStatus.COMPLETED, tenant_id="demo", model_id="echo", version="1",
+        result="x" * (nc.max_payload + 1), started_at=0.0, finished_at=0.0,
+    )
+    t0 = time.monotonic()
+    with pytest.raises(PayloadTooLarge, match="more than NATS"):
+        await publish_final(js, huge, {}, budget_s=20.0)
+    assert time.monotonic() - t0 < 5.0
