@@ -30,12 +30,16 @@ class StmtResult:
 
 
 class StatementFailed(StoreError):
-    """A statement failed and its transaction was rolled back: nothing of it was applied.
+    """A statement failed and the backend knows its whole transaction rolled back:
+    nothing of it was applied.
 
     Only this failure lets the group-commit batcher retry a batch's operations one by one.
     Any other ``StoreError`` (a timeout, a lost reply, a leader lost mid-commit, a busy
-    database) may hide a committed transaction: replaying its operations could apply
-    them twice, so they fail instead.
+    database, or a statement failure after which other statements may have committed)
+    may hide committed writes: replaying its operations could apply them twice, so they
+    fail instead. A failed statement alone is not enough to raise this: rqlite, for one,
+    commits the rest of a transaction past a failing ``RETURNING`` statement (see
+    ``rqlite.py``), and only the shape of its answer tells a rollback apart.
     """
 
 
@@ -43,9 +47,11 @@ class SqlBackend(Protocol):
     async def connect(self) -> None: ...
 
     async def transaction(self, statements: Sequence[Stmt]) -> list[StmtResult]:
-        """Run every statement in one transaction; all or nothing.
+        """Run every statement in one transaction; all or nothing when it succeeds.
 
-        Raises ``StatementFailed`` when a statement failed (rolled back), ``StoreError`` otherwise.
+        Raises ``StatementFailed`` only when a statement failed and the whole transaction is
+        known to have rolled back; ``StoreError`` for any other failure, including a failed
+        statement after which the others may have committed (rqlite, see ``rqlite.py``).
         """
         ...
 

@@ -2,10 +2,26 @@
 
 Writes go to the *unified endpoint* ``POST /db/request?transaction``: every
 statement of a batch travels in one request, rqlite applies them as one Raft
-log entry inside one SQLite transaction (all or nothing: processing stops at
-the first error and the request is rolled back), and a write carrying a
-``RETURNING`` clause answers with rows (``columns``/``values``) instead of
-``rows_affected``. Reads go to ``POST /db/query?level=...``.
+log entry inside one SQLite transaction, and a write carrying a ``RETURNING``
+clause answers with rows (``columns``/``values``) instead of ``rows_affected``.
+Reads go to ``POST /db/query?level=...``.
+
+That transaction is not all or nothing (rqlite ``db/db.go``, ``DB.Request``):
+
+* a statement that fails to *execute* rolls the request back and stops it, so
+  its ``error`` is the last result and fewer results come back than statements
+  were sent -- the only answer read as "rolled back" (``StatementFailed``);
+* a failing ``RETURNING`` statement (run as a query, rqlite issue #2530) and, in
+  older servers, a statement that fails to prepare, are recorded as an
+  ``error`` result and the request goes on: the other statements commit.
+
+Any other answer holding an ``error`` therefore becomes a plain ``StoreError``
+(nothing is replayed), as does an ``error`` on the last statement when every
+statement answered, which cannot be told apart from an abort.
+
+``connect()`` checks once, with a temporary table it drops in the same request,
+that the server answers ``RETURNING`` with rows (rqlite 8 or later), so an older
+server is refused before Tether writes anything.
 
 Wire shapes (rqlite docs, "Accessing rqlite"; rqlite ``command/encoding/json.go``):
 
@@ -49,6 +65,16 @@ _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 
 # Our consistency names -> rqlite ``level`` values (see the module docstring).
 LEVELS: dict[str, str] = {"none": "none", "weak": "weak", "strong": "linearizable"}
+
+# connect()'s RETURNING check: one transaction that leaves nothing behind. A TEMP table lives
+# only on rqlite's write connection (never in the database file or a snapshot), and unqualified
+# names resolve to it before any table of the main schema.
+RETURNING_PROBE: tuple[Stmt, ...] = (
+    Stmt("CREATE TEMP TABLE IF NOT EXISTS tether_probe (x INTEGER)"),
+    Stmt("INSERT INTO tether_probe (x) VALUES (1) RETURNING x"),
+    Stmt("DROP TABLE IF EXISTS temp.tether_probe"),
+)
+_NO_RETURNING = "this rqlite server does not support RETURNING (Tether needs rqlite 8 or later)"
 
 
 # ---- pure encode / decode (no I/O) ----------------------------------------------------------
@@ -108,7 +134,7 @@ def encode_statements(statements: Sequence[Stmt]) -> list[list[Any]]:
     return [[st.sql, *(_param(p) for p in st.params)] for st in statements]
 
 
-def _response_error(body: Any) -> dict[str, Any]:
+def _results(body: Any) -> list[Any]:
     if not isinstance(body, dict):
         raise StoreError(f"unexpected rqlite response: {body!r:.200}")
     if body.get("error"):
@@ -116,23 +142,41 @@ def _response_error(body: Any) -> dict[str, Any]:
     results = body.get("results")
     if not isinstance(results, list):
         raise StoreError(f"rqlite response has no results: {body!r:.200}")
-    for res in results:
-        if isinstance(res, dict) and res.get("error"):
-            raise StatementFailed(f"rqlite statement failed: {res['error']}")  # the transaction rolled back
-    return body
+    return results
+
+
+def _error_of(res: Any) -> str | None:
+    return str(res["error"]) if isinstance(res, dict) and res.get("error") else None
 
 
 def decode_request_results(body: Any, statements: Sequence[Stmt]) -> list[StmtResult]:
-    """Map a ``/db/request`` response to one ``StmtResult`` per statement.
+    """Map a ``/db/request?transaction`` response to one ``StmtResult`` per statement.
 
-    Raises ``StoreError`` when any statement failed (rqlite has then rolled back
-    the whole transaction), when the results do not match the statements, or
-    when a ``RETURNING`` statement came back as a plain write (an rqlite too old
-    to return rows for it: the caller would silently see "no rows").
+    Raises ``StatementFailed`` only for the shape of a rollback: the last result is
+    an error and fewer results came back than statements were sent (rqlite stops at
+    the statement whose failure rolled the request back). Any other error result
+    raises a plain ``StoreError``: rqlite went on past it, so the other statements
+    may have committed (see the module docstring). Also raises ``StoreError`` when
+    the results do not match the statements, or when a ``RETURNING`` statement came
+    back as a plain write (a server that ignores RETURNING; the write has then been
+    applied, so this is no rollback either: ``connect()`` refuses such servers first).
     """
-    results = _response_error(body)["results"]
-    if len(results) != len(statements):
-        raise StoreError(f"rqlite returned {len(results)} results for {len(statements)} statements")
+    results = _results(body)
+    n = len(statements)
+    failures = [(i, err) for i, res in enumerate(results) if (err := _error_of(res)) is not None]
+    if failures:
+        i, err = failures[-1]
+        if len(results) < n and i == len(results) - 1:
+            raise StatementFailed(
+                f"rqlite statement {i + 1} of {n} failed, the transaction rolled back: {err}"
+            )
+        i, err = failures[0]
+        raise StoreError(
+            f"rqlite statement {i + 1} of {n} failed without a rollback; the other statements "
+            f"may have committed: {err}"
+        )
+    if len(results) != n:
+        raise StoreError(f"rqlite returned {len(results)} results for {n} statements")
     out: list[StmtResult] = []
     for st, res in zip(statements, results, strict=True):
         if not isinstance(res, dict):
@@ -142,8 +186,7 @@ def decode_request_results(body: Any, statements: Sequence[Stmt]) -> list[StmtRe
             out.append(StmtResult(rowcount=len(rows), rows=rows))
         elif _RETURNING.search(st.sql):
             raise StoreError(
-                "rqlite answered a RETURNING statement without rows; "
-                "this server does not support RETURNING (rqlite 8 or later does)"
+                f"rqlite answered a RETURNING statement without rows (it may have committed); {_NO_RETURNING}"
             )
         else:
             out.append(StmtResult(rowcount=int(res.get("rows_affected") or 0)))
@@ -152,10 +195,12 @@ def decode_request_results(body: Any, statements: Sequence[Stmt]) -> list[StmtRe
 
 def decode_query_rows(body: Any) -> list[dict[str, Any]]:
     """Map a single-statement ``/db/query`` response to a list of row dicts."""
-    results = _response_error(body)["results"]
+    results = _results(body)
     if len(results) != 1 or not isinstance(results[0], dict):
         raise StoreError(f"rqlite returned {len(results)} results for one query")
     res = results[0]
+    if (err := _error_of(res)) is not None:
+        raise StoreError(f"rqlite query failed: {err}")
     cols = list(res.get("columns") or ())
     return [dict(zip(cols, row, strict=True)) for row in res.get("values") or ()]
 
@@ -169,6 +214,14 @@ def _is_no_leader(text: str) -> bool:
 
 
 class RqliteBackend:
+    """``SqlBackend`` over rqlite's HTTP API.
+
+    ``check_returning``: have ``connect()`` run ``RETURNING_PROBE`` (one write request that
+    leaves nothing behind) and refuse a server that does not answer RETURNING with rows.
+    On by default (``from_url()``, the way Tether opens a store, included); a caller faking
+    the HTTP layer may turn it off so that it sees no write it did not ask for.
+    """
+
     def __init__(
         self,
         hosts: Sequence[str],
@@ -176,20 +229,22 @@ class RqliteBackend:
         auth: tuple[str, str] | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        check_returning: bool = True,
     ) -> None:
         if not hosts:
             raise StoreError("RqliteBackend needs at least one host")
         self.hosts = tuple(h.rstrip("/") for h in hosts)
         self.auth = auth
         self.timeout = timeout
+        self.check_returning = check_returning
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._current = 0  # index of the host that answered last
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 10.0) -> RqliteBackend:
+    def from_url(cls, url: str, *, timeout: float = 10.0, check_returning: bool = True) -> RqliteBackend:
         target = parse_url(url)
-        return cls(target.hosts, auth=target.auth, timeout=timeout)
+        return cls(target.hosts, auth=target.auth, timeout=timeout, check_returning=check_returning)
 
     async def connect(self) -> None:
         if self._client is not None:
@@ -202,6 +257,8 @@ class RqliteBackend:
         )
         try:
             await self._ready()
+            if self.check_returning:
+                await self._check_returning()
         except BaseException:
             await self.close()
             raise
@@ -213,12 +270,31 @@ class RqliteBackend:
         if resp.status_code != 200:
             raise StoreError(f"rqlite node not ready: HTTP {resp.status_code}: {resp.text.strip()[:200]}")
 
+    async def _check_returning(self) -> None:
+        """Refuse, before any write, a server that would run RETURNING as a plain write."""
+        data = await self._request(RETURNING_PROBE)  # transport errors (no leader, ...) pass as they are
+        try:
+            rows = decode_request_results(data, RETURNING_PROBE)[1].rows
+            if rows != [(1,)]:
+                raise StoreError(f"the RETURNING statement answered {rows!r} instead of [(1,)]")
+        except StoreError as exc:
+            detail = str(exc) if _NO_RETURNING in str(exc) else f"{_NO_RETURNING}: {exc}"
+            raise StoreError(f"rqlite failed the RETURNING check at connect: {detail}") from exc
+
     async def transaction(self, statements: Sequence[Stmt]) -> list[StmtResult]:
+        """Run ``statements`` in one rqlite transaction (see the module docstring for
+        what rqlite rolls back, and ``decode_request_results`` for the errors)."""
         if not statements:
             return []
+        return decode_request_results(await self._request(statements), statements)
+
+    async def _request(self, statements: Sequence[Stmt]) -> Any:
+        if any(not st.sql.strip() for st in statements):
+            # rqlite skips an empty statement without a result: the answer could no longer
+            # be matched to the statements, nor a rollback told apart from a partial commit
+            raise StoreError("refusing to send an empty SQL statement to rqlite")
         body = encode_statements(statements)
-        data = await self._post_json(f"/db/request?transaction&timeout={self._server_timeout()}", body)
-        return decode_request_results(data, statements)
+        return await self._post_json(f"/db/request?transaction&timeout={self._server_timeout()}", body)
 
     async def query(
         self, sql: str, params: Sequence[Any] = (), *, consistency: Consistency = "weak"
