@@ -63,7 +63,14 @@ def cmd_nats(args: argparse.Namespace) -> int:
     s = _settings(args)
     log_file = s.home / "logs" / "nats-server.log"
     server = NatsServer(
-        store_dir=s.home / "jetstream", port=args.port or s.nats_port, log_file=log_file, die_with_parent=True
+        store_dir=s.home / "jetstream",
+        port=args.port or s.nats_port,
+        host=args.host,
+        log_file=log_file,
+        die_with_parent=True,
+        server_name=args.name,
+        cluster_port=args.cluster_port or 0,
+        routes=[r.strip() for r in (args.routes or "").split(",") if r.strip()],
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -79,6 +86,8 @@ def cmd_nats(args: argparse.Namespace) -> int:
             f"nats-server listening on {server.url} (JetStream store {s.home / 'jetstream'}, log {log_file})",
             flush=True,
         )
+        if server.cluster_port:
+            print(f"cluster {server.cluster_name}: routes on {server.cluster_url} to {server.routes}", flush=True)
         while not stop.wait(0.5):
             if server.proc is not None and server.proc.poll() is not None:
                 print(
@@ -269,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("nats", help="run nats-server with JetStream (data under TETHER_HOME)")
     n.add_argument("--port", type=_port, help="port (default TETHER_NATS_PORT or 4222)")
+    n.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    n.add_argument("--name", help="this node's server name (each node of a cluster needs its own)")
+    n.add_argument("--cluster-port", type=_port, help="join a JetStream cluster: listen for routes on this port")
+    n.add_argument("--routes", help="the other nodes' cluster URLs, comma-separated (nats://b:6222,nats://c:6222)")
     n.set_defaults(fn=cmd_nats)
 
     g = sub.add_parser("gateway", parents=[insecure], help="run a gateway (tether.infer; with --http also the HTTP API)")

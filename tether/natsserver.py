@@ -93,6 +93,13 @@ class NatsServer:
     config: Path | None = DEV_CONFIG
     extra_args: list[str] = field(default_factory=list)
     log_file: Path | None = None
+    #: Cluster membership (``cluster_port`` 0: a single server). Each node of a JetStream cluster
+    #: needs its own ``server_name``; ``routes`` are the other nodes' cluster URLs.
+    server_name: str | None = None
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    cluster_name: str = "tether"
+    cluster_host: str | None = None  # defaults to ``host``
     die_with_parent: bool = False  # Linux: SIGTERM it when the process that started it dies, even by SIGKILL
     proc: subprocess.Popen[bytes] | None = None
 
@@ -112,7 +119,8 @@ class NatsServer:
         cmd = [server_binary()]
         if self.config is not None:
             cmd += ["-c", str(self.config)]
-        cmd += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir), *self.extra_args]
+        cmd += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        cmd += self.cluster_args() + self.extra_args
         pre = die_with_parent if self.die_with_parent else None
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +148,19 @@ class NatsServer:
             )
             raise RuntimeError(why + (f" (its log: {self.log_file})" if self.log_file else "")) from exc
         return self
+
+    @property
+    def cluster_url(self) -> str:
+        return f"nats://{self.cluster_host or self.host}:{self.cluster_port}"
+
+    def cluster_args(self) -> list[str]:
+        """nats-server's flags for this node's name and cluster (they override the config file's)."""
+        args = ["--server_name", self.server_name] if self.server_name else []
+        if self.cluster_port:
+            args += ["--cluster", self.cluster_url, "--cluster_name", self.cluster_name]
+            if self.routes:
+                args += ["--routes", ",".join(self.routes)]
+        return args
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
