@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 from typing import Any
@@ -219,28 +218,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(_connected(_settings(args), go))
 
 
-def cmd_drain(args: argparse.Namespace) -> int:
-    from tether import codec, subjects
-
-    async def go(nc: Any, js: Any) -> int:
-        subject = subjects.control_subject("drain", args.worker_id)
-        body = codec.encode({"graceS": args.grace})
-        if args.worker_id == "all":
-            await nc.publish(subject, body)
-            await nc.flush()
-            print("drain ordered for every worker")
-            return 0
-        try:
-            reply = await nc.request(subject, body, timeout=5.0)
-        except Exception as exc:
-            print(f"error [unavailable]: worker {args.worker_id} did not answer: {exc}", file=sys.stderr)
-            return 1
-        print(reply.data.decode())
-        return 0
-
-    return asyncio.run(_connected(_settings(args), go))
-
-
 def cmd_apikeys(args: argparse.Namespace) -> int:
     from tether.ops import cmd_keys as run
 
@@ -260,6 +237,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tether.artifacts.cli import add_parser as add_models
     from tether.certs import add_parser as add_certs
+    from tether.control_cli import add_parser as add_control
+    from tether.control_cli import seconds
     from tether.keys_cli import add_parser as add_keys
 
     p = argparse.ArgumentParser(prog="tether", description="Many machines, one inference service, over NATS.")
@@ -294,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--models", help="comma-separated model specs (default TETHER_MODELS or echo)")
     w.add_argument("--region", help="region label (default TETHER_REGION or local)")
     w.add_argument("--name", default="worker", help="identity name under TETHER_HOME/keys (default worker)")
-    w.add_argument("--grace", type=_seconds, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
+    w.add_argument("--grace", type=seconds, default=30.0, help="seconds to finish in-flight jobs on SIGTERM")
     w.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="weights' dtype (all models)")
     w.add_argument(
         "--quantize", choices=["8bit", "4bit"], help="bitsandbytes quantization (CUDA only; refused without a GPU)"
@@ -343,10 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(fn=cmd_dlq)
 
-    dn = sub.add_parser("drain", help="tell a worker (or 'all') to finish its jobs and stop")
-    dn.add_argument("worker_id", help="worker id as shown by `tether status`, or all")
-    dn.add_argument("--grace", type=_seconds, default=30.0, help="seconds to finish in-flight jobs (default 30)")
-    dn.set_defaults(fn=cmd_drain)
+    add_control(sub)  # drain, evict
 
     k = sub.add_parser("apikeys", help="API keys for the HTTP gateway (stored hashed in NATS)")
     ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="SUBCOMMAND")
@@ -368,13 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sub)
     add_certs(sub)
     return p
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, at least 0)")
-    return value
 
 
 def _port(text: str) -> int:

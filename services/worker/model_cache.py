@@ -226,6 +226,25 @@ class ModelCache:
             )
             await self._changed(entry)
 
+    async def evict(self, key: Key, reason: str = "evicted by an operator") -> str | None:
+        """Unload ``key`` now (``tether evict``); None when done, else why not (it stays as it is).
+
+        A pinned model or one running a job is never evicted; an evicted model stays served and
+        loads again on its next job.
+        """
+        async with self._lock:  # not in the middle of a load and its own evictions
+            entry = self.models.get(key)
+            if entry is None:
+                return f"this worker does not serve {key[0]}:{key[1]}"
+            if entry.pinned:
+                return f"{key[0]}:{key[1]} is pinned"
+            if entry.state is not ModelState.WARM:
+                return f"{key[0]}:{key[1]} is {entry.state}, not warm"
+            if entry.inflight:
+                return f"{key[0]}:{key[1]} is running {entry.inflight} job(s)"
+            await self._evict(entry, reason)
+            return None
+
     async def _evict(self, entry: CachedModel, reason: str) -> None:
         runtime, entry.runtime = entry.runtime, None
         entry.state, entry.detail = ModelState.EVICTED, reason

@@ -34,6 +34,7 @@ from services.worker.admission import BenchmarkResult, run_benchmark
 from services.worker.artifacts import artifact_cache
 from services.worker.artifacts import resolve as resolve_artifact
 from services.worker.cancellation import CancelBoard, raise_if_cancelled
+from services.worker.control import on_evict
 from services.worker.device_support import resolve_device
 from services.worker.draining import drain_grace, grace_of, log_failure
 from services.worker.model_cache import CachedModel, ModelCache
@@ -154,10 +155,12 @@ class Worker:
         await self.dispatch_gate.start(self.js, self.settings)
         self._control_subs.append(await nc.subscribe(subjects.control_wildcard("cancel"), cb=self.cancels.on_message))
         self._sub = await subscribe_inline(nc, subjects.dispatch_subject(self.worker_id), self._on_dispatch)
+        async def evict(msg: Msg) -> None:
+            await on_evict(self.cache, self.worker_id, msg)
+
         for target in (self.worker_id, "all"):
-            self._control_subs.append(
-                await nc.subscribe(subjects.control_subject("drain", target), cb=self._on_drain)
-            )
+            for action, cb in (("drain", self._on_drain), ("evict", evict)):
+                self._control_subs.append(await nc.subscribe(subjects.control_subject(action, target), cb=cb))
         self.state = WorkerState.RUNNING
         await self.herald.beat()
         self._tasks.spawn(self.herald.run(), name="heartbeat")

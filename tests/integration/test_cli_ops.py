@@ -20,7 +20,7 @@ COMMANDS = [
     ["apikeys", "revoke"], ["keys"], ["keys", "gen"], ["keys", "allow"],
     ["keys", "deny"], ["keys", "show"], ["keys", "list"], ["keys", "fleet"], ["models"], ["models", "publish"],
     ["models", "verify"], ["certs"], ["certs", "gen"], ["certs", "users"], ["bench"], ["dlq", "show"],
-    ["dlq", "retry"], ["drain"],
+    ["dlq", "retry"], ["drain"], ["evict"],
 ]
 
 

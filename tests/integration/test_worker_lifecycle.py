@@ -132,3 +132,29 @@ async def test_a_job_accepted_as_the_worker_closes_is_reported_handed_back(harne
     await worker.close()  # in the same loop turn: the job's task never took a step
     report = await harness.report_of("j-x")
     assert not report.ok and report.error is not None and "handed back" in report.error.message
+
+
+async def test_evict_unloads_a_warm_model_that_then_loads_again_on_demand(harness: Harness) -> None:
+    from schemas import ModelState
+    from tether.control_cli import order
+
+    worker, key = harness.worker, ("echo", "1")
+    [answer] = await order(harness.nc, "evict", worker.worker_id, {"modelId": "echo"})
+    assert answer == {"workerId": worker.worker_id, "evicted": True, "modelId": "echo", "version": "1"}
+    assert worker.cache.get(key).state is ModelState.EVICTED  # type: ignore[union-attr]
+
+    await harness.send("j-after-evict")  # still served: it loads again for the job
+    assert (await harness.report_of("j-after-evict")).ok
+    assert worker.cache.get(key).state is ModelState.WARM  # type: ignore[union-attr]
+
+    await harness.send("j-busy")
+    while not worker.cache.get(key).inflight:  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)
+    answers = await order(harness.nc, "evict", "all", {"modelId": "echo", "version": "1"})
+    assert [(a["evicted"], "running" in a["reason"]) for a in answers] == [(False, True)], answers
+    assert (await harness.report_of("j-busy")).ok  # the job it was running is untouched
+
+    [unknown] = await order(harness.nc, "evict", worker.worker_id, {"modelId": "nope"})
+    assert unknown["evicted"] is False and "does not serve" in unknown["reason"]
+    [malformed] = await order(harness.nc, "evict", worker.worker_id, {"version": "1"})
+    assert malformed["evicted"] is False and "modelId" in malformed["reason"]

@@ -108,6 +108,9 @@ async def test_pinned_models_load_even_over_budget_and_unknown_models_are_refuse
         assert cache.used() == 3 * model_size
         with pytest.raises(errors.ModelUnknown):
             await cache.ensure(("nope", "1"))
+        name = next(iter(tiny_dirs))
+        assert await cache.evict((name, "1")) == f"{name}:1 is pinned"  # an operator's evict is refused
+        assert _states(cache)[name] is ModelState.WARM
     finally:
         await cache.close()
 
