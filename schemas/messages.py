@@ -127,6 +127,7 @@ class InferReply(_Internal):
     requested_model_id: str | None = None  # set when another model served it (an alias, or degraded)
     requested_version: str | None = None
     degraded: bool | None = None  # true when the queue was deep and the tenant's policy allowed a fallback
+    canary: bool | None = None  # true when a canary rollout sent it to the new version
 
 
 class ResultStatus(StrEnum):

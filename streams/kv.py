@@ -7,6 +7,7 @@
 | ``tether_idempotency`` | ``i.<job id>`` | SHA-256 of the first request body sent with that key |
 | ``tether_gateways`` | ``g.<gateway id>`` | the gateway's SLI snapshot, rewritten every few seconds |
 | ``tether_resume`` | ``r.<sha256 of the job id>`` | a parked streaming job's delivered prefix (schedulers only) |
+| ``tether_canary`` | ``canaries`` | every canary rollout, by model id (``services/gateway/canary.py``; compare-and-set) |
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ IDEMPOTENCY_BUCKET = "tether_idempotency"
 GATEWAYS_BUCKET = "tether_gateways"
 GATEWAY_SNAPSHOT_TTL_S = 30.0
 RESUME_BUCKET = "tether_resume"
+CANARY_BUCKET = "tether_canary"
 
 
 def kv_buckets(settings: Settings, server_info: dict[str, object] | None = None) -> tuple[KeyValueConfig, ...]:
@@ -49,6 +51,13 @@ def kv_buckets(settings: Settings, server_info: dict[str, object] | None = None)
             description="Idempotency key -> fingerprint of the first request body",
             history=1,
             ttl=settings.results_max_age_s,
+            storage=StorageType.FILE,
+            replicas=r,
+        ),
+        KeyValueConfig(
+            bucket=CANARY_BUCKET,
+            description="Canary rollouts: traffic shares and error budgets per model",
+            history=5,
             storage=StorageType.FILE,
             replicas=r,
         ),

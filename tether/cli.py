@@ -236,6 +236,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tether.artifacts.cli import add_parser as add_models
+    from tether.canary_cli import add_parser as add_canary
     from tether.certs import add_parser as add_certs
     from tether.control_cli import add_parser as add_control
     from tether.control_cli import seconds
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys(sub)
     add_models(sub)
     add_certs(sub)
+    add_canary(sub)
     return p
 
 

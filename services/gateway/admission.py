@@ -15,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from schemas import InferReply, InferRequest
 from services.gateway.backlog import Backlog
+from services.gateway.canary import CanaryRouter
 from services.gateway.config import GatewayConfig, ModelKey, QuotaRule
 from services.gateway.quota import SharedBuckets
 from streams.kv import IDEMPOTENCY_BUCKET
@@ -38,6 +40,7 @@ class Admitted:
     requested: ModelKey  # what the client asked for
     degraded: bool = False
     quota: tuple[QuotaRule, ...] = ()  # the buckets it took a token from (given back if refused later)
+    canary: bool = False  # sent to a canary version by a rollout (``canary.py``)
 
     def annotate(self, reply: InferReply) -> InferReply:
         """Say in the reply which model served when it is not the one requested."""
@@ -48,6 +51,7 @@ class Admitted:
                 "requested_model_id": self.requested[0],
                 "requested_version": self.requested[1],
                 "degraded": self.degraded or None,
+                "canary": self.canary or None,
             }
         )
 
@@ -64,17 +68,25 @@ class Admission:
         self.config = config
         self.fleet = fleet
         self.quotas = SharedBuckets(config)
+        self.canaries = CanaryRouter()
         self._backlog: Backlog | None = None
         self._keys: KeyValue | None = None
 
-    async def start(self, js: JetStreamContext) -> None:
+    async def start(self, js: JetStreamContext, nc: Client | None = None) -> None:
         await self.quotas.start(js)
+        if nc is not None:
+            await self.canaries.start(nc, js)
         self._backlog = Backlog(js, ttl_s=self.config.backlog_ttl_s)
         self._keys = await js.key_value(IDEMPOTENCY_BUCKET)
 
     async def admit(self, req: InferRequest) -> Admitted:
         requested = (req.model_id, req.version)
         target = self.config.aliases.get(requested, requested)
+        version, canary = self.canaries.route(*target)
+        if canary and self.fleet.knows_model(target[0], version):  # a canary nobody serves is not tried
+            target = (target[0], version)
+        else:
+            canary = False
         if not self.fleet.knows_model(*target):
             raise ModelUnknown(
                 f"modelId {req.model_id!r} version {req.version!r} is not served by any worker",
@@ -82,7 +94,8 @@ class Admission:
             )
         taken = await self.quotas.admit(req.tenant_id, target)
         try:
-            return await self._shed_or_degrade(req, requested, target, taken)
+            admitted = await self._shed_or_degrade(req, requested, target, taken)
+            return replace(admitted, canary=True) if canary and not admitted.degraded else admitted
         except BaseException:  # shed, or the backlog could not be read: the request was not queued
             with contextlib.suppress(Exception):
                 await self.quotas.refund(taken, req.tenant_id)

@@ -78,7 +78,7 @@ class Gateway:
         await apply(self.js, topology(self.settings, nc._server_info))
         await apply_kv(self.js, kv_buckets(self.settings, nc._server_info))
         await self.fleet.start(nc, self.js)
-        await self.admission.start(self.js)
+        await self.admission.start(self.js, nc)
         self._result_sub = await subscribe_inline(nc, subjects.RESULTS_ALL, self._on_result)
         for subject in (subjects.INFER, subjects.INFER_TENANT_ALL):
             self._subs.append(await subscribe_inline(nc, subject, self._on_infer, queue=QUEUE_GROUP))
@@ -100,6 +100,7 @@ class Gateway:
                 await self._result_sub.unsubscribe()
         await self._background.close()
         await self.fleet.stop()
+        await self.admission.canaries.stop()
         for futs in self._pending.values():
             for f in futs:
                 f.cancel()
@@ -179,7 +180,13 @@ class Gateway:
             if on_job is not None:
                 await on_job(job_id)
             queued = True  # _run gives the tokens back if JetStream refuses the job; a lost ack keeps them
-            return await self._run(req, job_id, headers, t0, admitted)
+            try:
+                reply = await self._run(req, job_id, headers, t0, admitted)
+            except TetherError as exc:
+                self._judge(admitted, exc.code)
+                raise
+            self._judge(admitted, None)
+            return reply
         except BaseException:
             if not queued:
                 with contextlib.suppress(Exception):
@@ -249,6 +256,13 @@ class Gateway:
                     futs.remove(fut)
                 if not futs:
                     del self._pending[job_id]
+
+    def _judge(self, admitted: Admitted, code: str | None) -> None:
+        """Count an outcome against a canary rollout; a verdict is written off the reply's path."""
+        served = admitted.request
+        decided = self.admission.canaries.record(served.model_id, served.version, code)
+        if decided is not None:
+            self._background.spawn(self.admission.canaries.apply(decided), name="canary-verdict")
 
     def waiting_on(self, job_id: str) -> int:
         """How many requests still wait for ``job_id``'s result here."""

@@ -20,7 +20,8 @@ COMMANDS = [
     ["apikeys", "revoke"], ["keys"], ["keys", "gen"], ["keys", "allow"],
     ["keys", "deny"], ["keys", "show"], ["keys", "list"], ["keys", "fleet"], ["models"], ["models", "publish"],
     ["models", "verify"], ["certs"], ["certs", "gen"], ["certs", "users"], ["bench"], ["dlq", "show"],
-    ["dlq", "retry"], ["drain"], ["evict"],
+    ["dlq", "retry"], ["drain"], ["evict"], ["canary"], ["canary", "start"], ["canary", "set"],
+    ["canary", "promote"], ["canary", "abort"], ["canary", "end"], ["canary", "list"],
 ]
 
 

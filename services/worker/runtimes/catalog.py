@@ -108,11 +108,12 @@ BUILTIN_IDS: tuple[str, ...] = tuple(_BUILTINS)
 def builtin_spec(model_id: str, version: str = "1", *, convert_cache: str | None = None) -> ModelSpec:
     """The built-in ``model_id:version``; ModelUnknown if unknown or its package is missing."""
     factory = _BUILTINS.get(model_id)
-    if factory is None or version != "1":
+    if factory is None or (version != "1" and model_id != "echo"):
         raise errors.ModelUnknown(
-            f"unknown built-in model {model_id}:{version}; built-ins are {', '.join(BUILTIN_IDS)} (version 1)"
+            f"unknown built-in model {model_id}:{version}; built-ins are {', '.join(BUILTIN_IDS)} "
+            "(version 1; echo in any version, to try rollouts)"
         )
-    spec = factory()
+    spec = replace(factory(), version=version)
     return replace(spec, convert_cache=convert_cache) if spec.gguf_file else spec
 
 

@@ -1,0 +1,77 @@
+"""Canary rollouts through the whole system and the real CLI: a failing canary rolls itself back,
+a healthy one steps up to promotion (DESIGN.md: "progressive canary ... via control topic")."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+from nats.aio.client import Client
+
+from tests.conftest import start_system
+from tests.proc_helpers import run_tether, tether_env
+from tether import client
+from tether.errors import TetherError
+from tether.settings import Settings
+
+
+async def _cli(settings: Settings, *args: str) -> list[dict[str, Any]]:
+    env = tether_env(settings.home, url=settings.url)
+    r = await asyncio.to_thread(run_tether, "canary", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+async def _ask(nc: Client, i: int) -> dict[str, Any] | str:
+    try:
+        return await client.infer(nc, model="echo", version="1", input=f"x{i}", timeout=20)
+    except TetherError as exc:
+        return exc.code
+
+
+async def test_a_failing_canary_rolls_itself_back(settings: Settings, nc: Client) -> None:
+    settings = dataclasses.replace(settings, max_attempts=1)
+    system = await start_system(settings, ["echo:1", "echo:2;fail=always"])
+    try:
+        [started] = await _cli(
+            settings, "start", "echo", "--stable", "1", "--canary", "2", "--weight", "50",
+            "--budget", "0.2", "--min-requests", "4",
+        )
+        assert started["state"] == "running" and started["weight"] == 50.0
+        await asyncio.sleep(0.3)  # the gateway was told on tether.control.canary.echo
+        outcomes = [await _ask(nc, i) for i in range(30)]
+        failed = [o for o in outcomes if isinstance(o, str)]
+        assert failed and all(code in ("worker_failed", "dead_lettered") for code in failed), failed
+        [listed] = await _cli(settings, "list")
+        assert listed["state"] == "rolled_back" and listed["weight"] == 0.0, listed
+        assert "exceeds the budget" in listed["reason"]
+        after = [await _ask(nc, i) for i in range(10)]  # every request on the stable version again
+        assert all(isinstance(r, dict) and r["version"] == "1" and not r.get("canary") for r in after), after
+    finally:
+        await system.close()
+
+
+async def test_a_healthy_canary_steps_up_to_promotion(settings: Settings, nc: Client) -> None:
+    system = await start_system(settings, ["echo:1", "echo:3"])
+    try:
+        await _cli(
+            settings, "start", "echo", "--stable", "1", "--canary", "3", "--weight", "50",
+            "--step", "50", "--min-requests", "3",
+        )
+        await asyncio.sleep(0.3)
+        replies = [await _ask(nc, i) for i in range(40)]
+        assert all(isinstance(r, dict) for r in replies), replies
+        on_canary = [r for r in replies if isinstance(r, dict) and r["version"] == "3"]
+        assert on_canary and all(r["canary"] is True and r["requestedVersion"] == "1" for r in on_canary)
+        [listed] = await _cli(settings, "list")
+        assert listed["state"] == "promoted" and listed["weight"] == 100.0, listed
+        last = replies[-5:]  # promoted: the stable version's requests all run on the canary
+        assert all(isinstance(r, dict) and r["version"] == "3" for r in last), last
+        [aborted] = await _cli(settings, "abort", "echo", "--reason", "enough")
+        assert aborted["state"] == "rolled_back" and aborted["reason"] == "enough"
+        await asyncio.sleep(0.3)
+        assert (await client.infer(nc, model="echo", version="1", input="y", timeout=20))["version"] == "1"
+    finally:
+        await system.close()
