@@ -111,6 +111,7 @@ class Usage(_Internal):
     tokens_out: int = 0
     finish_reason: str = "stop"
     ttft_ms: float | None = None  # time to first token on the worker (generation)
+    cold_start: bool | None = None  # true when the model was not warm on the worker (the job waited for a load)
 
 
 class InferReply(_Internal):

@@ -156,7 +156,11 @@ class Gateway:
         except TetherError as exc:
             self.slis.record(req.model_id, exc.code)
             raise
-        self.slis.record(reply.model_id, "ok", reply.latency_ms)
+        except Exception:  # a crash is an outcome too: the success rate must not skip it
+            self.slis.record(req.model_id, "internal")
+            raise
+        cold = bool(reply.usage and reply.usage.cold_start)
+        self.slis.record(reply.model_id, "ok", reply.latency_ms, cold=cold)
         return reply
 
     async def _infer(

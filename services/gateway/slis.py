@@ -1,9 +1,15 @@
-"""Service level indicators a gateway measures: latency by model, success, throttle and shed rates.
+"""Service level indicators a gateway measures: latency by model, success, throttle, shed and
+stale-cache rates.
+
+The stale-cache rate is the share of completed requests whose model was not warm in the
+worker's cache when the job reached it (evicted or never loaded: the job waited for a load).
 
 Each gateway keeps a sliding window (``WINDOW_S``) of per-second buckets with a latency
 histogram per model (fixed log-spaced bounds, so histograms of several gateways add up)
 and outcome counts. ``snapshot()`` is plain JSON; every gateway writes its own to the KV
 bucket ``tether_gateways`` and readers (the dashboard, ``tether status``) ``merge`` them.
+Since its start the gateway also keeps cumulative totals (``Totals``) for Prometheus
+(``services/gateway/http/metrics.py``), which wants counters that only grow.
 """
 
 from __future__ import annotations
@@ -30,6 +36,29 @@ WINDOW_S = 300
 BOUNDS_MS: tuple[float, ...] = tuple(round(0.5 * 1.12**i, 3) for i in range(125))
 THROTTLED = "quota_exceeded"
 SHED = "no_capacity"
+#: Prometheus histogram bounds, in seconds (its base unit), for request durations.
+PROM_BOUNDS_S: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counts since the gateway started, per model: outcomes, cold starts, a duration histogram."""
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, outcome)
+    cold: Counter[str] = field(default_factory=Counter)
+    buckets: dict[str, list[int]] = field(default_factory=dict)  # model -> count per PROM_BOUNDS_S bound
+    seconds: Counter[str] = field(default_factory=Counter)  # model -> sum of durations (s)
+
+    def add(self, model: str, outcome: str, latency_ms: float | None, cold: bool) -> None:
+        self.outcomes[(model, outcome)] += 1
+        if cold:
+            self.cold[model] += 1
+        if outcome == "ok" and latency_ms is not None:
+            counts = self.buckets.setdefault(model, [0] * (len(PROM_BOUNDS_S) + 1))  # the last: +Inf
+            counts[bisect.bisect_left(PROM_BOUNDS_S, latency_ms / 1000.0)] += 1
+            self.seconds[model] += latency_ms / 1000.0
 
 
 @dataclass(slots=True)
@@ -38,6 +67,7 @@ class _Second:
     latency: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     outcomes: Counter[str] = field(default_factory=Counter)  # "ok" or an error code
     completed: int = 0
+    cold: int = 0  # completed requests whose model was not warm on the worker
 
 
 def bucket_of(ms: float) -> int:
@@ -61,6 +91,7 @@ class Slis:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._seconds: deque[_Second] = deque()
+        self.totals = Totals()
 
     def _now_bucket(self) -> _Second:
         now = int(self._clock())
@@ -70,12 +101,14 @@ class Slis:
             self._seconds.popleft()
         return self._seconds[-1]
 
-    def record(self, model: str, outcome: str, latency_ms: float | None = None) -> None:
-        """One finished request: ``outcome`` is ``ok`` or an error code."""
+    def record(self, model: str, outcome: str, latency_ms: float | None = None, *, cold: bool = False) -> None:
+        """One finished request: ``outcome`` is ``ok`` or an error code; ``cold``: it waited for a model load."""
+        self.totals.add(model, outcome, latency_ms, cold)
         sec = self._now_bucket()
         sec.outcomes[outcome] += 1
         if outcome == "ok":
             sec.completed += 1
+            sec.cold += cold
             if latency_ms is not None:
                 sec.latency[model][bucket_of(latency_ms)] += 1
 
@@ -84,12 +117,15 @@ class Slis:
         latency: dict[str, Counter[int]] = defaultdict(Counter)
         outcomes: Counter[str] = Counter()
         per_second: dict[str, int] = {}
+        cold = 0
         for sec in self._seconds:
             for model, hist in sec.latency.items():
                 latency[model].update(hist)
             outcomes.update(sec.outcomes)
             per_second[str(sec.ts)] = sec.completed
+            cold += sec.cold
         return {
+            "cold": cold,
             "ts": self._clock(),
             "windowS": WINDOW_S,
             "latency": {m: {str(k): v for k, v in h.items()} for m, h in latency.items()},
@@ -103,9 +139,10 @@ def merge(snapshots: Iterable[dict[str, Any]], *, now: float | None = None) -> d
     latency: dict[str, Counter[int]] = defaultdict(Counter)
     outcomes: Counter[str] = Counter()
     per_second: Counter[int] = Counter()
-    gateways = 0
+    gateways = cold = 0
     for snap in snapshots:
         gateways += 1
+        cold += int(snap.get("cold") or 0)
         for model, hist in (snap.get("latency") or {}).items():
             latency[model].update({int(k): int(v) for k, v in hist.items()})
         outcomes.update({k: int(v) for k, v in (snap.get("outcomes") or {}).items()})
@@ -119,6 +156,7 @@ def merge(snapshots: Iterable[dict[str, Any]], *, now: float | None = None) -> d
         "successRate": round(outcomes.get("ok", 0) / total, 4) if total else None,
         "throttleRate": round(outcomes.get(THROTTLED, 0) / total, 4) if total else None,
         "shedRate": round(outcomes.get(SHED, 0) / total, 4) if total else None,
+        "staleCacheRate": round(cold / outcomes["ok"], 4) if outcomes.get("ok") else None,
         "outcomes": dict(outcomes),
         "latencyMs": {
             model: {

@@ -343,6 +343,7 @@ class Worker:
                     cancel=cancel,
                 )
                 raise_if_cancelled(cancel, d.job_id)  # a cancel that overtook the dispatch
+                cold = slot.state is not ModelState.WARM  # the job waits for a load: a cache miss
                 async with self.cache.use(slot.spec.key) as runtime:
                     out = await runtime.run(request)
                 raise_if_cancelled(cancel, d.job_id)  # runtimes that cannot stop midway stop here
@@ -361,6 +362,7 @@ class Worker:
                     tokens_out=out.tokens_out,
                     finish_reason=out.finish_reason,
                     ttft_ms=None if out.ttft_s is None else round(out.ttft_s * 1000, 2),
+                    cold_start=cold or None,
                 ),
                 started_at=started,
                 finished_at=time.time(),
@@ -378,14 +380,10 @@ class Worker:
         except Exception as exc:
             err = exc if isinstance(exc, TetherError) else WorkerFailed(f"{type(exc).__name__}: {exc}")
             self.failed += 1
-            log.warning(
+            log.warning(  # one line per field would push this file past its seam
                 "attempt failed",
-                extra={
-                    "job": d.job_id,
-                    "attempt": d.attempt,
-                    "error": err.message,
-                    "correlation_id": hop[telemetry.CORRELATION_ID],
-                },
+                extra={"job": d.job_id, "attempt": d.attempt, "error": err.message,
+                       "correlation_id": hop[telemetry.CORRELATION_ID]},
             )
             self._ended(d, started, err)
         else:

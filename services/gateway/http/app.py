@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from services.gateway.http import routes_dashboard, routes_infer, routes_openai
+from services.gateway.http import metrics, routes_dashboard, routes_infer, routes_openai
 from services.gateway.http.context import HttpState
 from services.gateway.http.errors import MethodNotAllowed, NotFound, openai_error, tether_error
 from services.gateway.http.openapi_docs import build_spec
@@ -37,6 +37,7 @@ def create_app(state: HttpState | None = None) -> FastAPI:
     app.include_router(routes_infer.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_dashboard.router)
+    app.include_router(metrics.router)
 
     @app.exception_handler(TetherError)
     async def on_tether_error(request: Request, exc: TetherError) -> JSONResponse:
