@@ -17,7 +17,10 @@ from pydantic.alias_generators import to_camel
 from tether.errors import InvalidRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
-JobId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s*>]+$")]
+#: A job id's longest form: its result subject (up to 3 characters per byte, encoded) stays far
+#: inside nats-server's control-line limit.
+MAX_JOB_ID = 200
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_JOB_ID, pattern=r"^[^\s*>]+$")]
 
 
 class _Wire(BaseModel):

@@ -19,11 +19,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from schemas.messages import MAX_JOB_ID
 from streams import DLQ, JOBS
 from tether import codec, subjects, telemetry
 from tether.errors import Conflict, InvalidRequest
-
-MAX_JOB_ID = 200  # schemas' JobId
 
 RETRY_OF = "Tether-Retry-Of"
 

@@ -180,6 +180,11 @@ class FleetView:
             return Health.SUSPECT
         return Health.OFFLINE
 
+    def alive(self, worker_id: str) -> bool:
+        """Known and not OFFLINE: it may still be running what it was given."""
+        entry = self._workers.get(worker_id)
+        return entry is not None and self.health(entry) is not Health.OFFLINE
+
     def trusted(self, entry: WorkerEntry) -> bool:
         """Does the live trust store (allowlist file, TETHER_TRUST bucket, run-time changes) still
         allow the key that signed this worker's heartbeats? A key denied or dropped since its last

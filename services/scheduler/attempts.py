@@ -126,7 +126,7 @@ class AttemptRunner:
                 )
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
                 # it may yet have started it: stop it, so the job does not run twice
-                await self._cancel(key.job_id, attempt, "re-placed: the worker did not accept in time")
+                await self.cancel(key.job_id, attempt, "re-placed: the worker did not accept in time")
                 return err
             ack = watch.accepted.result()
             if not ack.accepted:
@@ -140,7 +140,7 @@ class AttemptRunner:
                 )
             except WorkerOffline as off:
                 await self.store.fail_attempt(key.job_id, attempt, off.code, off.message, time.time())
-                await self._cancel(key.job_id, attempt, f"re-placed: {off.message}")
+                await self.cancel(key.job_id, attempt, f"re-placed: {off.message}")
                 return off
             if isinstance(report, ResultMessage):  # its report was lost; its result is stored
                 await outcomes.record_final(self.store, t, report, attempt)
@@ -152,7 +152,7 @@ class AttemptRunner:
                     return None
                 err = Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
-                await self._cancel(key.job_id, attempt, "re-placed: execution timeout")
+                await self.cancel(key.job_id, attempt, "re-placed: execution timeout")
                 return err
             if report.ok:
                 await self.store.finish(
@@ -180,7 +180,7 @@ class AttemptRunner:
         if self.progress is not None:
             await (self.progress.park(job_id) if handed_back else self.progress.forget(job_id))
 
-    async def _cancel(self, job_id: str, attempt: int, reason: str) -> None:
+    async def cancel(self, job_id: str, attempt: int, reason: str) -> None:
         """Stop an abandoned attempt (if its worker still runs it) so it frees its slot."""
         if self.nc is None:
             return

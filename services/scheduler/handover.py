@@ -11,6 +11,7 @@ succeed (its result, once stored, ends the job at the next delivery).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tether.errors import NoCapacity, WorkerFailed
@@ -60,6 +61,36 @@ async def not_ours(store: JobStore, job_id: str) -> None:
 def spent(history: list[dict[str, Any]]) -> int:
     """How many attempts count against ``max_attempts``: all but those a worker refused for capacity."""
     return sum(1 for row in history if row["error_code"] != NoCapacity.code)
+
+
+async def wait_for_open_attempt(
+    store: JobStore, settings: Settings, job_id: str, alive: Callable[[str], bool]
+) -> tuple[int, str] | None:
+    """For a redelivered job: its last attempt may still be running on a live worker.
+
+    A scheduler that died (or drained) left that attempt running; its result, once stored,
+    ends the job at a later delivery. Starting another attempt now would run the job twice,
+    so this raises ``Requeue`` while the attempt is open, within its expiry and its worker
+    alive. Returns ``(attempt, worker)`` of an open attempt given up on (expired, or its
+    worker gone), for the caller to cancel, else None.
+    """
+    history = await store.attempts(job_id)
+    last = history[-1] if history else None
+    if last is None or last["finished_at"] is not None:
+        return None
+    now = time.time()
+    expires = float(last["expires_at"] or 0)
+    if expires > now and alive(str(last["worker_id"])):
+        # looked at again at the expiry, or sooner for a long one (each look is one delivery)
+        raise Requeue(min(max(1.0, expires - now), max(settings.job_lease_s, 10.0)))
+    return int(last["attempt"]), str(last["worker_id"])
+
+
+def capacity_wait_since(enqueued_at: float, history: list[dict[str, Any]]) -> float:
+    """When a job began waiting for capacity: stored, or its last spent attempt's end (a job whose
+    worker died after a long run waits its full ``queue_wait_s`` for another, not what is left)."""
+    ends = [float(a["finished_at"]) for a in history if a["finished_at"] and a["error_code"] != NoCapacity.code]
+    return max([enqueued_at, *ends])
 
 
 async def attempts_used_up(

@@ -15,8 +15,9 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from schemas import JobSubmission, parse
+from schemas.messages import MAX_JOB_ID
 from tether import codec, subjects, telemetry
-from tether.errors import TetherError
+from tether.errors import InvalidRequest, TetherError
 from tether.limits import check_params, check_size
 from tether.settings import Settings
 from tether.store import JobKey
@@ -90,7 +91,8 @@ def ticket_from(
     except TetherError as exc:
         error = error or exc
 
-    job_id = _job_id(submission, body, headers, seq)
+    job_id, refused = _job_id(submission, body, headers, seq)
+    error = error or refused
     correlation_id = headers.get(telemetry.CORRELATION_ID) or job_id
     key = JobKey(
         job_id=job_id,
@@ -106,13 +108,28 @@ def ticket_from(
     return Ticket(key, headers, submission, error, seq, enqueued_at)
 
 
-def _job_id(submission: JobSubmission | None, body: Any, headers: dict[str, str], seq: int) -> str:
+def _job_id(
+    submission: JobSubmission | None, body: Any, headers: dict[str, str], seq: int
+) -> tuple[str, TetherError | None]:
+    """The job's id: the body's ``jobId``, else ``Nats-Msg-Id``, else ``job-<stream sequence>``.
+
+    An id over ``MAX_JOB_ID`` characters is never used: its result subject (up to three
+    characters per byte once encoded) could pass nats-server's control-line limit, which
+    closes the connection of whoever publishes it. Such a job gets ``job-<seq>`` and a final
+    ``invalid_request`` there.
+    """
     if submission is not None and submission.job_id:
-        return submission.job_id
+        return submission.job_id, None
     if isinstance(body, dict) and isinstance(body.get("jobId"), str) and body["jobId"].strip():
         candidate = body["jobId"].strip()
-        if len(candidate) <= 200:
-            return candidate
-    if headers.get("Nats-Msg-Id"):
-        return headers["Nats-Msg-Id"]
-    return f"job-{seq}"
+        if len(candidate) <= MAX_JOB_ID:
+            return candidate, None
+    header = (headers.get("Nats-Msg-Id") or "").strip()
+    if not header:
+        return f"job-{seq}", None
+    if len(header) <= MAX_JOB_ID:
+        return header, None
+    return f"job-{seq}", InvalidRequest(
+        f"the Nats-Msg-Id header is {len(header)} characters; a job id is at most {MAX_JOB_ID}",
+        field="Nats-Msg-Id",
+    )

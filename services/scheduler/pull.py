@@ -11,6 +11,7 @@ the pattern of the newer NATS clients' ``consume()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -67,7 +68,8 @@ class PullConsumer:
                     self._outstanding = 0  # every request has expired by now
         finally:
             if self._sub is not None:
-                await self._sub.unsubscribe()
+                with contextlib.suppress(Exception):  # a closed connection has nothing left to unsubscribe
+                    await self._sub.unsubscribe()
 
     def poke(self) -> None:
         """Room was freed: pull again if enough room has built up (once per quarter batch, not per job)."""

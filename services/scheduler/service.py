@@ -256,6 +256,9 @@ class Scheduler:
             if stored is not None:
                 await outcomes.record_final(self.store, t, stored, stored.attempts or 1)
                 return
+            given_up = await handover.wait_for_open_attempt(self.store, self.settings, t.job_id, self.fleet.alive)
+            if given_up is not None and self.attempts is not None:  # a zombie must not finish it too
+                await self.attempts.cancel(t.job_id, given_up[0], "taken over: its scheduler stopped")
             used_up = await handover.attempts_used_up(self.store, self.settings, t.job_id, self.scheduler_id)
             if used_up is not None:
                 await self._dead_letter(t, *used_up)
@@ -357,7 +360,8 @@ class Scheduler:
     # ---- outcomes -----------------------------------------------------------------------------
 
     async def _wait_for_capacity(self, t: Ticket) -> None:
-        waited = time.time() - (t.enqueued_at or time.time())
+        history = await self.store.attempts(t.job_id)
+        waited = time.time() - handover.capacity_wait_since(t.enqueued_at or time.time(), history)
         if waited > self.settings.queue_wait_s:
             await self._finish_error(
                 t,
@@ -366,7 +370,7 @@ class Scheduler:
                     f"no worker could take model {t.key.model_id!r} within {self.settings.queue_wait_s:.0f}s",
                     retry_after_s=self.settings.heartbeat_s,  # a worker may announce itself within one beat
                 ),
-                attempts=0,
+                attempts=handover.spent(history),
             )
             return
         await self.store.enqueue(t.key, time.time(), release_for=self.scheduler_id)  # others may take it

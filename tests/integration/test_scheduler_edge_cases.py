@@ -257,3 +257,67 @@ async def test_reports_not_from_the_attempts_worker_are_dropped(settings: Settin
         assert row is not None and row["status"] == "COMPLETED" and row["worker_id"] == real
     finally:
         await system.close()
+
+
+async def test_a_job_taken_over_from_a_stopped_scheduler_runs_once(settings: Settings, nc: Client) -> None:
+    """Its attempt keeps running on a live worker: the next scheduler waits for that attempt's result
+    instead of starting a second run (two finals on core NATS, twice the compute)."""
+    settings.job_lease_s = 2.0
+    system = await start_system(settings, ["echo;delay_ms=3000"])
+    try:
+        seen = await _results(nc)
+        await _publish(nc, "once")
+        worker = system.workers[0]
+        await _until(lambda: worker._jobs and True, 10)  # type: ignore[attr-defined]
+        await system.scheduler.close()  # type: ignore[attr-defined]  # hands the job back at once
+        system.scheduler = Scheduler(settings, scheduler_id="s-next")
+        await system.scheduler.start()  # type: ignore[attr-defined]
+        await _until(lambda: "once" in seen, 20)
+        await asyncio.sleep(2.5)  # a second run would have finished by now
+        assert [r["status"] for r in seen["once"]] == ["completed"]
+        assert worker.completed == 1  # type: ignore[attr-defined]
+    finally:
+        await system.close()
+
+
+async def test_a_job_whose_worker_died_after_a_long_run_waits_its_full_queue_wait(
+    settings: Settings, nc: Client
+) -> None:
+    settings.queue_wait_s = 3.0
+    system = await start_system(settings, ["echo;delay_ms=5000"])
+    try:
+        seen = await _results(nc)
+        await _publish(nc, "long")
+        await asyncio.sleep(4.0)  # longer than queue_wait_s into its run ...
+        await system.workers[0].nc.close()  # type: ignore[attr-defined]  # ... its only worker is gone
+        died = time.monotonic()
+        await _until(lambda: "long" in seen, 30)
+        waited = time.monotonic() - died
+        [final] = seen["long"]
+        assert final["status"] == "failed" and final["error"]["code"] == "no_capacity", final
+        assert final["attempts"] == 1
+        # OFFLINE after 3T (1.5 s), then the full 3 s wait for another worker: not at once
+        assert waited >= 3.0, waited
+    finally:
+        system.workers = []
+        await system.close()
+
+
+async def test_a_nats_msg_id_too_long_for_a_subject_gets_an_error_and_harms_no_connection(
+    settings: Settings, nc: Client
+) -> None:
+    system = await start_system(settings, ["echo"])
+    try:
+        seen = await _results(nc)
+        ack = await nc.jetstream().publish(
+            JOBS_SUBJECT, b'{"input": "x"}', headers={"Nats-Msg-Id": "x." * 1500}
+        )
+        await _until(lambda: f"job-{ack.seq}" in seen, 10)
+        [final] = seen[f"job-{ack.seq}"]
+        assert final["error"]["code"] == "invalid_request" and final["error"]["field"] == "Nats-Msg-Id"
+        await _publish(nc, "after")  # the scheduler's and worker's connections are still up
+        await _until(lambda: "after" in seen, 10)
+        assert seen["after"][0]["status"] == "completed"
+        assert not system.scheduler.nc.is_closed and not system.workers[0].nc.is_closed  # type: ignore[attr-defined]
+    finally:
+        await system.close()
