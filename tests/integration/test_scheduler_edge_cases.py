@@ -42,6 +42,14 @@ async def _until(cond: Any, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _hand_over_while_running(system: Any, settings: Settings) -> None:
+    """Once the worker runs the job: its scheduler stops (handing it back) and another starts."""
+    await _until(lambda: system.workers[0]._jobs and True, 10)
+    await system.scheduler.close()
+    system.scheduler = Scheduler(settings, scheduler_id="s-next")
+    await system.scheduler.start()
+
+
 async def _publish(nc: Client, job_id: str) -> None:
     await nc.jetstream().publish(JOBS_SUBJECT, json.dumps({"jobId": job_id, "input": job_id}).encode())
 
@@ -182,10 +190,7 @@ async def test_a_takeover_during_the_last_attempt_waits_for_it_instead_of_dead_l
     try:
         seen = await _results(nc)
         await _publish(nc, "last")
-        await _until(lambda: system.workers[0]._jobs and True, 10)  # type: ignore[attr-defined]
-        await system.scheduler.close()  # type: ignore[attr-defined]  # its one attempt keeps running
-        system.scheduler = Scheduler(settings, scheduler_id="s-two")
-        await system.scheduler.start()  # type: ignore[attr-defined]
+        await _hand_over_while_running(system, settings)  # its one attempt keeps running
         await _until(lambda: "last" in seen, 15)
         await asyncio.sleep(1.0)
         assert [r["status"] for r in seen["last"]] == ["completed"]
@@ -268,10 +273,7 @@ async def test_a_job_taken_over_from_a_stopped_scheduler_runs_once(settings: Set
         seen = await _results(nc)
         await _publish(nc, "once")
         worker = system.workers[0]
-        await _until(lambda: worker._jobs and True, 10)  # type: ignore[attr-defined]
-        await system.scheduler.close()  # type: ignore[attr-defined]  # hands the job back at once
-        system.scheduler = Scheduler(settings, scheduler_id="s-next")
-        await system.scheduler.start()  # type: ignore[attr-defined]
+        await _hand_over_while_running(system, settings)  # hands the job back at once
         await _until(lambda: "once" in seen, 20)
         await asyncio.sleep(2.5)  # a second run would have finished by now
         assert [r["status"] for r in seen["once"]] == ["completed"]
