@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ class StreamProgress:
         self._keep_s = keep_s
         self._kv = kv
         self._jobs: dict[str, _Delivered] = {}
+        self._parked: OrderedDict[str, float] = OrderedDict()  # job -> when parked, oldest first
         self.chunks_seen = 0
 
     def streams(self, model_id: str, version: str) -> bool:
@@ -74,8 +76,10 @@ class StreamProgress:
 
         A ``redelivered`` job another scheduler parked gets that scheduler's prefix from the KV bucket.
         """
+        await self._sweep(time.monotonic())
         if (known := self._jobs.get(job_id)) is not None:
             known.parked_at = None
+            self._parked.pop(job_id, None)
             return
         state = _Delivered()
         self._jobs[job_id] = state
@@ -116,16 +120,27 @@ class StreamProgress:
         state = self._jobs.get(job_id)
         if state is not None:
             state.parked_at = now
+            self._parked[job_id] = now
+            self._parked.move_to_end(job_id)
             if state.seq > 0 and self._kv is not None:
                 try:
                     await self._kv.put(_kv_key(job_id), codec.encode(state.prefix().wire(), codec.MSGPACK))
                     state.shared = True
                 except Exception as exc:  # best effort: this scheduler still has it
                     log.warning("resume prefix not shared", extra={"job": job_id, "error": repr(exc)})
-        for stale in [j for j, s in self._jobs.items() if s.parked_at is not None and now - s.parked_at > self._keep_s]:
-            await self.forget(stale)
+        await self._sweep(now)
+
+    async def _sweep(self, now: float) -> None:
+        """Forget jobs parked longer than they are kept (another scheduler has them, or they ended there):
+        oldest first, so each look costs what it removes, on parks and on new jobs alike."""
+        while self._parked:
+            job_id, parked_at = next(iter(self._parked.items()))
+            if now - parked_at <= self._keep_s:
+                return
+            await self.forget(job_id)
 
     async def forget(self, job_id: str) -> None:
+        self._parked.pop(job_id, None)
         state = self._jobs.pop(job_id, None)
         if state is not None and state.sub is not None:
             with contextlib.suppress(Exception):

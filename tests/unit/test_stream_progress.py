@@ -45,3 +45,39 @@ def test_zombies_repeats_gaps_and_restarts_do_not_enter_the_prefix() -> None:
     assert (state.prefix().text, state.prefix().seq) == ("abc", 2)
     restarted = _fed(_chunk(0, "ab", 0), _chunk(1, "a", 0, attempt=2))  # attempt 2 started over
     assert (restarted.prefix().text, restarted.prefix().seq) == ("ab", 1)
+
+
+class _Sub:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def unsubscribe(self) -> None:
+        self.closed = True
+
+
+class _Nc:
+    def __init__(self) -> None:
+        self.subs: dict[str, _Sub] = {}
+
+    async def subscribe(self, subject: str, cb: object = None) -> _Sub:
+        self.subs[subject] = _Sub()
+        return self.subs[subject]
+
+
+async def test_long_parked_jobs_are_forgotten_even_when_nothing_is_parked_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import services.scheduler.progress as progress_module
+    from tether import subjects
+
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    nc = _Nc()
+    progress = StreamProgress(nc=nc, fleet=None, keep_s=10.0)  # type: ignore[arg-type]
+    await progress.watch("a")
+    await progress.park("a")  # another scheduler took it, and this one never parks again
+    now[0] = 5.0
+    await progress.watch("b")
+    assert not nc.subs[subjects.chunks_subject("a")].closed  # kept while it may come back
+    now[0] = 11.0
+    await progress.watch("c")  # a new job is enough to let the stale one go
+    assert nc.subs[subjects.chunks_subject("a")].closed and progress.prefix("a") is None
+    assert "a" not in progress._jobs and not nc.subs[subjects.chunks_subject("b")].closed
