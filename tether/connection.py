@@ -55,7 +55,13 @@ class TetherClient(Client):
     contain whitespace are skipped, names and values are stripped, values are
     decoded as UTF-8 with replacement. ``tests/unit/test_connection_headers.py``
     compares the two on edge cases and random blocks.
+
+    **Reconnect listeners**: ``reconnect_listeners`` are called after each reconnect (a
+    pull consumer's outstanding requests died with the old connection: it asks again at
+    once instead of after they would have expired).
     """
+
+    reconnect_listeners: list[Callable[[], None]]
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
@@ -160,8 +166,16 @@ async def connect(url: str, *, name: str, **options: object) -> Client:
     async def on_disconnect() -> None:
         log.info("nats disconnected", extra={"conn": name})
 
+    nc = TetherClient()
+    nc.reconnect_listeners = []
+
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"conn": name})
+        for listener in list(nc.reconnect_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("reconnect listener failed", extra={"conn": name})
 
     opts: dict[str, object] = {
         "servers": [u.strip() for u in url.split(",")],
@@ -178,7 +192,6 @@ async def connect(url: str, *, name: str, **options: object) -> Client:
     if os.environ.get("TETHER_NATS_CA") and "tls" not in options:
         opts["tls"] = tls_context(os.environ["TETHER_NATS_CA"])
     opts.update(options)
-    nc = TetherClient()
     await nc.connect(**opts)  # type: ignore[arg-type]
     return nc
 

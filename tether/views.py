@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -67,7 +66,7 @@ def models_view(
     fleet: FleetView, depths: dict[ModelKey, int] | None = None, aliases: dict[ModelKey, ModelKey] | None = None
 ) -> list[dict[str, Any]]:
     """Every model a worker announced, with warm replicas, task, queue depth, and configured aliases."""
-    now = time.time()
+    now = fleet.now()  # the fleet's own (monotonic) clock
     warm: dict[tuple[str, str], int] = defaultdict(int)
     task: dict[tuple[str, str], str] = {}
     for e in fleet.workers():

@@ -53,6 +53,14 @@ class PullConsumer:
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
         self._sub = await subscribe_inline(self._nc, self._inbox, self._on_msg)
+        listeners = getattr(self._nc, "reconnect_listeners", None)
+        if listeners is not None:
+            listeners.append(self._reconnected)
+
+    def _reconnected(self) -> None:
+        """The pull requests died with the old connection: ask again now, not when they would expire."""
+        self._outstanding = 0
+        self._signal()
 
     async def run(self, running: Callable[[], bool]) -> None:
         """Keep enough pulls outstanding while ``running()``; re-pull when requests expire."""
@@ -67,6 +75,8 @@ class PullConsumer:
                 if not await wait_done(self._waiter, self._expires_s):
                     self._outstanding = 0  # every request has expired by now
         finally:
+            with contextlib.suppress(AttributeError, ValueError):
+                self._nc.reconnect_listeners.remove(self._reconnected)  # type: ignore[attr-defined]
             if self._sub is not None:
                 with contextlib.suppress(Exception):  # a closed connection has nothing left to unsubscribe
                     await self._sub.unsubscribe()

@@ -171,3 +171,36 @@ async def test_a_client_gone_before_its_body_arrived_is_not_an_internal_error(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     r = await http_echo.client.post("/infer", json={"tenantId": "demo", **ECHO, "input": "still up"})
     assert r.status_code == 200 and r.json()["result"] == "still up"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"tenantId":"t","modelId":"echo","input":"\\ud800"}',
+        b'{"tenantId":"t","modelId":"e\\ud800","input":"x"}',
+        b'{"tenantId":"t","modelId":"echo","input":[{"role":"user","content":"\\udc00"}]}',
+        b'{"tenantId":"t","modelId":"echo","input":[NaN]}',
+        b'{"tenantId":"t","modelId":"echo","input":"x","params":{"temperature":-Infinity}}',
+    ],
+    ids=["surrogate-input", "surrogate-model", "surrogate-message", "nan", "minus-infinity"],
+)
+async def test_lone_surrogates_and_non_json_numbers_are_invalid_requests(http_echo: HttpSystem, raw: bytes) -> None:
+    for path, shape in (("/infer", raw), ("/v1/completions", b'{"model":"echo","prompt":"x","x":' + raw + b"}")):
+        r = await http_echo.client.post(path, content=shape, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "invalid_request" and "JSON" in error["message"], error
+        assert error.get("retryable", False) is False
+    ok = await http_echo.client.post("/infer", json={"tenantId": "t", **ECHO, "input": "\U0001f600"})
+    assert ok.status_code == 200 and ok.json()["result"] == "\U0001f600"  # a surrogate pair is text
+
+
+async def test_401_names_the_bearer_scheme_and_refusals_say_not_to_retry(http_echo: HttpSystem) -> None:
+    c = http_echo.client
+    for path, body in (("/infer", {**ECHO, "input": "x"}), ("/v1/completions", {"model": "echo", "prompt": "x"})):
+        r = await c.post(path, json=body, headers={"Authorization": "Bearer tk_nope"})
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", r.headers
+        assert r.headers["x-should-retry"] == "false"
+    bad = await c.post("/infer", json={"tenantId": "t", **ECHO})
+    assert bad.status_code == 400 and bad.headers["x-should-retry"] == "false"
+    assert "www-authenticate" not in bad.headers

@@ -4,11 +4,13 @@ model's chat template), streaming, embeddings (float and base64), and errors in 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import pytest_asyncio
@@ -102,3 +104,93 @@ async def test_idempotency_key_over_the_openai_route(hs: HttpSystem, client: ope
     a = await client.completions.create(model="echo", prompt="same", extra_headers=headers)
     b = await client.completions.create(model="echo", prompt="same", extra_headers=headers)
     assert a.id == b.id and a.choices[0].text == b.choices[0].text == "same"
+
+
+SLOW = "slow"
+
+
+@pytest_asyncio.fixture
+async def quick(settings: Settings) -> AsyncIterator[HttpSystem]:
+    """Echo, and a model slower than the gateway's 1 s request timeout."""
+    fast = dataclasses.replace(settings, request_timeout_s=1.0)
+    async with http_system(fast, ["echo", f"{SLOW}:1=x;task=echo;delay_ms=2500"]) as system:
+        yield system
+
+
+async def test_the_openai_client_does_not_rerun_a_timed_out_or_conflicting_request(quick: HttpSystem) -> None:
+    sent: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(request.url.path)
+
+    http = httpx.AsyncClient(event_hooks={"request": [count]}, timeout=30)
+    sdk = openai.AsyncOpenAI(base_url=f"{quick.url}/v1", api_key=quick.key, http_client=http)  # 2 retries
+    try:
+        with pytest.raises(openai.InternalServerError) as late:
+            await sdk.chat.completions.create(model=SLOW, messages=[{"role": "user", "content": "once"}])
+        assert late.value.status_code == 504 and late.value.response.headers["x-should-retry"] == "false"
+        assert len(sent) == 1  # the job continues: a retry would have run it again
+        key = {"Idempotency-Key": "k-conflict"}
+        await sdk.completions.create(model="echo", prompt="a", extra_headers=key)
+        sent.clear()
+        with pytest.raises(openai.ConflictError) as conflict:
+            await sdk.completions.create(model="echo", prompt="b", extra_headers=key)
+        assert conflict.value.response.headers["x-should-retry"] == "false" and len(sent) == 1
+    finally:
+        await http.aclose()
+
+
+async def test_unsupported_openai_parameters_are_refused_and_defaults_accepted(quick: HttpSystem) -> None:
+    sdk = openai.AsyncOpenAI(base_url=f"{quick.url}/v1", api_key=quick.key, max_retries=0)
+    msgs = [{"role": "user", "content": "hi"}]
+    refused = {
+        "response_format": {"response_format": {"type": "json_object"}},
+        "tool_choice": {"tool_choice": "required"},
+        "functions": {"functions": [{"name": "f", "parameters": {}}]},
+        "logprobs": {"logprobs": True, "top_logprobs": 2},
+        "logit_bias": {"logit_bias": {"5": 100}},
+        "presence_penalty": {"presence_penalty": 1.5},
+        "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    }
+    for param, kw in refused.items():
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk.chat.completions.create(model="echo", messages=msgs, **kw)  # type: ignore[call-overload]
+        assert info.value.param == param and f"{param} is not supported" in info.value.message, param
+    for param, kw in {"echo": {"echo": True}, "best_of": {"best_of": 3}, "suffix": {"suffix": "x"}}.items():
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk.completions.create(model="echo", prompt="x", **kw)  # type: ignore[call-overload]
+        assert info.value.param == param and f"{param} is not supported" in info.value.message, param
+    with pytest.raises(openai.BadRequestError) as tokens:
+        await sdk.completions.create(model="echo", prompt=[1, 2, 3])
+    assert tokens.value.param == "prompt" and "token ids is not supported" in tokens.value.message
+    # what clients send unasked, or as explicit defaults, still works
+    ok = await sdk.chat.completions.create(
+        model="echo", messages=msgs, n=1, user="u", tools=[], response_format={"type": "text"}, presence_penalty=0,
+    )  # type: ignore[call-overload]
+    assert ok.choices[0].message.content == "hi"
+    stream = await sdk.chat.completions.create(
+        model="echo", messages=msgs, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+    )
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "hi"
+    nulls = await quick.client.post(
+        "/v1/chat/completions", json={"model": "echo", "messages": msgs, "stream": None, "n": None}
+    )
+    assert nulls.status_code == 200 and nulls.json()["choices"][0]["message"]["content"] == "hi", nulls.text
+
+
+async def test_errors_name_the_openai_parameter(quick: HttpSystem) -> None:
+    sdk = openai.AsyncOpenAI(base_url=f"{quick.url}/v1", api_key=quick.key, max_retries=0)
+    msgs = [{"role": "user", "content": "hi"}]
+    cases = [
+        ({"max_tokens": 10**7}, "max_tokens"),
+        ({"max_completion_tokens": 10**7}, "max_completion_tokens"),
+        ({"seed": 2**70}, "seed"),
+        ({"model": "no-such-model"}, "model"),
+    ]
+    for kw, param in cases:
+        with pytest.raises(openai.APIStatusError) as info:
+            await sdk.chat.completions.create(**{"model": "echo", "messages": msgs, **kw})  # type: ignore[call-overload]
+        assert info.value.body["param"] == param, (kw, info.value.body)  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as prompt:
+        await sdk.completions.create(model="echo", prompt="x", seed=2**70)
+    assert prompt.value.param == "seed"

@@ -8,11 +8,13 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
 from schemas import CancelRequest, ResultMessage
 from services.gateway.http import sse
+from services.gateway.http.jobstream import Chunk, JobStream
 from tests.http_helpers import HttpSystem, hold_model, http_system
 from tether import codec, subjects
 from tether.jobids import idempotent_job_id
@@ -139,3 +141,24 @@ async def _wait_subscribed(nc: Client, job_id: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the job was never queued")
+
+
+async def test_a_crash_inside_a_stream_ends_it_with_an_error_event(
+    hs: HttpSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: JobStream) -> AsyncIterator[Chunk]:
+        yield Chunk(job_id=self.job_id or "", seq=0, text="first ")
+        raise RuntimeError("a bug, not a TetherError")
+
+    monkeypatch.setattr(JobStream, "events", broken)
+    r, events = await _events(hs.client, {"tenantId": "t", "modelId": "echo", "input": "x"})
+    assert r.status_code == 200 and [e.get("event") for e in events] == ["job", "chunk", "error"], r.text
+    error = json.loads(events[-1]["data"])["error"]
+    assert error["code"] == "internal" and "RuntimeError" in error["message"]
+    assert error["jobId"] == r.headers["X-Job-Id"]
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    r = await hs.client.post("/v1/chat/completions", json=body)
+    events = sse.parse(r.text)
+    assert r.status_code == 200 and len(events) == 3, r.text  # role, the chunk, then the error; no [DONE]
+    assert json.loads(events[1]["data"])["choices"][0]["delta"]["content"] == "first "
+    assert json.loads(events[-1]["data"])["error"]["code"] == "internal"

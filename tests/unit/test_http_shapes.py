@@ -164,3 +164,100 @@ def test_committed_openapi_spec_is_fresh_and_complete() -> None:
 
     walk(spec)
     assert refs <= spec["components"]["schemas"].keys()  # every reference resolves
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("shape", "extra", "param"),
+    [
+        (oa.ChatCompletionRequest, {"response_format": {"type": "json_object"}}, "response_format"),
+        (oa.ChatCompletionRequest, {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (oa.ChatCompletionRequest, {"tool_choice": "required"}, "tool_choice"),
+        (oa.ChatCompletionRequest, {"functions": [{"name": "f"}]}, "functions"),
+        (oa.ChatCompletionRequest, {"function_call": "auto"}, "function_call"),
+        (oa.ChatCompletionRequest, {"logprobs": True}, "logprobs"),
+        (oa.ChatCompletionRequest, {"top_logprobs": 2}, "top_logprobs"),
+        (oa.ChatCompletionRequest, {"logit_bias": {"5": 100}}, "logit_bias"),
+        (oa.ChatCompletionRequest, {"presence_penalty": 1.5}, "presence_penalty"),
+        (oa.ChatCompletionRequest, {"frequency_penalty": -0.5}, "frequency_penalty"),
+        (oa.CompletionRequest, {"echo": True}, "echo"),
+        (oa.CompletionRequest, {"best_of": 3}, "best_of"),
+        (oa.CompletionRequest, {"suffix": "x"}, "suffix"),
+        (oa.CompletionRequest, {"logprobs": 2}, "logprobs"),
+        (oa.CompletionRequest, {"prompt": [1, 2, 3]}, "prompt"),
+        (oa.CompletionRequest, {"prompt": [[1, 2]]}, "prompt"),
+        (oa.EmbeddingRequest, {"dimensions": 8}, "dimensions"),
+        (oa.EmbeddingRequest, {"input": [[1, 2, 3]]}, "input"),
+    ],
+)
+def test_unsupported_openai_parameters_are_refused_by_name(
+    shape: type[oa.CompletionRequest | oa.ChatCompletionRequest | oa.EmbeddingRequest], extra: dict, param: str
+) -> None:
+    base = CHAT if shape is oa.ChatCompletionRequest else {"model": "m", "prompt": "x", "input": "x"}
+    with pytest.raises(InvalidRequest) as info:
+        oa.parse_openai(shape, {**base, **extra})
+    assert info.value.field == param and info.value.message.startswith(param)
+    assert "not supported" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"stream": None, "n": None, "stop": None, "temperature": None, "max_tokens": None, "user": None},
+        {"n": 1, "stream_options": {"include_usage": True}, "user": "u", "unknown": 1},
+        {"tools": None, "tool_choice": None, "functions": None, "function_call": None, "response_format": None},
+        {"tools": [], "tool_choice": "none", "response_format": {"type": "text"}},
+        {"logprobs": False, "top_logprobs": 0, "logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0.0},
+    ],
+)
+def test_default_values_of_unsupported_openai_parameters_are_accepted(extra: dict) -> None:
+    body = oa.parse_openai(oa.ChatCompletionRequest, {**CHAT, **extra})
+    assert not body.stream
+    completion = {"model": "m", "prompt": "x", "echo": False, "best_of": 1, "suffix": None, "logprobs": None}
+    assert oa.parse_openai(oa.CompletionRequest, {**extra, **completion}).prompt == "x"
+
+
+@pytest.mark.parametrize(
+    ("field", "kw", "param"),
+    [
+        ("params.maxNewTokens", {}, "max_tokens"),
+        ("params.maxNewTokens", {"max_tokens": "max_completion_tokens"}, "max_completion_tokens"),
+        ("params.seed", {}, "seed"),
+        ("params.temperature", {}, "temperature"),
+        ("params.topP", {}, "top_p"),
+        ("params.stop.0", {}, "stop.0"),
+        ("params.timeoutS", {}, "params.timeoutS"),  # no OpenAI parameter sets it
+        ("modelId", {}, "model"),
+        ("version", {}, "model"),
+        ("idempotencyKey", {}, "Idempotency-Key"),
+        ("input", {"text": "messages"}, "messages"),
+        ("input.0.content", {"text": "messages"}, "messages.0.content"),
+        ("input", {"text": "prompt"}, "prompt"),
+        ("body", {}, "body"),
+        (None, {}, None),
+    ],
+)
+def test_error_fields_are_named_as_openai_parameters(field: str | None, kw: dict, param: str | None) -> None:
+    assert oa.openai_param(field, **kw) == param
+
+
+def test_errors_say_whether_a_client_should_retry() -> None:
+    from services.gateway.http.errors import openai_error, tether_error
+    from tether.errors import Conflict, Internal, NoCapacity, QuotaExceeded, Timeout
+
+    for exc, retry in [
+        (Timeout("the job continues", job_id="j-1"), "false"),  # a retry would run it twice
+        (Conflict("key reused"), "false"),
+        (InvalidRequest("bad"), "false"),
+        (Unauthorized("no key"), "false"),
+        (QuotaExceeded("slow down", retry_after_s=2), "true"),
+        (NoCapacity("busy"), "true"),
+        (Internal("bug"), "true"),
+    ]:
+        for response in (tether_error(exc), openai_error(exc)):
+            assert response.headers["x-should-retry"] == retry, exc.code
+    assert openai_error(Unauthorized("no key")).headers["www-authenticate"] == "Bearer"
+    assert tether_error(Unauthorized("no key")).headers["www-authenticate"] == "Bearer"
+    assert "www-authenticate" not in tether_error(InvalidRequest("bad")).headers

@@ -152,6 +152,31 @@ def test_malformed_json_is_invalid_request(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b'{"input": "\\ud800"}', "surrogate"),
+        (b'{"input": "a\\uDFFFb"}', "surrogate"),
+        (b'{"e\\udbff": 1}', "surrogate"),
+        (b'{"input": [NaN]}', "NaN is not a JSON value"),
+        (b'{"params": {"timeoutS": Infinity}}', "Infinity is not a JSON value"),
+        (b'{"x": -Infinity}', "-Infinity is not a JSON value"),
+    ],
+    ids=["lone-high", "lone-low", "in-a-key", "nan", "infinity", "minus-infinity"],
+)
+def test_text_that_is_not_unicode_and_non_json_numbers_are_invalid_request(data: bytes, why: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        codec.decode(data, codec.JSON)
+    assert info.value.code == "invalid_request" and info.value.field == "body"
+    assert why in info.value.message
+
+
+def test_surrogate_pairs_and_escaped_backslashes_still_decode() -> None:
+    assert codec.decode(b'{"input": "\\ud83d\\ude00"}') == {"input": "\U0001f600"}
+    assert codec.decode(b'{"input": "\\\\ud800"}') == {"input": "\\ud800"}  # a backslash, then text
+    assert codec.decode(b'{"n": "NaN", "m": 1e308}') == {"n": "NaN", "m": 1e308}
+
+
+@pytest.mark.parametrize(
     "data",
     [
         b"\xc1",  # a byte msgpack never uses

@@ -63,8 +63,20 @@ def status_of(exc: TetherError) -> int:
     return STATUS_BY_CODE.get(exc.code, 500)
 
 
+#: Codes a client must not simply send again: the job they name may still run (``timeout``: a repeat
+#: without the same ``Idempotency-Key`` would run it twice), although ``retryable`` says a retry may work.
+_NO_BLIND_RETRY = frozenset({"timeout"})
+
+
+def should_retry(exc: TetherError) -> bool:
+    """What ``x-should-retry`` says: OpenAI's SDKs retry 409, 429 and 5xx unless it is ``false``."""
+    return exc.retryable and exc.code not in _NO_BLIND_RETRY
+
+
 def _headers(exc: TetherError) -> dict[str, str]:
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {"x-should-retry": "true" if should_retry(exc) else "false"}
+    if status_of(exc) == 401:  # RFC 9110 section 11.6.1: a 401 names the scheme to use
+        headers["WWW-Authenticate"] = "Bearer"
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     elif status_of(exc) == 503:  # every 503 says when to come back (RFC 9110 section 10.2.3)

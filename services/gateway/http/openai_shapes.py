@@ -1,9 +1,11 @@
 """OpenAI request bodies and the translation to and from Tether's ``InferRequest`` / ``InferReply``.
 
 Model names: ``id`` is version ``1``; ``id@version`` names another version (``GET /v1/models`` lists
-them that way). Fields OpenAI defines but Tether does not serve (``n`` > 1, ``logprobs``, tools)
-are refused with ``invalid_request`` naming the field rather than silently ignored; unknown extra
-fields are ignored, as OpenAI-compatible servers usually do.
+them that way). Parameters OpenAI defines but Tether does not serve (``n`` > 1, tools, functions,
+``response_format`` other than text, ``logprobs``, ``logit_bias``, penalties, ``echo``, ``best_of``,
+``suffix``, ``dimensions``, token arrays) are refused with ``invalid_request`` naming the parameter
+rather than silently ignored, unless they carry their default value (what a client sends unasked);
+unknown extra fields are ignored, as OpenAI-compatible servers usually do.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +28,16 @@ FINISH_REASONS = frozenset({"stop", "length"})
 class _OpenAI(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    #: OpenAI parameters Tether does not serve -> the values that ask for nothing (accepted)
+    unsupported: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+
+_PENALTIES: dict[str, tuple[Any, ...]] = {
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+}
+
 
 class _Sampling(_OpenAI):
     model: str = Field(min_length=1, max_length=300)
@@ -34,14 +46,23 @@ class _Sampling(_OpenAI):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    stream: bool | None = False
+    n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
     user: str | None = None
 
 
 class CompletionRequest(_Sampling):
+    """Not supported (refused unless default): ``echo``, ``best_of`` > 1, ``suffix``, ``logprobs``,
+    ``logit_bias``, ``presence_penalty`` / ``frequency_penalty``, token-array prompts."""
+
+    unsupported = {
+        "echo": (None, False),
+        "best_of": (None, 1),
+        "suffix": (None, ""),
+        "logprobs": (None,),
+        **_PENALTIES,
+    }
     prompt: str | list[str] = Field(description="a prompt, or a list with one prompt")
-    logprobs: None = Field(default=None, description="not supported")
 
 
 class ContentPart(_OpenAI):
@@ -55,28 +76,95 @@ class ChatMessageIn(_OpenAI):
 
 
 class ChatCompletionRequest(_Sampling):
+    """Not supported (refused unless default): ``tools``, ``tool_choice``, ``functions``,
+    ``function_call``, ``response_format`` other than ``{"type": "text"}``, ``logprobs`` /
+    ``top_logprobs``, ``logit_bias``, ``presence_penalty`` / ``frequency_penalty``."""
+
+    unsupported = {
+        "tools": (None, []),
+        "tool_choice": (None, "none"),
+        "functions": (None, []),
+        "function_call": (None, "none"),
+        "response_format": (None, {"type": "text"}),
+        "logprobs": (None, False),
+        "top_logprobs": (None, 0),
+        **_PENALTIES,
+    }
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: None = Field(default=None, description="not supported")
 
 
 class EmbeddingRequest(_OpenAI):
+    """Not supported (refused): ``dimensions``, token-array inputs."""
+
+    unsupported = {"dimensions": (None,)}
     model: str = Field(min_length=1, max_length=300)
     input: str | list[str] = Field(description="a string or a list of strings (token arrays: not supported)")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: None = Field(default=None, description="not supported")
     user: str | None = None
+
+
+#: What the request names text by, when it sent token ids instead
+_TEXT_FIELD: dict[type[BaseModel], str] = {CompletionRequest: "prompt", EmbeddingRequest: "input"}
 
 
 def parse_openai(model: type[M], data: Any) -> M:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object", field="body")
+    if issubclass(model, _OpenAI):
+        for name, harmless in model.unsupported.items():
+            if data.get(name) not in harmless:  # absent, null or the default: nothing asked for
+                raise InvalidRequest(f"{name} is not supported", field=name)
+    text_field = _TEXT_FIELD.get(model)
+    if text_field is not None and _is_tokens(data.get(text_field)):
+        raise InvalidRequest(f"{text_field} as token ids is not supported: send text", field=text_field)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidRequest(f"field {field!r}: {first['msg']}", field=field) from None
+
+
+def _is_tokens(value: Any) -> bool:
+    """A token array (``[1, 2]``) or a list of them (``[[1, 2]]``), as OpenAI's prompts may be."""
+    if not isinstance(value, list) or not value:
+        return False
+    first = value[0]
+    if isinstance(first, list):
+        return bool(first) and all(isinstance(t, int) and not isinstance(t, bool) for t in first)
+    return isinstance(first, int) and not isinstance(first, bool)
+
+
+#: Tether's field names (in errors) as the OpenAI parameters that set them
+_OPENAI_PARAM = {
+    "modelId": "model",
+    "version": "model",
+    "idempotencyKey": "Idempotency-Key",
+    "params.maxNewTokens": "max_tokens",
+    "params.temperature": "temperature",
+    "params.topP": "top_p",
+    "params.seed": "seed",
+    "params.stop": "stop",
+}
+
+
+def openai_param(field: str | None, *, text: str = "input", max_tokens: str = "max_tokens") -> str | None:
+    """An error's ``field`` named as the OpenAI request names it: ``params.seed`` -> ``seed``,
+    ``modelId`` -> ``model``, ``input...`` -> ``text`` (``messages``, ``prompt`` or ``input``)."""
+    if field is None:
+        return None
+    head, dot, rest = field.partition(".")
+    if head == "input":
+        return text + dot + rest
+    if head == "params":
+        key = ".".join(field.split(".")[:2])
+        name = _OPENAI_PARAM.get(key)
+        if name is None:
+            return field
+        name = max_tokens if name == "max_tokens" else name
+        return name + field[len(key):]
+    return _OPENAI_PARAM.get(field, field)
 
 
 def split_model(name: str) -> tuple[str, str]:

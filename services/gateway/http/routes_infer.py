@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,8 +22,10 @@ from services.gateway.http.context import (
 from services.gateway.http.errors import NotFound
 from services.gateway.http.jobstream import Chunk, JobStream
 from services.gateway.http.openapi_docs import body_schema, error_responses, ref
-from tether.errors import InvalidRequest, TetherError
+from tether.errors import Internal, InvalidRequest, TetherError
 from tether.views import job_view, models_view, workers_view
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -86,6 +89,10 @@ async def _infer_events(job: JobStream) -> AsyncIterator[bytes]:
     except TetherError as exc:
         job.done = True  # a final error is an end, not a disconnect
         yield sse.event(ErrorReply.model_validate({"error": exc.to_wire()}).wire(), name="error")
+    except Exception as exc:  # a bug must still end the stream with an error event, not cut the connection
+        log.exception("infer stream failed", extra={"jobId": job.job_id})  # not done: close() cancels it
+        crash = Internal(f"{type(exc).__name__}: {exc}", job_id=job.job_id)
+        yield sse.event(ErrorReply.model_validate({"error": crash.to_wire()}).wire(), name="error")
     finally:
         await job.close()
 

@@ -8,8 +8,10 @@ quotas, shedding, idempotency (``Idempotency-Key``) and errors are the same; err
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -30,7 +32,9 @@ from services.gateway.http.context import (
 from services.gateway.http.errors import openai_error_body
 from services.gateway.http.jobstream import Chunk, JobStream
 from services.gateway.http.openapi_docs import body_schema
-from tether.errors import TetherError
+from tether.errors import Internal, TetherError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 
@@ -48,12 +52,28 @@ async def _run(request: Request, req: InferRequest) -> InferReply:
     return await state_of(request).gateway.infer(req, trace_headers(request))
 
 
+@contextmanager
+def _openai_names(text: str, max_tokens: str = "max_tokens") -> Iterator[None]:
+    """Errors name the OpenAI parameter (``max_tokens``, ``model``, ``messages``), not Tether's field."""
+    try:
+        yield
+    except TetherError as exc:
+        exc.field = oa.openai_param(exc.field, text=text, max_tokens=max_tokens)
+        raise
+
+
+def _text_param(shape: type[GenBody]) -> str:
+    return "messages" if shape is oa.ChatCompletionRequest else "prompt"
+
+
 async def _generate(request: Request, shape: type[GenBody], to_infer: ToInfer, respond: Respond, chunk: ChunkBody) -> Any:
     body = oa.parse_openai(shape, await read_json(request))
-    req = to_infer(body, await _tenant(request), idempotency_key(request, None))
-    if body.stream:
-        return await _stream(request, req, chunk)
-    reply = await _run(request, req)
+    max_tokens = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+    with _openai_names(_text_param(shape), max_tokens):
+        req = to_infer(body, await _tenant(request), idempotency_key(request, None))
+        if body.stream:
+            return await _stream(request, req, chunk)
+        reply = await _run(request, req)
     return JSONResponse(respond(reply, int(time.time())), headers={"X-Job-Id": reply.job_id})
 
 
@@ -74,8 +94,9 @@ async def chat_completions(request: Request) -> Any:
 @router.post("/embeddings", summary="OpenAI embeddings", openapi_extra=body_schema(oa.EmbeddingRequest))
 async def embeddings(request: Request) -> Any:
     body = oa.parse_openai(oa.EmbeddingRequest, await read_json(request))
-    req = oa.embedding_to_infer(body, await _tenant(request), idempotency_key(request, None))
-    reply = await _run(request, req)
+    with _openai_names("input"):
+        req = oa.embedding_to_infer(body, await _tenant(request), idempotency_key(request, None))
+        reply = await _run(request, req)
     out = oa.embeddings_response(reply, body.encoding_format, many=isinstance(body.input, list))
     return JSONResponse(out, headers={"X-Job-Id": reply.job_id})
 
@@ -138,6 +159,10 @@ async def _openai_events(job: JobStream, chunk: ChunkBody) -> AsyncIterator[byte
         yield sse.DONE
     except TetherError as exc:
         job.done = True
+        exc.field = oa.openai_param(exc.field, text="messages" if chunk is _chat_chunk else "prompt")
         yield sse.event(openai_error_body(exc))
+    except Exception as exc:  # a bug must still end the stream in OpenAI's shape, not cut the connection
+        log.exception("openai stream failed", extra={"jobId": job.job_id})  # not done: close() cancels it
+        yield sse.event(openai_error_body(Internal(f"{type(exc).__name__}: {exc}", job_id=job.job_id)))
     finally:
         await job.close()
