@@ -36,6 +36,12 @@ class DispatchSigner:
         return seal(self.identity, payload, dispatch_purpose(worker_id))
 
 
+#: How far before a worker's start a dispatch may be sealed and still run: the schedulers' clocks may
+#: run a little behind the worker's. A dispatch sealed for the earlier run that long before the restart
+#: never ran there (that run had died), so running it once now is not a second run.
+NOT_BEFORE_MARGIN_S = 1.0
+
+
 class DispatchGate:
     """The worker's side: the payload of a dispatch signed by a trusted scheduler, for this worker."""
 

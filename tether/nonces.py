@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from enum import Enum
 
 __all__ = ["Added", "NonceCache"]
@@ -19,9 +19,11 @@ class Added(Enum):
 
 
 class NonceCache:
-    """Remembers (public key, nonce) pairs until they expire; O(1) amortised per message.
+    """Remembers (public key, nonce) pairs until they expire; O(log n) per message.
 
-    Entries expire at ``timestamp + skew`` (after that the envelope is stale anyway).
+    Entries expire at ``timestamp + skew`` (after that the envelope is stale anyway), in
+    expiry order (a heap): an envelope timestamped ahead of the others never holds back
+    the expiry of those that arrived after it.
     The cache fails closed: it never drops a live entry to make room, since a dropped
     nonce could be replayed. Instead each signer may hold at most ``max_per_signer``
     live entries (a quarter of the cache by default), and past that, or past
@@ -35,7 +37,7 @@ class NonceCache:
 
     def __init__(self, max_entries: int = 2_000_000, *, max_per_signer: int | None = None) -> None:
         self._expiry: dict[bytes, float] = {}
-        self._order: deque[tuple[float, bytes]] = deque()
+        self._order: list[tuple[float, bytes]] = []  # a heap: the next to expire first
         self._per_signer: dict[bytes, int] = {}
         self.max_entries = max_entries
         self.max_per_signer = max_per_signer if max_per_signer is not None else max(1, max_entries // 4)
@@ -52,10 +54,10 @@ class NonceCache:
         return self._per_signer.get(signer, 0)
 
     def expire(self, now: float) -> None:
-        """Drop entries whose expiry is before ``now`` (from the oldest insertion on)."""
+        """Drop entries whose expiry is before ``now`` (soonest first)."""
         order, expiry, per_signer = self._order, self._expiry, self._per_signer
         while order and order[0][0] < now:
-            key = order.popleft()[1]
+            key = heapq.heappop(order)[1]
             if expiry.pop(key, None) is not None:
                 signer = key[:_SIGNER_BYTES]
                 left = per_signer[signer] - 1
@@ -76,5 +78,5 @@ class NonceCache:
             return Added.FULL
         self._per_signer[signer] = held + 1
         self._expiry[key] = expires_at
-        self._order.append((expires_at, key))
+        heapq.heappush(self._order, (expires_at, key))
         return Added.RECORDED

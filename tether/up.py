@@ -105,9 +105,6 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
         except (RuntimeError, OSError) as exc:  # e.g. the port is taken (a `tether up` already running?)
             print(f"error: nats-server did not start: {exc}", file=sys.stderr, flush=True)
             return 1
-        if stopping.is_set():
-            server.stop()
-            return 130
         print(f"nats-server   {server.url}   (JetStream data in {home / 'jetstream'})", flush=True)
     url = server.url if server else settings.url
     env["TETHER_NATS_URL"] = url

@@ -209,6 +209,7 @@ class Gateway:
         timeout = (
             req.params.timeout_s if req.params and req.params.timeout_s else self.settings.request_timeout_s
         )
+        deadline = asyncio.get_running_loop().time() + timeout  # the publish and the wait share it
         try:
             sub = JobSubmission(
                 job_id=job_id,
@@ -235,7 +236,7 @@ class Gateway:
                 if existing is not None:
                     return self._reply(existing, t0, admitted)
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(deadline):
                     result = await fut
             except TimeoutError:
                 raise Timeout(

@@ -76,11 +76,12 @@ class StreamProgress:
 
         A ``redelivered`` job another scheduler parked gets that scheduler's prefix from the KV bucket.
         """
-        await self._sweep(time.monotonic())
-        if (known := self._jobs.get(job_id)) is not None:
+        if (known := self._jobs.get(job_id)) is not None:  # back before the sweep can drop its prefix
             known.parked_at = None
             self._parked.pop(job_id, None)
+            await self._sweep(time.monotonic())
             return
+        await self._sweep(time.monotonic())
         state = _Delivered()
         self._jobs[job_id] = state
         if redelivered and self._kv is not None:

@@ -48,7 +48,7 @@ from services.worker.streaming import ChunkPublisher
 from streams import apply, topology
 from tether import codec, subjects, telemetry
 from tether.connection import connect, subscribe_inline
-from tether.dispatch_auth import DispatchGate
+from tether.dispatch_auth import NOT_BEFORE_MARGIN_S, DispatchGate
 from tether.e2e import FleetBox, fleet_key_path, is_sealed
 from tether.envelope import EnvelopeRejected
 from tether.errors import ModelUnknown, NoCapacity, TetherError, WorkerFailed
@@ -130,7 +130,7 @@ class Worker:
         self._sub = None
         self.reporter: Reporter | None = None
         self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
-        self.dispatch_gate.not_before = self.presence.started_at
+        self.dispatch_gate.not_before = self.presence.started_at - NOT_BEFORE_MARGIN_S
         self._unreported: set[tuple[str, int]] = set()  # accepted attempts not yet reported
         self.fleet_box = FleetBox.load(fleet_key_path(settings.keys_dir))
         self.completed = 0

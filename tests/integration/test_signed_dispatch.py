@@ -145,7 +145,9 @@ async def test_a_dispatch_captured_before_a_restart_is_refused_by_the_new_proces
     data = trusted.seal(old.worker_id, batch("j-captured", probe.report_to))  # type: ignore[attr-defined]
     await probe.accepted(data)
     await old.close()  # type: ignore[attr-defined]
-    await asyncio.sleep(0.01)  # the new process starts strictly after the capture
+    from tether.dispatch_auth import NOT_BEFORE_MARGIN_S
+
+    await asyncio.sleep(NOT_BEFORE_MARGIN_S + 0.1)  # a real restart takes longer than the clock margin
     again = Worker(settings, identity=old.identity, specs=[parse_model_spec("echo")])  # type: ignore[attr-defined]
     await again.start()
     try:

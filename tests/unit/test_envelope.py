@@ -307,6 +307,17 @@ def test_flooding_signer_is_refused_without_opening_a_replay(worker: Identity) -
     reject(v, first, "replayed")  # and the flood did not make room for a replay
 
 
+def test_an_entry_expiring_late_does_not_hold_back_the_others() -> None:
+    """Expiry goes by time, not arrival: one envelope timestamped ahead keeps no one else's nonces alive."""
+    c = NonceCache(max_entries=100, max_per_signer=10)
+    a, b = b"A" * 32, b"B" * 32
+    assert c.add(a + b"ahead", 60.0, 0.0) is Added.RECORDED
+    for i in range(10):
+        assert c.add(b + bytes([i]), 30.0, 0.0) is Added.RECORDED
+    assert c.add(b + b"next", 65.0, 35.0) is Added.RECORDED  # B's ten expired at 30, A's is still live
+    assert c.held_by(b) == 1 and c.held_by(a) == 1 and len(c) == 2
+
+
 def test_nonce_cache_keyed_by_signer() -> None:
     c = NonceCache()
     assert c.add(b"A" * 32 + b"n" * 16, 10.0, 0.0) is Added.RECORDED

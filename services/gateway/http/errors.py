@@ -65,7 +65,7 @@ def status_of(exc: TetherError) -> int:
 
 #: Codes a client must not simply send again: the job they name may still run (``timeout``: a repeat
 #: without the same ``Idempotency-Key`` would run it twice), although ``retryable`` says a retry may work.
-_NO_BLIND_RETRY = frozenset({"timeout"})
+_NO_BLIND_RETRY = frozenset({"timeout", "internal"})  # the job may be queued or running already
 
 
 def should_retry(exc: TetherError) -> bool:
