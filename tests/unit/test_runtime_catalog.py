@@ -63,10 +63,16 @@ def test_parse_builtins(text: str, key: tuple[str, str]) -> None:
     assert parse_model_spec(text).key == key
 
 
-@pytest.mark.parametrize("text", ["nope", "echo:2", "smollm2-135m-instruct:7"])
+@pytest.mark.parametrize("text", ["nope", "smollm2-135m-instruct:7", "all-minilm-l6-v2:2"])
 def test_parse_unknown_builtin(text: str) -> None:
     with pytest.raises(errors.ModelUnknown):
         parse_model_spec(text)
+
+
+def test_echo_is_built_in_in_any_version() -> None:
+    """Versions of the test model to roll out (canaries) without any weights."""
+    assert parse_model_spec("echo:2").key == ("echo", "2")
+    assert parse_model_spec("echo:2;fail=always").echo.fail == "always"
 
 
 def test_parse_custom_specs() -> None:
