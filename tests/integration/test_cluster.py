@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
 
 from streams import JOBS, RESULTS
 from tests.conftest import System, start_system
@@ -53,13 +54,15 @@ def _url(nodes: list[NatsServer]) -> str:
 
 
 async def _jetstream_ready(url: str, timeout: float = 30.0) -> None:
-    """Until the cluster has elected its JetStream meta leader (account info answers)."""
+    """Until every node has joined JetStream: an R3 stream can be placed (then it is removed)."""
     nc = await connect(url, name="cluster-probe")
+    js = nc.jetstream()
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await nc.jetstream().account_info()
+                await js.add_stream(StreamConfig(name="READY", subjects=["ready.probe"], num_replicas=NODES))
+                await js.delete_stream("READY")
                 return
             except Exception:
                 if time.monotonic() > deadline:
