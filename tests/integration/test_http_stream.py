@@ -162,3 +162,21 @@ async def test_a_crash_inside_a_stream_ends_it_with_an_error_event(
     assert r.status_code == 200 and len(events) == 3, r.text  # role, the chunk, then the error; no [DONE]
     assert json.loads(events[1]["data"])["choices"][0]["delta"]["content"] == "first "
     assert json.loads(events[-1]["data"])["error"]["code"] == "internal"
+
+
+async def test_a_stream_waiting_in_the_queue_sends_keep_alive_comments(
+    hs: HttpSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxies cut connections idle for a minute; a job waiting for a worker would send nothing."""
+    from services.gateway.http import sse
+
+    monkeypatch.setattr(sse, "KEEPALIVE_S", 0.2)
+    body = {"tenantId": "t", "modelId": "echo", "input": "slow", "params": {"timeoutS": 1}}
+    worker = hs.system.workers[0]
+    await worker.close()  # type: ignore[attr-defined]  # the model is known, but nobody takes the job
+    async with hs.client.stream("POST", "/infer?stream=true", json=body) as r:
+        raw = b"".join([part async for part in r.aiter_bytes()]).decode()
+    assert raw.count(": keep-alive\n\n") >= 2, raw
+    events = sse.parse(raw)  # comments are not events
+    assert [e["event"] for e in events] == ["job", "error"]
+    assert json.loads(events[1]["data"])["error"]["code"] == "timeout"

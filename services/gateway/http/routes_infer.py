@@ -74,7 +74,7 @@ async def post_infer(
         await job.close()
         raise
     return StreamingResponse(
-        _infer_events(job), media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, "X-Job-Id": job_id}
+        sse.with_keepalive(_infer_events(job)), media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, "X-Job-Id": job_id}
     )
 
 

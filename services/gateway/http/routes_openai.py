@@ -137,7 +137,9 @@ async def _stream(request: Request, req: InferRequest, chunk: ChunkBody) -> Stre
         await job.close()
         raise
     return StreamingResponse(
-        _openai_events(job, chunk), media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, "X-Job-Id": job_id}
+        sse.with_keepalive(_openai_events(job, chunk)),
+        media_type=sse.MEDIA_TYPE,
+        headers={**sse.HEADERS, "X-Job-Id": job_id},
     )
 
 
