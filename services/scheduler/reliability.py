@@ -72,7 +72,7 @@ class Reliability:
     def score(self, worker_id: str) -> float:
         """Called for every scored candidate of every placement: no allocation, the decay inline."""
         r = self._records.get(worker_id)
-        m = self._rate_sum / self._rated if self._rated else 0.5
+        m = self.prior
         if r is None:
             return m
         now = self._clock()
