@@ -193,9 +193,12 @@ class Batch:
         while True:
             await self.ledger.scan()
             report = Report.build(self, elapsed, self.rows(self.ids))
-            if not report.store_mismatch or time.monotonic() > deadline:
+            if not (report.store_mismatch or report.lost) or time.monotonic() > deadline:
                 return report
-            await asyncio.sleep(0.5)  # a final state is written just after its result
+            # A final state is written just after its result; and nats-server hands a message to
+            # core subscribers before the stream has stored it, so the last job's result can be
+            # seen (and the batch over) a moment before RESULTS holds it. A lost job stays lost.
+            await asyncio.sleep(0.5)
 
     # ---- one client task ----------------------------------------------------------------------
 
