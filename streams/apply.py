@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, ObjectStoreConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
 from streams.definitions import Topology
@@ -55,12 +57,7 @@ async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False) -
             except NotFoundError:
                 pass
         await js.add_consumer(stream, ccfg)  # creates, or updates a durable with the same name
-    for kv in topo.key_values:
-        try:
-            await js.key_value(kv.bucket)
-        except BucketNotFoundError:
-            await js.create_key_value(kv)
-            log.info("kv bucket created", extra={"bucket": kv.bucket})
+    await apply_buckets(js, topo.key_values, update=update)
     for obj in topo.object_stores:
         assert obj.bucket is not None
         try:
@@ -68,3 +65,45 @@ async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False) -
         except BucketNotFoundError:
             await js.create_object_store(obj.bucket, config=obj)
             log.info("object store created", extra={"bucket": obj.bucket})
+        else:
+            if update:
+                await _bring_up_to_date(js, f"OBJ_{obj.bucket}", obj)
+
+
+async def apply_buckets(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...], *, update: bool = False) -> None:
+    """Create each KV bucket that is missing; with ``update``, bring existing ones to their declaration.
+
+    A bucket is a stream (``KV_<bucket>``): its TTL, replicas and history are that stream's
+    ``max_age``, ``num_replicas`` and ``max_msgs_per_subject``, updated in place like any stream.
+    """
+    for cfg in buckets:
+        try:
+            await js.key_value(cfg.bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(cfg)
+            log.info("kv bucket created", extra={"bucket": cfg.bucket})
+        else:
+            if update:
+                await _bring_up_to_date(js, f"KV_{cfg.bucket}", cfg)
+
+
+async def _bring_up_to_date(js: JetStreamContext, stream: str, cfg: KeyValueConfig | ObjectStoreConfig) -> None:
+    """Update a bucket's stream where its TTL, replicas, size cap or history differ from ``cfg``."""
+    current = (await js.stream_info(stream)).config
+    wanted = replace(
+        current,
+        max_age=float(cfg.ttl or 0.0),
+        num_replicas=cfg.replicas,
+        max_bytes=cfg.max_bytes if cfg.max_bytes is not None else current.max_bytes,
+        description=cfg.description if cfg.description is not None else current.description,
+    )
+    if isinstance(cfg, KeyValueConfig):
+        wanted = replace(wanted, max_msgs_per_subject=cfg.history)
+    if _differs(current, wanted):
+        await js.update_stream(wanted)
+        log.info("bucket updated", extra={"stream": stream, "ttl": wanted.max_age, "replicas": wanted.num_replicas})
+
+
+def _differs(a: object, b: object) -> bool:
+    fields = ("max_age", "num_replicas", "max_bytes", "description", "max_msgs_per_subject")
+    return any(getattr(a, f) != getattr(b, f) for f in fields)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
 
+from streams.apply import apply_buckets
 from streams.definitions import cluster_replicas
 from tether.settings import Settings
 
@@ -84,10 +84,8 @@ def resume_bucket(settings: Settings, server_info: dict[str, object] | None = No
     )
 
 
-async def apply_kv(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...]) -> None:
-    """Create each bucket that does not exist yet (an existing one is left as it is)."""
-    for cfg in buckets:
-        try:
-            await js.key_value(cfg.bucket)
-        except BucketNotFoundError:
-            await js.create_key_value(cfg)
+async def apply_kv(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...], *, update: bool = False) -> None:
+    """Create each bucket that does not exist yet; with ``update`` (the scheduler), also bring existing
+    ones to these declarations (a longer queue wait lengthens ``tether_resume``'s TTL, a longer RESULTS
+    retention ``tether_idempotency``'s, a larger cluster their replicas)."""
+    await apply_buckets(js, buckets, update=update)

@@ -24,9 +24,11 @@ from typing import Any, Final
 
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
+from pydantic import TypeAdapter, ValidationError
 
-from tether.errors import InvalidRequest
-from tether.identity import pub_path, write_private_file
+from schemas.messages import MAX_INPUTS, Input
+from tether.errors import InvalidRequest, KeyFileInvalid
+from tether.identity import check_key_mode, pub_path, write_private_file
 
 PREFIX: Final = "tsb1:"
 
@@ -50,7 +52,7 @@ def _seal(obj: dict[str, Any], to: PublicKey) -> str:
 def _open(value: str, key: PrivateKey, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(SealedBox(key).decrypt(_unb64(value[len(PREFIX) :])))
-    except (CryptoError, binascii.Error, ValueError) as e:
+    except (CryptoError, binascii.Error, ValueError, RecursionError) as e:  # RecursionError: deep nesting
         raise InvalidRequest(
             f"sealed {what} could not be opened: {type(e).__name__}", field="input"
         ) from None
@@ -97,10 +99,18 @@ class FleetBox:
 
     @classmethod
     def load(cls, path: Path) -> FleetBox:
-        """The key at ``path`` (no key file: a worker that refuses sealed inputs)."""
+        """The key at ``path`` (no key file: a worker that refuses sealed inputs).
+
+        The same policy as the node keys: a file group or others may read is refused, and so is one
+        that is not a fleet key file (``KeyFileInvalid``), not a crash while the worker starts.
+        """
         if not path.exists():
             return cls(None)
-        return cls(PrivateKey(_unb64(json.loads(path.read_text())["box"])))
+        check_key_mode(path)
+        try:
+            return cls(PrivateKey(_unb64(str(json.loads(path.read_text(encoding="ascii"))["box"]))))
+        except (KeyError, TypeError, ValueError, binascii.Error, CryptoError, UnicodeDecodeError) as e:
+            raise KeyFileInvalid(f"{path} is not a fleet key file: {type(e).__name__}: {e}") from None
 
     @classmethod
     def create(cls, path: Path, *, force: bool = False) -> FleetBox:
@@ -124,7 +134,19 @@ class FleetBox:
             reply = PublicKey(_unb64(str(doc["replyKey"])))
         except (KeyError, ValueError, binascii.Error, CryptoError) as e:
             raise InvalidRequest(f"sealed input has no usable replyKey: {e}", field="input") from None
-        return Opened(doc.get("input"), lambda output: _seal({"output": output}, reply))
+        value = doc.get("input")
+        try:  # what a plain request's input must be, checked here since only the worker sees it
+            _INPUT.validate_python(value)
+        except ValidationError:
+            raise InvalidRequest(
+                "sealed input must hold a non-empty string, a non-empty list of strings or a list of "
+                f"chat messages, at most {MAX_INPUTS} items",
+                field="input",
+            ) from None
+        return Opened(value, lambda output: _seal({"output": output}, reply))
+
+
+_INPUT: TypeAdapter[Any] = TypeAdapter(Input)
 
 
 def fleet_key_path(keys_dir: Path) -> Path:

@@ -167,7 +167,7 @@ class Identity:
     def load(cls, path: str | os.PathLike[str]) -> Identity:
         """Read a key file written by ``save``; ValueError when it is not one."""
         p = Path(path)
-        _check_key_mode(p)
+        check_key_mode(p)
         try:
             data = json.loads(p.read_text(encoding="ascii"))
             if not isinstance(data, dict) or data.get("version") != KEY_FILE_VERSION:
@@ -204,7 +204,7 @@ class Identity:
 KEY_MODE_ENV = "TETHER_KEY_FILE_MODE"
 
 
-def _check_key_mode(p: Path) -> None:
+def check_key_mode(p: Path) -> None:
     """A private key that other users may read is no longer this node's alone: refuse it (ValueError)."""
     mode = stat.S_IMODE(p.stat().st_mode)
     if not mode & 0o077:

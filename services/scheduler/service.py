@@ -45,7 +45,7 @@ from services.scheduler.pull import PullConsumer
 from services.scheduler.reliability import Reliability
 from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
-from streams.kv import RESUME_BUCKET, apply_kv, resume_bucket
+from streams.kv import RESUME_BUCKET, apply_kv, kv_buckets, resume_bucket
 from tether import telemetry
 from tether.connection import connect
 from tether.dispatch_auth import DispatchSigner
@@ -124,7 +124,8 @@ class Scheduler:
             self._own_nc = True
         self.nc, self.js = nc, nc.jetstream()
         await apply(self.js, topology(self.settings, nc._server_info), update=True)
-        await apply_kv(self.js, (resume_bucket(self.settings, nc._server_info),))
+        buckets = (*kv_buckets(self.settings, nc._server_info), resume_bucket(self.settings, nc._server_info))
+        await apply_kv(self.js, buckets, update=True)  # its settings own retention, as for the streams
         signer = DispatchSigner(node_identity(self.settings, "scheduler"))
         self.dispatcher = Dispatcher(nc, self.scheduler_id, signer)
         await self.dispatcher.start()

@@ -322,6 +322,8 @@ class Worker:
             return ModelUnknown(f"worker {self.worker_id} does not serve {d.model_id}:{d.version}")
         if not self.cache.can_serve(slot.spec.key):
             return NoCapacity(f"worker {self.worker_id} cannot load {d.model_id}:{d.version} now: model memory is busy")
+        if self.fleet_box.key is None and is_sealed(d.input):  # another worker may hold the fleet key
+            return NoCapacity(f"worker {self.worker_id} holds no fleet key for a sealed input")
         if len(self._jobs) >= self.settings.worker_concurrency:
             return NoCapacity(f"worker {self.worker_id} is full ({len(self._jobs)} jobs)")
         return self.quota.check(d.tenant_id, len(self._jobs))

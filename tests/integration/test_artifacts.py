@@ -115,6 +115,18 @@ async def test_tampered_artifact_file_refused(published: Published) -> None:
     assert "weights.bin" in err.message
 
 
+async def test_publishing_again_repairs_a_damaged_file_object_of_the_same_size(
+    published: Published, settings: Settings, nc: Client
+) -> None:
+    """An object replaced by other bytes of the same size is uploaded again, not taken as present."""
+    data = (published.directory / "weights.bin").read_bytes()
+    await published.put(file_object(hashlib.sha256(data).hexdigest()), os.urandom(len(data)))
+    await published.refused("tampered_file")
+    await publish_dir(settings, nc, published.directory, ensure_dev_trust(settings)[2])  # a new manifest, same files
+    local, _ = await published.cache().materialize(published.digest)
+    assert (local / FILES_DIR / "weights.bin").read_bytes() == data
+
+
 async def test_truncated_download_refused(published: Published) -> None:
     data = (published.directory / "weights.bin").read_bytes()
     await published.put(file_object(hashlib.sha256(data).hexdigest()), data[: len(data) // 2])

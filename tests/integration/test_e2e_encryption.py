@@ -65,3 +65,23 @@ async def test_input_sealed_to_another_fleet_key_fails_clearly(settings: Setting
             )
     finally:
         await system.close()
+
+
+async def test_worker_without_the_fleet_key_refuses_sealed_jobs_so_another_runs_them(
+    settings: Settings, nc: Client
+) -> None:
+    """A mixed fleet (a new worker not yet given ``fleet.box``): sealed jobs go to the worker that holds it."""
+    system = await start_system(settings, ["echo"], workers=2)
+    try:
+        keyless = system.workers[1]
+        keyless.fleet_box = FleetBox(None)
+        fleet = system.workers[0].fleet_box.public_key
+        assert fleet is not None
+        tenant = PrivateKey.generate()
+        for i in range(12):  # placement spreads them: without the refusal about half would fail
+            reply = await client.infer(nc, model="echo", input=seal_input(f"n{i}", fleet, tenant), timeout=30)
+            assert open_output(reply["result"], tenant) == f"n{i}"
+            assert reply["workerId"] == system.workers[0].worker_id
+        assert keyless.completed == 0 and keyless.failed == 0
+    finally:
+        await system.close()

@@ -72,3 +72,32 @@ def test_a_server_refuses_to_start_on_a_port_already_taken(tmp_path: Path) -> No
         assert second.proc is None
     finally:
         first.stop()
+
+
+async def test_buckets_follow_the_settings_when_the_scheduler_updates(nc: Client, settings: Settings) -> None:
+    """KV buckets and the object store are streams too: an update brings their TTL and history to the settings."""
+    from streams.kv import IDEMPOTENCY_BUCKET, RESUME_BUCKET, apply_kv, kv_buckets, resume_bucket
+
+    js = nc.jetstream()
+    first = replace(settings, queue_wait_s=40.0, results_max_age_s=3600.0)
+    await apply(js, topology(first))
+    await apply_kv(js, (*kv_buckets(first), resume_bucket(first)))
+    assert (await js.stream_info(f"KV_{RESUME_BUCKET}")).config.max_age == pytest.approx(
+        40.0 + first.job_lease_s + 60.0
+    )
+
+    later = replace(settings, queue_wait_s=900.0, results_max_age_s=86_400.0)
+    await apply_kv(js, (*kv_buckets(later), resume_bucket(later)))  # a gateway: creates only, changes nothing
+    assert (await js.stream_info(f"KV_{IDEMPOTENCY_BUCKET}")).config.max_age == pytest.approx(3600.0)
+    await apply(js, topology(later), update=True)
+    await apply_kv(js, (*kv_buckets(later), resume_bucket(later)), update=True)  # the scheduler
+    assert (await js.stream_info(f"KV_{RESUME_BUCKET}")).config.max_age == pytest.approx(
+        900.0 + later.job_lease_s + 60.0
+    )
+    assert (await js.stream_info(f"KV_{IDEMPOTENCY_BUCKET}")).config.max_age == pytest.approx(86_400.0)
+    kv = await js.key_value(RESUME_BUCKET)  # still a working bucket after the update
+    await kv.put("r.x", b"1")
+    assert (await kv.get("r.x")).value == b"1"
+    again = (await js.stream_info(f"KV_{RESUME_BUCKET}")).config
+    await apply_kv(js, (resume_bucket(later),), update=True)  # nothing differs: nothing changes
+    assert (await js.stream_info(f"KV_{RESUME_BUCKET}")).config == again

@@ -145,6 +145,29 @@ async def test_messages_without_chat_template_are_rejected(tiny: TransformersRun
     assert info.value.field == "input"
 
 
+#: What Mistral- and Llama-2-style templates do with a conversation they do not accept.
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    "{% endif %}{{ m['role'] + ' : ' + m['content'] + ' . ' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant :' }}{% endif %}"
+)
+
+
+async def test_a_conversation_the_chat_template_refuses_is_invalid_request(tiny_chat: TransformersRuntime) -> None:
+    """Not a worker failure: that would be retried, dead-lettered, and count against the model's breaker."""
+    original = tiny_chat.tokenizer.chat_template
+    tiny_chat.tokenizer.chat_template = STRICT_TEMPLATE
+    try:
+        ok = await tiny_chat.run(_req([{"role": "user", "content": "hi"}], max_new_tokens=2))
+        assert ok.tokens_in > 0 and ok.tokens_out == 2  # the template takes an alternating conversation
+        with pytest.raises(errors.InvalidRequest, match=r"chat template refused.*must alternate") as info:
+            await tiny_chat.run(_req([{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]))
+        assert info.value.field == "input"
+    finally:
+        tiny_chat.tokenizer.chat_template = original
+
+
 @pytest.mark.parametrize("bad", [{"prompt": "hi"}, 42, None, ["hi", "there"], [], [{"role": "user"}]])
 async def test_generate_rejects_wrong_input_types(tiny_chat: TransformersRuntime, bad: object) -> None:
     with pytest.raises(errors.InvalidRequest) as info:

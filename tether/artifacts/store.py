@@ -16,6 +16,7 @@ cache entry that fails is deleted. Nothing half-verified is ever returned.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import os
@@ -41,6 +42,17 @@ from tether.identity import Identity
 SIGNED_MANIFEST = "manifest.signed"
 FILES_DIR = "files"
 Progress = Callable[[int], None]  # called with bytes done since the last call
+
+
+def claims_content(object_digest: str | None, sha256_hex: str) -> bool:
+    """Whether an object's digest field (``SHA-256=`` + URL-safe base64) names content with this SHA-256."""
+    algorithm, _, value = (object_digest or "").partition("=")
+    if algorithm.upper() != "SHA-256" or not value:
+        return False
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)) == bytes.fromhex(sha256_hex)
+    except ValueError:
+        return False
 
 
 def manifest_object(digest: str) -> str:
@@ -87,7 +99,9 @@ async def publish(
         name = file_object(entry.sha256)
         with contextlib.suppress(ObjectNotFoundError, NotFoundError):
             info = await obs.get_info(name)
-            if info.size == entry.size:
+            # Skipped only when the stored object claims this very content: one replaced by other bytes
+            # (a damaged or tampered upload, which workers refuse) is uploaded again, not kept.
+            if info.size == entry.size and claims_content(info.digest, entry.sha256):
                 if progress is not None:
                     progress(entry.size)
                 continue

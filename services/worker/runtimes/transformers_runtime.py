@@ -195,9 +195,16 @@ class TransformersRuntime:
         if isinstance(prompt, str):
             enc = self.tokenizer(prompt, return_tensors="pt")
         else:
-            enc = self.tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
+            try:
+                enc = self.tokenizer.apply_chat_template(
+                    prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                )
+            except Exception as exc:  # a template's raise_exception() (jinja2 TemplateError), ValueError
+                # The conversation, not the worker, is at fault: a final error for this request only,
+                # never a retryable failure that would be retried, dead-lettered and trip the breaker.
+                raise errors.InvalidRequest(
+                    f"input: the model's chat template refused these messages: {exc}", field="input"
+                ) from None
         if enc["input_ids"].shape[-1] == 0:  # e.g. only whitespace, for a tokenizer that drops it
             raise errors.InvalidRequest("the input has no tokens for this model", field="input")
         return {k: v.to(self.model.device) for k, v in enc.items()}
