@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from typing import Any
 
 from nats.aio.client import Client
 
-from tests.conftest import start_system
+from tests.conftest import System, start_system
 from tests.proc_helpers import run_tether, tether_env
 from tether import client
 from tether.errors import TetherError
@@ -22,6 +23,16 @@ async def _cli(settings: Settings, *args: str) -> list[dict[str, Any]]:
     r = await asyncio.to_thread(run_tether, "canary", *args, env=env)
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+async def _gateway_sees(system: System, state: str, timeout: float = 10.0) -> None:
+    """Until the gateway has re-read the canary table the CLI wrote (it is told on
+    tether.control.canary.echo, then reads the KV bucket: a slow machine can take longer than a beat)."""
+    router = system.gateway.admission.canaries  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while (c := router.table.get("echo")) is None or c.state != state:
+        assert time.monotonic() < deadline, (state, router.table)
+        await asyncio.sleep(0.02)
 
 
 async def _ask(nc: Client, i: int) -> dict[str, Any] | str:
@@ -40,7 +51,7 @@ async def test_a_failing_canary_rolls_itself_back(settings: Settings, nc: Client
             "--budget", "0.2", "--min-requests", "4",
         )
         assert started["state"] == "running" and started["weight"] == 50.0
-        await asyncio.sleep(0.3)  # the gateway was told on tether.control.canary.echo
+        await _gateway_sees(system, "running")
         outcomes = [await _ask(nc, i) for i in range(30)]
         failed = [o for o in outcomes if isinstance(o, str)]
         assert failed and all(code in ("worker_failed", "dead_lettered") for code in failed), failed
@@ -60,7 +71,7 @@ async def test_a_healthy_canary_steps_up_to_promotion(settings: Settings, nc: Cl
             settings, "start", "echo", "--stable", "1", "--canary", "3", "--weight", "50",
             "--step", "50", "--min-requests", "3",
         )
-        await asyncio.sleep(0.3)
+        await _gateway_sees(system, "running")
         replies = [await _ask(nc, i) for i in range(40)]
         assert all(isinstance(r, dict) for r in replies), replies
         on_canary = [r for r in replies if isinstance(r, dict) and r["version"] == "3"]
@@ -71,7 +82,7 @@ async def test_a_healthy_canary_steps_up_to_promotion(settings: Settings, nc: Cl
         assert all(isinstance(r, dict) and r["version"] == "3" for r in last), last
         [aborted] = await _cli(settings, "abort", "echo", "--reason", "enough")
         assert aborted["state"] == "rolled_back" and aborted["reason"] == "enough"
-        await asyncio.sleep(0.3)
+        await _gateway_sees(system, "rolled_back")
         assert (await client.infer(nc, model="echo", version="1", input="y", timeout=20))["version"] == "1"
     finally:
         await system.close()

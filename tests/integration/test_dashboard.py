@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest_asyncio.fixture
 async def hs(settings: Settings) -> AsyncIterator[HttpSystem]:
+    # the "later" job must still be queued when the test's late worker comes up, after Chromium has
+    # listed it: on a slow machine that can take longer than the default 10 s queue wait
+    settings.queue_wait_s = 60.0
     async with http_system(settings, ["echo"]) as system:
         await hold_model(settings, "later")
         yield system

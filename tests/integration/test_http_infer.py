@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -43,8 +44,10 @@ async def test_raw_newline_inside_a_json_string_is_accepted(http_echo: HttpSyste
 async def test_get_job_shows_status_attempts_placement_and_result(http_echo: HttpSystem) -> None:
     r = await http_echo.client.post("/infer", json={"tenantId": "demo", **ECHO, "input": "look me up"})
     job_id = r.json()["jobId"]
-    await asyncio.sleep(0.2)  # the scheduler records COMPLETED right after the result
-    view = (await http_echo.client.get(f"/jobs/{job_id}")).json()
+    deadline = time.monotonic() + 10  # the scheduler records COMPLETED after the client has the result
+    while (view := (await http_echo.client.get(f"/jobs/{job_id}")).json())["status"] != "COMPLETED":
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.05)
     assert view["status"] == "COMPLETED" and view["result"] == "look me up"
     wid = http_echo.system.workers[0].worker_id  # type: ignore[attr-defined]
     assert view["attempts"] == 1 and view["attemptHistory"][0]["workerId"] == wid

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import msgpack
 from nats.aio.client import Client
@@ -60,10 +61,12 @@ async def test_200_concurrent_requests_each_get_their_own_input_once(echo_system
 
 async def test_job_rows_walk_the_lifecycle(echo_system, nc: Client, settings) -> None:
     reply = await client.infer(nc, model="echo", input="lifecycle")
-    await asyncio.sleep(0.1)  # the scheduler acknowledges after its final write; give it a beat
     store = open_store(settings.store_url)
     async with store:
-        row = await store.get(reply["jobId"])
+        deadline = time.monotonic() + 10  # the scheduler writes COMPLETED after the client has the result
+        while (row := await store.get(reply["jobId"])) is None or row["status"] != "COMPLETED":
+            assert time.monotonic() < deadline, row
+            await asyncio.sleep(0.05)
         attempts = await store.attempts(reply["jobId"])
         reservations = await store.reservations(reply["jobId"])
     assert row is not None and row["status"] == "COMPLETED"

@@ -34,10 +34,28 @@ async def quota_system(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> A
         yield hs
 
 
+class FrozenClock:
+    """The quota buckets' clock, standing still until the test moves it: at 3 tokens/s a slow machine
+    would otherwise refill a token between the requests that are meant to empty the bucket."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def freeze_quota_clock(hs: HttpSystem) -> FrozenClock:
+    clock = FrozenClock()
+    hs.system.gateway.admission.quotas._clock = clock  # type: ignore[attr-defined]
+    return clock
+
+
 async def test_over_quota_is_429_with_retry_after_and_other_tenants_are_unaffected(
     quota_system: HttpSystem, nc: Client
 ) -> None:
     c = quota_system.client
+    clock = freeze_quota_clock(quota_system)
     codes = [(await c.post("/infer", json={**ECHO, "input": "x"}, headers=quota_system.auth)).status_code for _ in range(3)]
     assert codes == [200, 200, 200]
     over = await c.post("/infer", json={**ECHO, "input": "x"}, headers=quota_system.auth)
@@ -49,7 +67,7 @@ async def test_over_quota_is_429_with_retry_after_and_other_tenants_are_unaffect
     assert exc.value.retry_after_s is not None and 0 < exc.value.retry_after_s <= 1 / 3 + 0.01
     for _ in range(5):  # another tenant has no quota configured
         assert (await client.infer(nc, model="echo", input="y", tenant="globex"))["result"] == "y"
-    await asyncio.sleep(1 / 3 + 0.05)  # one token refills
+    clock.now += 1 / 3 + 0.05  # one token refills
     again = await c.post("/infer", json={**ECHO, "input": "x"}, headers=quota_system.auth)
     assert again.status_code == 200
 
@@ -57,6 +75,7 @@ async def test_over_quota_is_429_with_retry_after_and_other_tenants_are_unaffect
 async def test_openai_route_over_quota_raises_rate_limit_error(quota_system: HttpSystem) -> None:
     import openai
 
+    freeze_quota_clock(quota_system)
     oa = openai.AsyncOpenAI(base_url=f"{quota_system.url}/v1", api_key=quota_system.key, max_retries=0)
     for _ in range(3):
         await oa.completions.create(model="echo", prompt="x")
