@@ -158,3 +158,28 @@ def test_kv_entries_allow_deny_and_withdraw() -> None:
     assert not trust.is_denied(a.public_key) and not trust.allows(a.public_key)
     trust.apply_kv("allow.worker.not-a-key", present=True)  # ignored, logged
     assert trust.allowed == frozenset()
+
+
+def _append_many(path: str, who: int, n: int) -> None:
+    from tether.trust import append_allowlist
+
+    for i in range(n):
+        append_allowlist(Path(path), f"# writer {who} line {i}\n")
+
+
+def test_concurrent_allowlist_writers_lose_no_lines(tmp_path: Path) -> None:
+    """Two `tether keys allow` at once: each copies the file and renames it over; without the lock one loses."""
+    import multiprocessing
+
+    path = tmp_path / "keys" / "allowlist"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(path), w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = path.read_text().splitlines()
+    assert sorted(x for x in lines if x.startswith("# writer")) == sorted(
+        f"# writer {w} line {i}" for w in range(4) for i in range(40)
+    )
