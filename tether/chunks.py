@@ -23,24 +23,28 @@ class Reorder:
         self.next_offset: int | None = 0
         self.attempt = 0  # the latest attempt seen
         self.stopped = False  # a restarted attempt took over: the final result carries the rest
-        self._held: dict[int, tuple[str, int | None, int | None]] = {}
+        self._held: dict[int, tuple[str, int | None, int | None, int]] = {}  # seq -> text, offset, tokens, attempt
         self.released_text: list[str] = []
 
     def push(
         self, seq: int, text: str, *, attempt: int = 1, offset: int | None = None, tokens: int | None = None
     ) -> list[tuple[int, str]]:
+        if attempt < self.attempt:
+            return []  # an abandoned attempt still running somewhere until its cancel lands: never spliced in
         newer = attempt > self.attempt
-        self.attempt = max(self.attempt, attempt)
+        self.attempt = attempt
+        if newer:  # what an older attempt left waiting for a gap is not the newer attempt's text
+            self._held = {k: v for k, v in self._held.items() if v[3] == attempt}
         if self.stopped:
             return []
         if seq < self.next_seq or seq in self._held:
             if newer and seq < self.next_seq:
                 self.stopped = True  # a new attempt starting over: it repeats what the client has
             return []  # otherwise a repeat
-        self._held[seq] = (text, offset, tokens)
+        self._held[seq] = (text, offset, tokens, attempt)
         out = []
         while self.next_seq in self._held:
-            piece, at, n = self._held[self.next_seq]
+            piece, at, n, _ = self._held[self.next_seq]
             if at is not None and self.next_offset is not None and at != self.next_offset:
                 self.stopped = True  # does not continue the released tokens
                 self._held.clear()
@@ -60,3 +64,12 @@ class Reorder:
         if final.startswith(sent):
             return final[len(sent) :]
         return "" if sent else final
+
+    def diverged(self, final: Any) -> bool:
+        """Whether the released chunks are not a prefix of the final text.
+
+        It happens when an attempt that could not resume (it restarted from the beginning, with
+        sampling) wrote other text than the streamed part: no chunk can take back what the client
+        has, so a client that reads only chunks must be told; the final result has the whole text.
+        """
+        return isinstance(final, str) and not final.startswith("".join(self.released_text))

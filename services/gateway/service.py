@@ -178,6 +178,8 @@ class Gateway:
                 await self.admission.claim_key(idempotent_job_id(req.tenant_id, req.idempotency_key), asked)
                 if existing is not None:
                     queued = True
+                    if on_job is not None:  # a stream of a finished job: the stored result is all of it
+                        await on_job(job_id)
                     return self._reply(existing, t0, admitted)
             else:
                 job_id = new_job_id()

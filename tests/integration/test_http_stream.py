@@ -180,3 +180,81 @@ async def test_a_stream_waiting_in_the_queue_sends_keep_alive_comments(
     events = sse.parse(raw)  # comments are not events
     assert [e["event"] for e in events] == ["job", "error"]
     assert json.loads(events[1]["data"])["error"]["code"] == "timeout"
+
+
+async def test_a_streamed_repeat_of_a_finished_key_streams_the_stored_result(hs: HttpSystem) -> None:
+    body = {"tenantId": "t", "modelId": "echo", "input": "said once"}
+    key = {"Idempotency-Key": "stream-again"}
+    r1, first = await _events(hs.client, body, headers=key)
+    assert r1.status_code == 200 and first[-1]["event"] == "result"
+    for _ in range(2):  # every repeat of a finished key gets its stored result, streamed or not
+        r, events = await _events(hs.client, body, headers=key)
+        assert r.status_code == 200, r.text
+        assert events[0]["event"] == "job" and events[-1]["event"] == "result", events
+        assert json.loads(events[0]["data"])["jobId"] == json.loads(first[0]["data"])["jobId"]
+        assert "".join(json.loads(e["data"])["text"] for e in events if e["event"] == "chunk") == "said once"
+        assert json.loads(events[-1]["data"])["result"] == "said once"
+    plain = await hs.client.post("/infer", json=body, headers=key)
+    assert plain.status_code == 200 and plain.json()["result"] == "said once"
+    oa = {"model": "echo", "prompt": "said once", "stream": True}
+    for _ in range(2):
+        r = await hs.client.post("/v1/completions", json=oa, headers={"Idempotency-Key": "oa-again"})
+        assert r.status_code == 200, r.text
+        chunks = [json.loads(e["data"]) for e in sse.parse(r.text) if e["data"] != "[DONE]"]
+        assert "".join(c["choices"][0]["text"] for c in chunks) == "said once", chunks
+
+
+async def _openai_stream_as_workers(hs: HttpSystem, nc: Client, key: str, chunks: list[dict], final_text: str) -> list:
+    """An OpenAI streaming request on the held model; the test plays the attempts' chunks and the final result."""
+    job_id = idempotent_job_id("acme", key)
+    body = {"model": HELD, "prompt": "p", "stream": True}
+    task = asyncio.create_task(
+        hs.client.post("/v1/completions", json=body, headers={**hs.auth, "Idempotency-Key": key})
+    )
+    await _wait_subscribed(nc, job_id)
+    for c in chunks:
+        await nc.publish(
+            subjects.chunks_subject(job_id), codec.encode({"jobId": job_id, **c}), headers={codec.CONTENT_TYPE: codec.JSON}
+        )
+        await nc.flush()
+        await asyncio.sleep(0.05)  # in this order
+    final = ResultMessage(
+        job_id=job_id, status="completed", tenant_id="acme", model_id=HELD, version="1",
+        result=final_text, worker_id="w-b", attempts=2, finished_at=time.time(),
+    )
+    await publish_final(nc.jetstream(), final, {})
+    r = await asyncio.wait_for(task, 10)
+    assert r.status_code == 200, r.text
+    return [json.loads(e["data"]) for e in sse.parse(r.text) if e["data"] != "[DONE]"]
+
+
+async def test_an_openai_stream_splices_in_no_chunk_of_an_abandoned_attempt(hs: HttpSystem, nc: Client) -> None:
+    chunks = [
+        {"seq": 0, "text": "The cat", "offset": 0, "tokenIds": [1, 2], "attempt": 1},
+        {"seq": 1, "text": " sat", "offset": 2, "tokenIds": [3], "attempt": 2},  # resumed on another worker
+        {"seq": 2, "text": " on a hat", "offset": 3, "tokenIds": [4, 5, 6], "attempt": 1},  # the old one, still on
+        {"seq": 2, "text": " down.", "offset": 3, "tokenIds": [12, 13], "attempt": 2},
+    ]
+    events = await _openai_stream_as_workers(hs, nc, "zombie-1", chunks, "The cat sat down.")
+    assert "".join(e["choices"][0]["text"] for e in events) == "The cat sat down."
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_an_openai_stream_whose_restart_wrote_other_text_ends_with_an_error(hs: HttpSystem, nc: Client) -> None:
+    """A restarted attempt (no prefix reached it) sampling other text: the client must not take the chunks it
+    has for the answer, since OpenAI's stream cannot take them back."""
+    chunks = [
+        {"seq": 0, "text": "The cat", "offset": 0, "tokenIds": [1, 2], "attempt": 1},
+        {"seq": 1, "text": " sat", "offset": 2, "tokenIds": [3], "attempt": 1},
+        {"seq": 0, "text": "A dog", "offset": 0, "tokenIds": [7, 8], "attempt": 2},
+        {"seq": 1, "text": " ran far away.", "offset": 2, "tokenIds": [9, 10, 11], "attempt": 2},
+    ]
+    events = await _openai_stream_as_workers(hs, nc, "restart-1", chunks, "A dog ran far away.")
+    assert "".join(e["choices"][0]["text"] for e in events if "choices" in e) == "The cat sat"
+    assert events[-1]["error"]["code"] == "worker_failed" and "Idempotency-Key" in events[-1]["error"]["message"]
+    again = await hs.client.post(  # what the error says to do: the stored result, whole
+        "/v1/completions", json={"model": HELD, "prompt": "p", "stream": True},
+        headers={**hs.auth, "Idempotency-Key": "restart-1"},
+    )
+    texts = [json.loads(e["data"]) for e in sse.parse(again.text) if e["data"] != "[DONE]"]
+    assert "".join(e["choices"][0]["text"] for e in texts) == "A dog ran far away."

@@ -59,6 +59,36 @@ def test_reorder_stops_at_a_chunk_that_does_not_continue_the_released_tokens() -
     assert r.remainder("abcd") == "cd"
 
 
+def test_reorder_never_splices_in_an_abandoned_attempt() -> None:
+    r = Reorder()
+    assert r.push(0, "The cat", attempt=1, offset=0, tokens=2) == [(0, "The cat")]
+    assert r.push(1, " sat", attempt=2, offset=2, tokens=1) == [(1, " sat")]  # resumed after a re-placement
+    # the abandoned attempt 1 runs on until its cancel lands: its next chunk fits seq and offset, but is not
+    # the text the resumed attempt writes
+    assert r.push(2, " on a hat", attempt=1, offset=3, tokens=3) == []
+    assert r.push(2, " down.", attempt=2, offset=3, tokens=2) == [(2, " down.")]
+    assert not r.diverged("The cat sat down.")
+
+
+def test_reorder_drops_what_an_older_attempt_left_waiting_for_a_gap() -> None:
+    r = Reorder()
+    assert r.push(0, "a", attempt=1) == [(0, "a")]
+    assert r.push(2, "OLD", attempt=1) == []  # held: seq 1 missing
+    assert r.push(1, "b", attempt=2) == [(1, "b")]  # the resumed attempt: attempt 1's seq 2 is not its text
+    assert r.push(2, "c", attempt=2) == [(2, "c")]
+    assert "".join(r.released_text) == "abc"
+
+
+def test_reorder_tells_when_the_streamed_text_is_not_the_final_text() -> None:
+    r = Reorder()
+    r.push(0, "The cat", attempt=1, offset=0, tokens=2)
+    r.push(0, "A dog", attempt=2, offset=0, tokens=2)  # restarted (sampling): other text
+    assert r.stopped
+    assert r.diverged("A dog ran.") and r.remainder("A dog ran.") == ""
+    assert not r.diverged("The cat ran.") and not r.diverged({"not": "text"})
+    assert not Reorder().diverged("anything")
+
+
 def test_every_error_code_has_an_http_status() -> None:
     assert set(ERROR_CODES) <= STATUS_BY_CODE.keys()
     assert STATUS_BY_CODE["quota_exceeded"] == 429 and STATUS_BY_CODE["no_capacity"] == 503

@@ -49,6 +49,7 @@ class JobStream:
         self.job_id: str | None = None
         self.created = int(time.time())
         self.done = False
+        self.diverged = False  # the streamed text is not a prefix of the final text (see Reorder.diverged)
         self._sub: Subscription | None = None
         self._chunks: asyncio.Queue[Msg] = asyncio.Queue()  # fed by the subscription, in socket order
         self._started = asyncio.Event()
@@ -99,6 +100,7 @@ class JobStream:
             for seq, text in self._push(order, await asyncio.wait_for(self._chunks.get(), 1.0)):
                 yield Chunk(self.job_id, seq, text)
         reply = await self._task  # raises a final error
+        self.diverged = order.diverged(reply.result)
         rest = order.remainder(reply.result)
         if rest:
             yield Chunk(self.job_id, order.next_seq, rest)

@@ -32,7 +32,7 @@ from services.gateway.http.context import (
 from services.gateway.http.errors import openai_error_body
 from services.gateway.http.jobstream import Chunk, JobStream
 from services.gateway.http.openapi_docs import body_schema
-from tether.errors import Internal, TetherError
+from tether.errors import Internal, TetherError, WorkerFailed
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,13 @@ async def _openai_events(job: JobStream, chunk: ChunkBody) -> AsyncIterator[byte
             if isinstance(ev, Chunk):
                 yield sse.event(chunk(job.job_id, model, job.created, {"content": ev.text}, None))
                 continue
+            if job.diverged:  # an OpenAI client has only the chunks: it must not take them for the answer
+                raise WorkerFailed(
+                    f"job {job.job_id} restarted after part of it had streamed and its final text differs "
+                    f"from what was streamed; send the request again with the same Idempotency-Key (or GET "
+                    f"/jobs/{job.job_id}) for the whole result",
+                    job_id=job.job_id,
+                )
             if not isinstance(ev.result, str) and oa.text_of(ev.result):  # a non-text result, said once
                 yield sse.event(chunk(job.job_id, model, job.created, {"content": oa.text_of(ev.result)}, None))
             final = chunk(job.job_id, model, job.created, {}, oa.finish_reason(ev))
