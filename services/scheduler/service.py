@@ -34,6 +34,7 @@ from services.scheduler.attempts import (
     retry_backoff,
 )
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy, BreakerTicket
+from services.scheduler.cancels import JobCancels
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.handover import Requeue
 from services.scheduler.held import HeldJobs
@@ -49,11 +50,7 @@ from streams.kv import RESUME_BUCKET, apply_kv, kv_buckets, resume_bucket
 from tether import telemetry
 from tether.connection import connect
 from tether.dispatch_auth import DispatchSigner
-from tether.errors import (
-    ModelUnknown,
-    NoCapacity,
-    TetherError,
-)
+from tether.errors import Cancelled, ModelUnknown, NoCapacity, TetherError
 from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.security import node_identity
@@ -107,6 +104,7 @@ class Scheduler:
         self._tasks = TaskGroup(f"scheduler:{self.scheduler_id}")
         self._jobs = TaskGroup(f"scheduler-jobs:{self.scheduler_id}")
         self.held = HeldJobs(self.store, self.scheduler_id, settings.job_lease_s)
+        self.cancels = JobCancels(settings.queue_wait_s + settings.job_lease_s + 60.0)  # as long as a job waits
         self.dispatcher: Dispatcher | None = None
         self.attempts: AttemptRunner | None = None
         self._puller: PullConsumer | None = None
@@ -153,6 +151,7 @@ class Scheduler:
         self._advisories = MaxDeliveries(nc, self.js, self.store, self.settings)
         await self._advisories.start()
         await self.fleet.start(nc, self.js)
+        await self.cancels.start(nc)
         self._started = time.time()
         self.state = SchedulerState.RUNNING
         self._tasks.spawn(self.dispatcher.run(), name="dispatch")
@@ -180,6 +179,8 @@ class Scheduler:
             return
         self.state = SchedulerState.STOPPED
         await self._tasks.close()
+        with contextlib.suppress(Exception):
+            await self.cancels.stop()
         if self._advisories is not None:  # first: the hand-back's advisories go to a scheduler that stays
             await self._advisories.stop()
         held = self.held.snapshot()  # before the cancelled handlers forget their jobs
@@ -287,6 +288,11 @@ class Scheduler:
         )
         while True:
             assert self.attempts is not None
+            if (reason := self.cancels.reason_for(t.job_id)) is not None:  # cancelled while it waited
+                spent = handover.spent(await self.store.attempts(t.job_id))
+                cancelled = Cancelled(f"job {t.job_id} cancelled: {reason}", job_id=t.job_id)
+                await self._finish_error(t, JobStatus.FAILED, cancelled, attempts=spent)
+                return
             choice = self.placement.choose(needs, inflight=self.attempts.inflight_by_worker, avoid=avoid)
             if choice is None or choice.worker_id in refused:
                 await self._wait_for_capacity(t)  # final no_capacity error, or Requeue

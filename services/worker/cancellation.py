@@ -15,8 +15,6 @@ registered, which the worker does as it accepts the dispatch.
 from __future__ import annotations
 
 import logging
-import time
-from collections import OrderedDict
 
 from nats.aio.msg import Msg
 
@@ -24,6 +22,7 @@ from schemas import CancelRequest
 from services.worker.runtimes.base import CancelToken
 from tether import codec
 from tether.errors import Cancelled
+from tether.expiring import ExpiringMap
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +33,17 @@ EARLY_MAX = 10_000
 class CancelBoard:
     def __init__(self) -> None:
         self._running: dict[str, dict[int, CancelToken]] = {}
-        self._early: OrderedDict[tuple[str, int | None], tuple[float, str]] = OrderedDict()
+        self._early: ExpiringMap[tuple[str, int | None], str] = ExpiringMap(EARLY_TTL_S, EARLY_MAX)  # -> reason
         self.cancelled = 0
 
     def register(self, job_id: str, attempt: int) -> CancelToken:
         token = CancelToken()
         self._running.setdefault(job_id, {})[attempt] = token
-        self._expire()
-        early = self._early.pop((job_id, attempt), None) or self._early.pop((job_id, None), None)
+        early = self._early.pop((job_id, attempt))
+        if early is None:
+            early = self._early.pop((job_id, None))
         if early is not None:
-            token.cancel(early[1])
+            token.cancel(early)
             self.cancelled += 1
             log.info("job cancelled before it started", extra={"job": job_id, "attempt": attempt})
         return token
@@ -60,21 +60,13 @@ class CancelBoard:
         attempts = self._running.get(request.job_id, {})
         hits = [(a, t) for a, t in attempts.items() if request.attempt is None or a == request.attempt]
         if not hits:
-            self._expire()
-            self._early[(request.job_id, request.attempt)] = (time.monotonic() + EARLY_TTL_S, request.reason)
-            while len(self._early) > EARLY_MAX:
-                self._early.popitem(last=False)
+            self._early.put((request.job_id, request.attempt), request.reason)
             return False
         for attempt, token in hits:
             token.cancel(request.reason)
             self.cancelled += 1
             log.info("job cancelled", extra={"job": request.job_id, "attempt": attempt, "reason": request.reason})
         return True
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        while self._early and next(iter(self._early.values()))[0] < now:
-            self._early.popitem(last=False)
 
     async def on_message(self, msg: Msg) -> None:
         try:

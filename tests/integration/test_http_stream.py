@@ -112,6 +112,39 @@ async def test_client_disconnect_cancels_the_job(hs: HttpSystem, nc: Client) -> 
     assert cancel.job_id == job_id and cancel.reason == "client disconnected"
 
 
+async def test_a_job_whose_client_hung_up_while_it_waited_never_runs(
+    hs: HttpSystem, nc: Client, settings: Settings
+) -> None:
+    """No worker held the job when the cancel went out: the scheduler keeps it, and a worker that comes
+    later (it never heard the cancel) is not given the job."""
+    from services.worker.runtimes.catalog import parse_model_spec
+    from services.worker.service import Worker
+    from tests.http_helpers import HOLD_KEYS
+    from tether.results import fetch_final
+    from tether.security import ensure_dev_trust
+
+    async with httpx.AsyncClient(base_url=hs.url, timeout=10) as client:
+        async with client.stream("POST", "/infer?stream=true", json={"tenantId": "t", "modelId": HELD, "input": "x"}) as r:
+            lines = r.aiter_lines()
+            assert await anext(lines) == "event: job"
+            job_id = json.loads((await anext(lines)).removeprefix("data: "))["jobId"]
+    await asyncio.sleep(0.5)  # the hang-up's cancel has gone out, to no worker
+    identity = [i for i in ensure_dev_trust(settings, extra_workers=HOLD_KEYS) if i.role == "worker"][-2]
+    late = Worker(settings, identity=identity, specs=[parse_model_spec(f"{HELD}:1=none;task=echo")])
+    await late.start()
+    await late.wait_ready()
+    try:
+        deadline = time.monotonic() + 60
+        while (final := await fetch_final(nc.jetstream(), job_id)) is None:
+            assert time.monotonic() < deadline, "the cancelled job never ended"
+            await asyncio.sleep(0.2)
+        assert final.status == "failed" and final.error is not None, final
+        assert final.error.code == "cancelled" and "client disconnected" in final.error.message
+        assert late.completed == 0 and late.failed == 0  # it was never dispatched
+    finally:
+        await late.close()
+
+
 async def test_a_keyed_stream_that_hangs_up_leaves_its_shared_job_running(hs: HttpSystem, nc: Client) -> None:
     cancels: list[dict] = []
 

@@ -7,6 +7,7 @@ import pytest
 from schemas import CancelRequest
 from services.worker import cancellation
 from services.worker.cancellation import CancelBoard
+from tether import expiring
 
 
 def test_a_cancel_for_one_attempt_leaves_the_others_running() -> None:
@@ -28,14 +29,14 @@ def test_a_cancel_that_overtakes_its_dispatch_applies_when_the_job_registers() -
 
 
 def test_early_cancels_expire_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    board = CancelBoard()
     monkeypatch.setattr(cancellation, "EARLY_MAX", 3)
+    board = CancelBoard()
     for i in range(5):
         board.cancel(CancelRequest(job_id=f"j{i}"))
     assert not board.register("j0", 1).cancelled  # dropped as the oldest past the bound
     assert board.register("j4", 1).cancelled
-    now = cancellation.time.monotonic()
-    monkeypatch.setattr(cancellation.time, "monotonic", lambda: now + cancellation.EARLY_TTL_S + 1)
+    now = expiring.time.monotonic()
+    monkeypatch.setattr(expiring.time, "monotonic", lambda: now + cancellation.EARLY_TTL_S + 1)
     assert not board.register("j3", 1).cancelled  # expired
 
 
@@ -47,3 +48,9 @@ def test_release_forgets_only_that_attempt() -> None:
     assert board.cancel(CancelRequest(job_id="j", attempt=2)) and second.cancelled
     board.release("j", 2)
     assert not board.cancel(CancelRequest(job_id="j", attempt=2))
+
+
+def test_an_early_cancel_with_an_empty_reason_still_applies() -> None:
+    board = CancelBoard()
+    board.cancel(CancelRequest(job_id="j", reason=""))
+    assert board.register("j", 2).cancelled
