@@ -44,6 +44,10 @@ from tether.tasks import TaskGroup, settle_heap
 log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "gateways"
+
+
+class WaitTimeout(Timeout):
+    """This gateway stopped waiting for the result (the job continues): not a final result's ``timeout``."""
 OnJob = Callable[[str], Awaitable[None]]
 
 
@@ -189,7 +193,10 @@ class Gateway:
             try:
                 reply = await self._run(req, job_id, headers, t0, admitted)
             except TetherError as exc:
-                self._judge(admitted, exc.code)
+                # A client's own short wait (or this gateway stopping) says nothing about the version.
+                shortened = req.params is not None and (req.params.timeout_s or 1e18) < self.settings.request_timeout_s
+                if not (isinstance(exc, WaitTimeout) and (shortened or self._closed)):
+                    self._judge(admitted, exc.code)
                 raise
             self._judge(admitted, None)
             return reply
@@ -241,7 +248,7 @@ class Gateway:
                 async with asyncio.timeout_at(deadline):
                     result = await fut
             except TimeoutError:
-                raise Timeout(
+                raise WaitTimeout(
                     f"no result within {timeout:.0f}s; the job continues and its result will be on "
                     f"{subjects.result_subject(job_id)}",
                     job_id=job_id,
@@ -250,7 +257,7 @@ class Gateway:
                 if not self._closed:
                     raise
                 # The gateway is stopping: answer now rather than leave the client waiting in silence.
-                raise Timeout(
+                raise WaitTimeout(
                     f"the gateway stopped before the result arrived; the job continues and its result "
                     f"will be on {subjects.result_subject(job_id)}",
                     job_id=job_id,

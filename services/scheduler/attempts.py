@@ -150,7 +150,7 @@ class AttemptRunner:
                 if stored is not None:
                     await outcomes.record_final(self.store, t, stored, attempt)
                     return None
-                err = Timeout(f"worker {worker_id} did not finish within {exec_timeout:.0f}s")
+                err = Timeout(f"worker {worker_id} did not finish within {exec_timeout:g}s")
                 await self.store.fail_attempt(key.job_id, attempt, err.code, err.message, time.time())
                 await self.cancel(key.job_id, attempt, "re-placed: execution timeout")
                 return err

@@ -25,15 +25,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.scheduler import handover, outcomes
+from services.scheduler.accounting import account, clients_deadline
 from services.scheduler.advisories import MaxDeliveries
 from services.scheduler.attempts import (
     AttemptRunner,
     WorkerRefused,
-    WorkerUnreachable,
     execution_budget,
     retry_backoff,
 )
-from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy, BreakerTicket
+from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.cancels import JobCancels
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.handover import Requeue
@@ -50,7 +50,7 @@ from streams.kv import RESUME_BUCKET, apply_kv, kv_buckets, resume_bucket
 from tether import telemetry
 from tether.connection import connect
 from tether.dispatch_auth import DispatchSigner
-from tether.errors import Cancelled, ModelUnknown, NoCapacity, TetherError
+from tether.errors import Cancelled, ModelUnknown, NoCapacity, TetherError, Timeout
 from tether.fleet import FleetView
 from tether.results import fetch_final
 from tether.security import node_identity
@@ -325,14 +325,15 @@ class Scheduler:
                         await self._dead_letter(t, attempt - 1, err)
                         return
                 err = await self.attempts.run(t, choice.worker_id, attempt, exec_timeout)
-                self._account(ticket, choice.worker_id, err)
+                clients_time = clients_deadline(self.settings, t)
+                account(self.breakers, self.reliability, ticket, choice.worker_id, err, clients_time=clients_time)
             if err is None:
                 return
             avoid.add(choice.worker_id)
             if isinstance(err, WorkerRefused):
                 refused.add(choice.worker_id)
                 continue  # another worker, or back to JOBS to wait for capacity
-            if not err.retryable:
+            if not err.retryable or (isinstance(err, Timeout) and clients_time):  # its own deadline is spent
                 await self._finish_error(
                     t, JobStatus.FAILED, err, attempts=attempt, worker_id=choice.worker_id
                 )
@@ -344,25 +345,6 @@ class Scheduler:
                 return
             self.stats["retries"] += 1
             await asyncio.sleep(retry_backoff(attempt))
-
-    def _account(self, breaker: BreakerTicket, worker_id: str, err: TetherError | None) -> None:
-        """Feed an attempt's outcome to the breaker and the worker's reliability.
-
-        Refusals for lack of capacity say nothing about the model's health and are not counted;
-        neither are final errors about the request itself (bad input). A worker that never acked or
-        went offline counts against that worker's reliability only.
-        """
-        if err is None:
-            self.breakers.success(breaker)
-            self.reliability.record(worker_id, True)
-        elif isinstance(err, WorkerUnreachable):  # the worker's fault, not the model's
-            self.breakers.abandon(breaker)
-            self.reliability.record(worker_id, False)
-        elif err.retryable and err.code != NoCapacity.code:
-            self.breakers.failure(breaker, f"{err.code}: {err.message}")
-            self.reliability.record(worker_id, False)
-        else:
-            self.breakers.abandon(breaker)
 
     # ---- outcomes -----------------------------------------------------------------------------
 

@@ -86,3 +86,25 @@ async def test_a_healthy_canary_steps_up_to_promotion(settings: Settings, nc: Cl
         assert (await client.infer(nc, model="echo", version="1", input="y", timeout=20))["version"] == "1"
     finally:
         await system.close()
+
+
+async def test_clients_that_stop_waiting_early_do_not_count_against_a_canary(settings: Settings, nc: Client) -> None:
+    """A client's own short timeoutS ends its wait, not the job: that says nothing about the version."""
+    system = await start_system(settings, ["echo:1;delay_ms=300", "echo:2;delay_ms=300"])
+    try:
+        opts = {"--weight": "100", "--budget": "0.2", "--min-requests": "4"}
+        await _cli(settings, "start", "echo", "--stable", "1", "--canary", "2", *(x for kv in opts.items() for x in kv))
+        await _gateway_sees(system, "running")
+        codes = []
+        for i in range(8):
+            try:
+                await client.infer(nc, model="echo", version="1", input=f"x{i}", timeout=20, params={"timeoutS": 0.05})
+            except TetherError as exc:
+                codes.append(exc.code)
+        assert codes == ["timeout"] * 8  # each client gave up before its job (which still ran) finished
+        [listed] = await _cli(settings, "list")
+        assert listed["state"] == "running", listed
+        ok = await client.infer(nc, model="echo", version="1", input="patient", timeout=20)
+        assert ok["version"] == "2" and ok.get("canary")
+    finally:
+        await system.close()

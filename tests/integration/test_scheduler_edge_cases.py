@@ -331,3 +331,32 @@ async def test_a_nats_msg_id_too_long_for_a_subject_gets_an_error_and_harms_no_c
         assert not system.scheduler.nc.is_closed and not system.workers[0].nc.is_closed  # type: ignore[attr-defined]
     finally:
         await system.close()
+
+
+async def test_jobs_that_outrun_their_own_short_deadline_do_not_open_the_models_breaker(
+    settings: Settings, nc: Client
+) -> None:
+    """One tenant's tight ``timeoutS`` on a slow model: its jobs end as ``timeout`` after one attempt (the
+    deadline is spent), and the model's breaker stays closed for everyone else."""
+    from tether import client
+    from tether.errors import TetherError
+
+    system = await start_system(settings, ["echo;delay_ms=400"])
+    try:
+        scheduler: Any = system.scheduler
+        for i in range(settings.breaker_threshold + 2):
+            try:
+                await client.infer(nc, model="echo", input=f"t{i}", timeout=20, params={"timeoutS": 0.05})
+                raise AssertionError("a 400 ms job finished within 50 ms")
+            except TetherError as exc:
+                assert exc.code == "timeout", exc
+        deadline = time.monotonic() + 10
+        while scheduler.stats["failed"] < settings.breaker_threshold + 2:  # every final timeout recorded
+            assert time.monotonic() < deadline, scheduler.stats
+            await asyncio.sleep(0.05)
+        assert scheduler.breakers.allows(("echo", "1", settings.region))
+        assert scheduler.stats["retries"] == 0  # its deadline was spent: not retried
+        patient = await client.infer(nc, model="echo", input="patient", timeout=20)
+        assert patient["result"] == "patient"
+    finally:
+        await system.close()

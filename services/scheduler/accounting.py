@@ -1,0 +1,53 @@
+"""What an attempt's outcome says about the model (its breaker) and the worker (its reliability).
+
+Refusals for lack of capacity say nothing about the model's health and are not counted;
+neither are final errors about the request itself (bad input), nor a timeout the client
+chose: a job whose own ``timeoutS`` is shorter than the model's execution budget ran out of
+the client's time, not the model's. Counting those would let one tenant's tight deadlines
+open a model's breaker for every tenant. A worker that never acked or went offline counts
+against that worker's reliability only.
+"""
+
+from __future__ import annotations
+
+from services.scheduler.attempts import WorkerUnreachable
+from services.scheduler.breakers import BreakerBoard, BreakerTicket
+from services.scheduler.intake import Ticket
+from services.scheduler.reliability import Reliability
+from tether.errors import NoCapacity, TetherError, Timeout
+from tether.settings import Settings
+
+
+def clients_deadline(settings: Settings, t: Ticket) -> bool:
+    """Whether the job's own ``timeoutS``, not the model's execution budget, bounds its attempts."""
+    params = t.submission.params if t.submission else None
+    if params is None or not params.timeout_s:
+        return False
+    tokens = params.max_new_tokens or 64
+    model_budget = settings.exec_timeout_base_s + settings.exec_timeout_per_token_s * tokens
+    return params.timeout_s < min(settings.exec_timeout_cap_s, model_budget)
+
+
+def account(
+    breakers: BreakerBoard,
+    reliability: Reliability,
+    breaker: BreakerTicket,
+    worker_id: str,
+    err: TetherError | None,
+    *,
+    clients_time: bool,
+) -> None:
+    """Feed one attempt's outcome to the model's breaker and the worker's reliability."""
+    if err is None:
+        breakers.success(breaker)
+        reliability.record(worker_id, True)
+    elif isinstance(err, WorkerUnreachable):  # the worker's fault, not the model's
+        breakers.abandon(breaker)
+        reliability.record(worker_id, False)
+    elif isinstance(err, Timeout) and clients_time:
+        breakers.abandon(breaker)
+    elif err.retryable and err.code != NoCapacity.code:
+        breakers.failure(breaker, f"{err.code}: {err.message}")
+        reliability.record(worker_id, False)
+    else:
+        breakers.abandon(breaker)
