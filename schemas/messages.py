@@ -24,7 +24,9 @@ JobId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_JOB_ID, pa
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True, allow_inf_nan=False
+    )
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -33,7 +35,9 @@ class _Wire(BaseModel):
 class _Internal(_Wire):
     """Messages between Tether's own processes: tolerant of fields added by newer versions."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", strict=False)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", strict=False, allow_inf_nan=False
+    )
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -109,18 +109,21 @@ def append_allowlist(path: Path, lines: str) -> None:
     """Append lines to an allowlist file atomically (a full copy renamed over it), creating it.
 
     Readers never see a half-written file (the rename), and two writers at once (two ``tether keys
-    allow`` runs, ``tether up`` making its keys) take turns on a lock file beside it, so neither's
-    lines are lost to the other's copy.
+    allow`` runs, ``tether up`` making its keys) take turns on a lock of the directory (the file
+    itself is replaced, so it cannot carry the lock), so neither's lines are lost to the other's copy.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    lock = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the descriptor closes
         text = path.read_text() if path.exists() else "# Tether allowlist: <public key> [role ...] | deny <key>\n"
         if not text.endswith("\n"):
             text += "\n"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text + lines)
         tmp.replace(path)
+    finally:
+        os.close(lock)
 
 
 def kv_key(verb: str, key: bytes, role: str = ANY_ROLE) -> str:

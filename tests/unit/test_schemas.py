@@ -291,3 +291,19 @@ def test_result_subject_round_trip() -> None:
     assert subject.startswith("tether.results.") and subject.count(".") == 2
     assert subjects.job_id_from_result_subject(subject) == job_id
     assert subjects.chunks_subject(job_id) == f"{subject}.chunks"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_from_msgpack_are_refused_in_every_message(bad: float) -> None:
+    """JSON cannot carry NaN or infinity (the codec refuses them there); msgpack can, so the models refuse
+    them too: nothing non-finite reaches a store row, a log line or a JSON reply."""
+    from schemas import JobSubmission, ResultMessage, parse
+    from tether.errors import InvalidRequest
+
+    body = codec.decode(codec.encode({"jobId": "j-1", "input": "hi", "submittedAt": bad}, codec.MSGPACK), codec.MSGPACK)
+    with pytest.raises(InvalidRequest, match="submittedAt"):
+        parse(JobSubmission, body)
+    with pytest.raises(ValueError):
+        ResultMessage.model_validate(
+            {"jobId": "j", "status": "completed", "tenantId": "t", "modelId": "m", "version": "1", "finishedAt": bad}
+        )
