@@ -99,11 +99,13 @@ async def _bring_up_to_date(js: JetStreamContext, stream: str, cfg: KeyValueConf
     )
     if isinstance(cfg, KeyValueConfig):
         wanted = replace(wanted, max_msgs_per_subject=cfg.history)
+    if wanted.max_age and (current.duplicate_window or 0.0) > wanted.max_age:  # the server refuses a longer one
+        wanted = replace(wanted, duplicate_window=wanted.max_age)
     if _differs(current, wanted):
         await js.update_stream(wanted)
         log.info("bucket updated", extra={"stream": stream, "ttl": wanted.max_age, "replicas": wanted.num_replicas})
 
 
 def _differs(a: object, b: object) -> bool:
-    fields = ("max_age", "num_replicas", "max_bytes", "description", "max_msgs_per_subject")
+    fields = ("max_age", "num_replicas", "max_bytes", "description", "max_msgs_per_subject", "duplicate_window")
     return any(getattr(a, f) != getattr(b, f) for f in fields)

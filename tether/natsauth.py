@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams import ARTIFACTS_BUCKET, TRUST_BUCKET
-from streams.kv import APIKEYS_BUCKET, GATEWAYS_BUCKET, IDEMPOTENCY_BUCKET, QUOTA_BUCKET, RESUME_BUCKET
+from streams.kv import (
+    APIKEYS_BUCKET,
+    CANARY_BUCKET,
+    GATEWAYS_BUCKET,
+    IDEMPOTENCY_BUCKET,
+    QUOTA_BUCKET,
+    RESUME_BUCKET,
+)
 from tether import subjects
 from tether.identity import write_private_file
 
@@ -68,6 +75,7 @@ def permissions(role: str, worker_id: str | None = None) -> dict[str, object]:
         sub = [
             f"{_P}.presence.>", f"{_P}.models.>", f"{_P}.reports.>", f"{_P}.results.>",
             f"{_P}.control.drain.>",  # a drained worker's placements move at once
+            f"{_P}.control.cancel.>",  # job-wide cancels, kept for jobs still waiting (cancels.py)
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",  # the dead-letter path
             "_INBOX.>",
         ]
@@ -75,11 +83,16 @@ def permissions(role: str, worker_id: str | None = None) -> dict[str, object]:
     if role == "gateway":
         pub = [
             f"{_P}.jobs.>", f"{_P}.control.cancel.>", "$JS.API.>", "$JS.FC.>",
-            *(f"$KV.{bucket}.>" for bucket in (QUOTA_BUCKET, IDEMPOTENCY_BUCKET, GATEWAYS_BUCKET, APIKEYS_BUCKET)),
+            f"{_P}.events.canary.>",  # a canary's verdict (rolled back, stepped, promoted)
+            *(
+                f"$KV.{bucket}.>"
+                for bucket in (QUOTA_BUCKET, IDEMPOTENCY_BUCKET, GATEWAYS_BUCKET, APIKEYS_BUCKET, CANARY_BUCKET)
+            ),
         ]
         sub = [
             subjects.INFER, f"{subjects.INFER}.*",  # tether.infer and tether.infer.<tenant>
             f"{_P}.results.>", f"{_P}.presence.>", f"{_P}.models.>", "_INBOX.>",
+            f"{_P}.control.canary.>",  # an operator's canary change, applied at once
         ]
         return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, "allow_responses": True}
     if role == "publisher":

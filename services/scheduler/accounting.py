@@ -4,8 +4,8 @@ Refusals for lack of capacity say nothing about the model's health and are not c
 neither are final errors about the request itself (bad input), nor a timeout the client
 chose: a job whose own ``timeoutS`` is shorter than the model's execution budget ran out of
 the client's time, not the model's. Counting those would let one tenant's tight deadlines
-open a model's breaker for every tenant. A worker that never acked or went offline counts
-against that worker's reliability only.
+open a model's breaker for every tenant (the worker that was too slow still scores lower).
+A worker that never acked or went offline counts against that worker's reliability only.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def account(
     elif isinstance(err, WorkerUnreachable):  # the worker's fault, not the model's
         breakers.abandon(breaker)
         reliability.record(worker_id, False)
-    elif isinstance(err, Timeout) and clients_time:
-        breakers.abandon(breaker)
+    elif isinstance(err, Timeout) and clients_time:  # the model's health is not in question; this
+        breakers.abandon(breaker)  # worker was still slower than the client's deadline: prefer faster ones
+        reliability.record(worker_id, False)
     elif err.retryable and err.code != NoCapacity.code:
         breakers.failure(breaker, f"{err.code}: {err.message}")
         reliability.record(worker_id, False)

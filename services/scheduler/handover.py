@@ -93,6 +93,12 @@ def capacity_wait_since(enqueued_at: float, history: list[dict[str, Any]]) -> fl
     return max([enqueued_at, *ends])
 
 
+def last_refusal(history: list[dict[str, Any]]) -> str:
+    """``"; the last worker tried said: ..."`` from the latest capacity refusal, or "" (none was tried)."""
+    refusals = [a for a in history if a["error_code"] == NoCapacity.code and a["error_message"]]
+    return f"; the last worker tried said: {refusals[-1]['error_message']}" if refusals else ""
+
+
 async def attempts_used_up(
     store: JobStore, settings: Settings, job_id: str, scheduler_id: str
 ) -> tuple[int, WorkerFailed] | None:

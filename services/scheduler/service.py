@@ -356,7 +356,8 @@ class Scheduler:
                 t,
                 JobStatus.FAILED,
                 NoCapacity(
-                    f"no worker could take model {t.key.model_id!r} within {self.settings.queue_wait_s:.0f}s",
+                    f"no worker could take model {t.key.model_id!r} within {self.settings.queue_wait_s:.0f}s"
+                    + handover.last_refusal(history),  # why the workers that were tried said no
                     retry_after_s=self.settings.heartbeat_s,  # a worker may announce itself within one beat
                 ),
                 attempts=handover.spent(history),

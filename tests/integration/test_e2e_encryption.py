@@ -85,3 +85,21 @@ async def test_worker_without_the_fleet_key_refuses_sealed_jobs_so_another_runs_
         assert keyless.completed == 0 and keyless.failed == 0
     finally:
         await system.close()
+
+
+async def test_a_sealed_job_no_worker_can_open_says_why_it_found_no_capacity(settings: Settings, nc: Client) -> None:
+    from dataclasses import replace
+
+    from tether.errors import NoCapacity
+
+    settings = replace(settings, queue_wait_s=1.0)
+    system = await start_system(settings, ["echo"])
+    try:
+        worker = system.workers[0]
+        fleet = worker.fleet_box.public_key
+        assert fleet is not None
+        worker.fleet_box = FleetBox(None)  # no worker of this fleet holds the key
+        with pytest.raises(NoCapacity, match="holds no fleet key"):
+            await client.infer(nc, model="echo", input=seal_input("x", fleet, PrivateKey.generate()), timeout=30)
+    finally:
+        await system.close()

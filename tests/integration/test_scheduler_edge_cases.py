@@ -344,18 +344,22 @@ async def test_jobs_that_outrun_their_own_short_deadline_do_not_open_the_models_
     system = await start_system(settings, ["echo;delay_ms=400"])
     try:
         scheduler: Any = system.scheduler
+        job_ids = []
         for i in range(settings.breaker_threshold + 2):
             try:
                 await client.infer(nc, model="echo", input=f"t{i}", timeout=20, params={"timeoutS": 0.05})
                 raise AssertionError("a 400 ms job finished within 50 ms")
             except TetherError as exc:
-                assert exc.code == "timeout", exc
+                assert exc.code == "timeout" and exc.job_id, exc
+                job_ids.append(exc.job_id)
         deadline = time.monotonic() + 10
         while scheduler.stats["failed"] < settings.breaker_threshold + 2:  # every final timeout recorded
             assert time.monotonic() < deadline, scheduler.stats
             await asyncio.sleep(0.05)
         assert scheduler.breakers.allows(("echo", "1", settings.region))
-        assert scheduler.stats["retries"] == 0  # its deadline was spent: not retried
+        for job_id in job_ids:  # its deadline was spent: not retried after the timeout
+            codes = [a["error_code"] for a in await scheduler.store.attempts(job_id)]
+            assert codes.count("timeout") == 1 and codes[-1] == "timeout", (job_id, codes)
         patient = await client.infer(nc, model="echo", input="patient", timeout=20)
         assert patient["result"] == "patient"
     finally:

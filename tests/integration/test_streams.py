@@ -98,6 +98,12 @@ async def test_buckets_follow_the_settings_when_the_scheduler_updates(nc: Client
     kv = await js.key_value(RESUME_BUCKET)  # still a working bucket after the update
     await kv.put("r.x", b"1")
     assert (await kv.get("r.x")).value == b"1"
+    shorter = replace(settings, queue_wait_s=20.0, results_max_age_s=60.0)  # TTLs below the 120 s duplicate window
+    await apply_kv(js, (*kv_buckets(shorter), resume_bucket(shorter)), update=True)
+    resume = (await js.stream_info(f"KV_{RESUME_BUCKET}")).config
+    assert resume.max_age == pytest.approx(20.0 + shorter.job_lease_s + 60.0)
+    assert resume.duplicate_window is not None and resume.duplicate_window <= resume.max_age
+    assert (await js.stream_info(f"KV_{IDEMPOTENCY_BUCKET}")).config.max_age == pytest.approx(60.0)
     again = (await js.stream_info(f"KV_{RESUME_BUCKET}")).config
-    await apply_kv(js, (resume_bucket(later),), update=True)  # nothing differs: nothing changes
+    await apply_kv(js, (resume_bucket(shorter),), update=True)  # nothing differs: nothing changes
     assert (await js.stream_info(f"KV_{RESUME_BUCKET}")).config == again
