@@ -187,7 +187,7 @@ async def jobs_list(settings: Settings, *, status: str | None, limit: int) -> in
             r["status"],
             str(r["attempts"]),
             r["worker_id"] or "",
-            time.strftime("%H:%M:%S", time.localtime(r["created_at"])),
+            _clock(r["created_at"]),
         )
     Console().print(t)
     return 0
@@ -213,3 +213,11 @@ async def jobs_show(settings: Settings, job_id: str) -> int:
         return 1
     print(json.dumps({"job": row, "attempts": attempts, "result": result}, indent=2, default=str))
     return 0
+
+
+def _clock(ts: object) -> str:
+    """``HH:MM:SS`` of a stored time, or ``?`` for one the platform cannot show (a row from an older version)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(float(ts)))  # type: ignore[arg-type]
+    except (OverflowError, ValueError, OSError, TypeError):
+        return "?"

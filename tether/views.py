@@ -161,10 +161,10 @@ async def job_view(store: JobStore | None, js: JetStreamContext, job_id: str) ->
     return out
 
 
-async def recent_jobs(store: JobStore | None, limit: int = 30) -> list[dict[str, Any]]:
+async def recent_jobs(store: JobStore | None, limit: int = 30, tenant: str | None = None) -> list[dict[str, Any]]:
     if store is None:
         return []
-    rows = await store.list_jobs(limit=limit)
+    rows = await store.list_jobs(limit=limit, tenant=tenant)
     return [
         {
             "jobId": r["job_id"],

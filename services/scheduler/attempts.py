@@ -132,7 +132,10 @@ class AttemptRunner:
             if not ack.accepted:
                 info = ack.error or ErrorInfo(code=NoCapacity.code, message="refused", retryable=True)
                 err = WorkerRefused(f"worker {worker_id} refused: {info.message}")
-                await self.store.fail_attempt(key.job_id, attempt, info.code, info.message, time.time())
+                # one code for every refusal, as the loop counts them (none is a spent attempt); the
+                # worker's own code (no_capacity, model_unknown) stays in the message
+                why = info.message if info.code == NoCapacity.code else f"{info.code}: {info.message}"
+                await self.store.fail_attempt(key.job_id, attempt, NoCapacity.code, why, time.time())
                 return err
             try:
                 report = await self._await_outcome(

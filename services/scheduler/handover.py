@@ -47,6 +47,24 @@ def capacity_wait_delay(waited_s: float, settings: Settings) -> float:
     return min(cap, FIRST_WAIT_S + waited_s * (growth - 1))
 
 
+class LostLease(Exception):
+    """Another scheduler holds the job now (this one's lease lapsed while it was busy): stop handling it."""
+
+
+async def raise_if_taken_over(store: JobStore, job_id: str, scheduler_id: str) -> None:
+    """Before a scheduler ends a job with an error: ``LostLease`` when another live scheduler holds it.
+
+    A scheduler whose lease lapsed (its store writes stalled past ``job_lease_s``) may still hold
+    an attempt's failure; meanwhile another took the job over and runs a newer attempt. The
+    older one must not end the job under it (nor publish a final error the client would get).
+    """
+    row = await store.get(job_id)
+    if row is None or row["status"] in TERMINAL or row["scheduler_id"] in (None, scheduler_id):
+        return
+    if float(row["lease_until"] or 0) > time.time():
+        raise LostLease(f"job {job_id} is held by scheduler {row['scheduler_id']}")
+
+
 async def not_ours(store: JobStore, job_id: str) -> None:
     """The reservation was refused: the job is finished, or another scheduler holds its lease.
 

@@ -101,11 +101,18 @@ def ticket_from(
         version=version,
         correlation_id=correlation_id,
         idempotency_key=submission.idempotency_key if submission else None,
-        created_at=(submission.submitted_at if submission and submission.submitted_at else enqueued_at),
+        created_at=_created_at(submission, enqueued_at),
     )
     if error is not None:
         error.job_id = job_id
     return Ticket(key, headers, submission, error, seq, enqueued_at)
+
+
+def _created_at(submission: JobSubmission | None, enqueued_at: float) -> float:
+    """When the job was submitted: the client's ``submittedAt``, but never after JetStream stored it (a
+    bare publish could claim any time: one far in the future would sit atop every listing)."""
+    claimed = submission.submitted_at if submission else None
+    return min(claimed, enqueued_at) if claimed is not None and claimed > 0 else enqueued_at
 
 
 def _job_id(

@@ -65,6 +65,7 @@ async def record_final(store: JobStore, t: Ticket, stored: ResultMessage, attemp
         worker_id=stored.worker_id,
         error_code=err.code if err else None,
         error_message=err.message if err else None,
+        started_at=stored.started_at,
     )
 
 

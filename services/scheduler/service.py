@@ -36,7 +36,7 @@ from services.scheduler.attempts import (
 from services.scheduler.breakers import BreakerBoard, BreakerKey, BreakerPolicy
 from services.scheduler.cancels import JobCancels
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.handover import Requeue
+from services.scheduler.handover import LostLease, Requeue
 from services.scheduler.held import HeldJobs
 from services.scheduler.intake import Ticket, read_ticket
 from services.scheduler.monitor import FleetMonitor
@@ -230,6 +230,8 @@ class Scheduler:
         except Requeue as rq:
             handed_back = True
             await self.held.nak(ticket.job_id, rq.delay)
+        except LostLease:  # another scheduler took the job over: its delivery, its outcome
+            self.stats["lost_lease"] += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -322,7 +324,7 @@ class Scheduler:
                 if attempt - len(refused) > self.settings.max_attempts:
                     err = await handover.over_budget(self.store, self.settings, t.job_id, attempt)
                     if err is not None:
-                        await self._dead_letter(t, attempt - 1, err)
+                        await self._dead_letter(t, attempt - 1 - len(refused), err)
                         return
                 err = await self.attempts.run(t, choice.worker_id, attempt, exec_timeout)
                 clients_time = clients_deadline(self.settings, t)
@@ -335,14 +337,14 @@ class Scheduler:
                 continue  # another worker, or back to JOBS to wait for capacity
             if not err.retryable or (isinstance(err, Timeout) and clients_time):  # its own deadline is spent
                 await self._finish_error(
-                    t, JobStatus.FAILED, err, attempts=attempt, worker_id=choice.worker_id
+                    t, JobStatus.FAILED, err, attempts=attempt - len(refused), worker_id=choice.worker_id
                 )
                 return
-            if attempt - len(refused) >= self.settings.max_attempts and (
-                handover.spent(await self.store.attempts(t.job_id)) >= self.settings.max_attempts
-            ):
-                await self._dead_letter(t, attempt, err)
-                return
+            if attempt - len(refused) >= self.settings.max_attempts:
+                spent = handover.spent(await self.store.attempts(t.job_id))  # refusals spent none
+                if spent >= self.settings.max_attempts:
+                    await self._dead_letter(t, spent, err)
+                    return
             self.stats["retries"] += 1
             await asyncio.sleep(retry_backoff(attempt))
 
@@ -371,6 +373,8 @@ class Scheduler:
         self, t: Ticket, status: JobStatus, err: TetherError, *, attempts: int, worker_id: str | None = None
     ) -> None:
         assert self.js is not None
+        if attempts:
+            await handover.raise_if_taken_over(self.store, t.job_id, self.scheduler_id)
         await outcomes.finish_error(
             self.js, self.store, t, status, err, attempts=attempts, worker_id=worker_id
         )
@@ -378,6 +382,7 @@ class Scheduler:
 
     async def _dead_letter(self, t: Ticket, attempts: int, last: TetherError) -> None:
         assert self.js is not None
+        await handover.raise_if_taken_over(self.store, t.job_id, self.scheduler_id)
         await outcomes.dead_letter(self.js, self.store, t, attempts, last)
         self.stats["dead_lettered"] += 1
 

@@ -369,6 +369,19 @@ async def test_enqueue_is_noop_on_existing_rows(store: JobStore) -> None:
     assert await store.counts() == {"QUEUED": 1, "RESERVED": 1}
 
 
+async def test_listing_one_tenants_jobs_filters_before_the_limit(store: JobStore) -> None:
+    """A tenant's dashboard lists its own newest jobs, however many newer ones other tenants have."""
+    from dataclasses import replace
+
+    await store.enqueue(replace(key("mine"), tenant_id="small"), T0)
+    for i in range(5):
+        await store.enqueue(key(f"other-{i}", created_at=T0 + 1 + i), T0 + 1 + i)
+    assert [r["job_id"] for r in await store.list_jobs(limit=3)] == ["other-4", "other-3", "other-2"]
+    assert [r["job_id"] for r in await store.list_jobs(limit=3, tenant="small")] == ["mine"]
+    assert [r["job_id"] for r in await store.list_jobs(limit=2, tenant="small", status="QUEUED")] == ["mine"]
+    assert await store.list_jobs(limit=2, tenant="small", status="FAILED") == []
+
+
 async def test_timestamps_follow_the_lifecycle(store: JobStore) -> None:
     job = key("j1", created_at=T0)
     await store.enqueue(job, T0 + 1)

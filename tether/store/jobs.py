@@ -304,12 +304,13 @@ class JobStore:
             "SELECT * FROM reservations WHERE job_id=? ORDER BY created_at", (job_id,), consistency="strong"
         )
 
-    async def list_jobs(self, *, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
-        if status:
-            return await self.backend.query(
-                "SELECT * FROM jobs WHERE status=? ORDER BY created_at DESC LIMIT ?", (status, limit)
-            )
-        return await self.backend.query("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+    async def list_jobs(
+        self, *, limit: int = 50, status: str | None = None, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest jobs, optionally of one status and of one tenant (filtered before the limit)."""
+        where = [(c, v) for c, v in (("status", status), ("tenant_id", tenant)) if v]
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(f"{c}=?" for c, _ in where) if where else "")
+        return await self.backend.query(sql + " ORDER BY created_at DESC LIMIT ?", (*(v for _, v in where), limit))
 
     async def counts(self) -> dict[str, int]:
         rows = await self.backend.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")

@@ -31,9 +31,7 @@ async def overview(request: Request) -> Any:
     caller = await caller_of(request)
     gateway = state_of(request).gateway
     assert gateway.js is not None
-    jobs = await recent_jobs(state_of(request).store)
-    if caller.tenant is not None:
-        jobs = [j for j in jobs if j["tenantId"] == caller.tenant]
+    jobs = await recent_jobs(state_of(request).store, tenant=caller.tenant)  # a tenant sees its own
     others = [s for s in await read_snapshots(gateway.js) if s.get("gatewayId") != gateway.gateway_id]
     return {
         "workers": workers_view(gateway.fleet),
