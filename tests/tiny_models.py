@@ -71,6 +71,31 @@ def build_tiny_gpt2(path: str | Path, *, chat: bool = False, seed: int = 0) -> P
     return path
 
 
+def build_tiny_sliding_window(path: str | Path, *, window: int = 6, seed: int = 0) -> Path:
+    """A tiny Mistral-style model whose attention layers use a sliding window of ``window`` positions
+    (transformers gives such a model sliding-window cache layers, which keep their own positions)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(None)
+    eos = tok.eos_token_id
+    config = MistralConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, sliding_window=window, bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MistralForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[eos].zero_()  # as for the GPT-2: greedy decoding never stops early at <eos>
+    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos)
+    tok.save_pretrained(path)
+    model.save_pretrained(path)
+    return path
+
+
 def build_tiny_lora(base: str | Path, path: str | Path, *, seed: int = 1) -> Path:
     """A LoRA adapter (peft) for a tiny GPT-2 at ``base``, with non-zero random weights."""
     from peft import LoraConfig, get_peft_model

@@ -269,3 +269,40 @@ async def test_closing_frees_the_model_without_waiting_for_a_garbage_collection(
         assert model() is None, "the weights outlived the evicted runtime"
     finally:
         gc.enable()
+
+
+async def test_a_seeded_sampled_job_resumed_gives_the_text_of_an_uninterrupted_run(engine: EngineRuntime) -> None:
+    params = {"max_new_tokens": 24, "temperature": 1.0, "seed": 1234}
+    first: list[Delta] = []
+    req = _req(PROMPTS[1], "sr1", **params)
+    req.on_delta = first.append
+    full = await engine.run(req)
+    ids = [t for d in first for t in d.token_ids]
+    cut = 10
+    text = engine.inner.tokenizer.decode(ids[:cut], skip_special_tokens=True)
+    req2 = _req(PROMPTS[1], "sr2", **params)
+    req2.resume = Resume(text=text, token_ids=ids[:cut])  # the same seed, continued on another worker
+    resumed = await engine.run(req2)
+    assert resumed.output == full.output
+
+
+async def test_rows_leaving_a_sliding_window_models_batch_leave_the_others_running(tmp_path: Path) -> None:
+    """Sliding-window cache layers keep their own positions: the batch must not cut padding columns under
+    them when the row with the most context leaves first (it used to fail every other row)."""
+    from tests.tiny_models import build_tiny_sliding_window
+
+    model_dir = build_tiny_sliding_window(tmp_path / "swa", window=6)
+    runtime = EngineRuntime(TransformersRuntime("swa", "1", Task.GENERATE, model_dir), max_batch=8)
+    naive = TransformersRuntime("swa", "1", Task.GENERATE, model_dir)
+    await asyncio.to_thread(runtime.load)
+    await asyncio.to_thread(naive.load)
+    try:
+        cases = [(PROMPTS[2], 2), ("hello", 20), ("cat", 20)]  # the longest prompt finishes first
+        alone = [await naive.run(_req(p, max_new_tokens=n)) for p, n in cases]
+        batched = await asyncio.gather(
+            *(runtime.run(_req(p, f"w{i}", max_new_tokens=n)) for i, (p, n) in enumerate(cases))
+        )
+        assert [b.output for b in batched] == [a.output for a in alone]
+    finally:
+        await asyncio.to_thread(runtime.close)
+        await asyncio.to_thread(naive.close)

@@ -238,3 +238,16 @@ def test_constructor_validates_options(tiny_dir: Path) -> None:
         TransformersRuntime("x", "1", Task.GENERATE, tiny_dir, dtype="float64")
     with pytest.raises(errors.InvalidRequest):
         TransformersRuntime("x", "1", Task.GENERATE, tiny_dir, device="tpu")
+
+
+async def test_the_tokenizers_own_eos_stops_generation_as_in_the_engine(tiny_dir: Path) -> None:
+    """A model whose tokenizer ends a turn with a token its generation config does not list (early
+    Llama-3 configs and <|eot_id|>): the naive runtime stops there too, not at max_new_tokens."""
+    runtime = next(_loaded(tiny_dir))
+    try:
+        runtime.tokenizer.eos_token = "is"  # the word this prompt's greedy continuation starts with
+        assert runtime.tokenizer.eos_token_id not in {runtime.model.generation_config.eos_token_id}
+        result = await runtime.run(_req("the capital of france is", max_new_tokens=12))
+        assert (result.tokens_out, result.finish_reason) == (1, "stop"), result
+    finally:
+        runtime.close()

@@ -117,6 +117,8 @@ class DecodeBatch:
         self.rows = [r for r, f in zip(self.rows, flags, strict=True) if f]
         kv.select(self.cache, idx)
         self.mask, self.last, self.pos = self.mask[idx], self.last[idx], self.pos[idx]
+        if not kv.mergeable(self.cache):  # sliding-window / linear layers keep their own positions: no cut
+            return
         used = self.mask.any(dim=0).nonzero()
         first = int(used[0].item()) if used.numel() else 0
         if first > 0:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
+import torch
+
 from services.worker.runtimes.base import CancelToken, RunRequest, RunResult, Task
 from services.worker.runtimes.transformers_runtime import TransformersRuntime, check_params, embed_input
 from tether import errors
@@ -126,4 +128,10 @@ class EngineRuntime:
             inner.tokenizer, seq.params.stop, prefix_ids=seq.resume_ids, delivered_text=seq.resume_text
         )
         seq.generator = make_generator(seq.params)
+        if seq.generator is not None and seq.resume_ids:
+            # the resumed tokens were drawn by an earlier attempt: skip their draws (one per token,
+            # each as wide as the vocabulary) so the rest continues that attempt's random stream
+            vocab = inner.model.get_output_embeddings().weight.shape[0]
+            for _ in seq.resume_ids:
+                torch.multinomial(torch.ones(vocab), 1, generator=seq.generator)
 
