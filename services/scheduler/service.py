@@ -323,8 +323,8 @@ class Scheduler:
                     return
                 if attempt - len(refused) > self.settings.max_attempts:
                     err = await handover.over_budget(self.store, self.settings, t.job_id, attempt)
-                    if err is not None:
-                        await self._dead_letter(t, attempt - 1 - len(refused), err)
+                    if err is not None:  # the attempt just closed unused is not one it had
+                        await self._dead_letter(t, handover.spent(await self.store.attempts(t.job_id)) - 1, err)
                         return
                 err = await self.attempts.run(t, choice.worker_id, attempt, exec_timeout)
                 clients_time = clients_deadline(self.settings, t)
@@ -336,9 +336,8 @@ class Scheduler:
                 refused.add(choice.worker_id)
                 continue  # another worker, or back to JOBS to wait for capacity
             if not err.retryable or (isinstance(err, Timeout) and clients_time):  # its own deadline is spent
-                await self._finish_error(
-                    t, JobStatus.FAILED, err, attempts=attempt - len(refused), worker_id=choice.worker_id
-                )
+                spent = handover.spent(await self.store.attempts(t.job_id))  # refusals, of any delivery, spent none
+                await self._finish_error(t, JobStatus.FAILED, err, attempts=spent, worker_id=choice.worker_id)
                 return
             if attempt - len(refused) >= self.settings.max_attempts:
                 spent = handover.spent(await self.store.attempts(t.job_id))  # refusals spent none

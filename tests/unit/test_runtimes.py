@@ -251,3 +251,17 @@ async def test_the_tokenizers_own_eos_stops_generation_as_in_the_engine(tiny_dir
         assert (result.tokens_out, result.finish_reason) == (1, "stop"), result
     finally:
         runtime.close()
+
+
+async def test_a_model_without_any_eos_or_pad_token_generates_to_its_limit(tiny_dir: Path) -> None:
+    runtime = next(_loaded(tiny_dir))
+    try:
+        runtime.model.generation_config.eos_token_id = None
+        runtime.model.generation_config.pad_token_id = None
+        runtime.tokenizer.eos_token = None
+        runtime.tokenizer.pad_token = None
+        assert runtime.eos_ids() == set()
+        result = await runtime.run(_req("the capital of france is", max_new_tokens=5))
+        assert (result.tokens_out, result.finish_reason) == (5, "length"), result
+    finally:
+        runtime.close()

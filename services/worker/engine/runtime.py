@@ -128,10 +128,12 @@ class EngineRuntime:
             inner.tokenizer, seq.params.stop, prefix_ids=seq.resume_ids, delivered_text=seq.resume_text
         )
         seq.generator = make_generator(seq.params)
-        if seq.generator is not None and seq.resume_ids:
+        if seq.generator is not None and seq.resume_ids and seq.params.seed is not None:
             # the resumed tokens were drawn by an earlier attempt: skip their draws (one per token,
             # each as wide as the vocabulary) so the rest continues that attempt's random stream
-            vocab = inner.model.get_output_embeddings().weight.shape[0]
+            # (only a seeded stream can be continued; an unseeded one was never reproducible)
+            head = inner.model.get_output_embeddings()
+            vocab = head.weight.shape[0] if head is not None else int(inner.model.config.vocab_size)
             for _ in seq.resume_ids:
                 torch.multinomial(torch.ones(vocab), 1, generator=seq.generator)
 

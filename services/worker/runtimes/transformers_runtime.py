@@ -239,7 +239,8 @@ class TransformersRuntime:
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": sorted(self.eos_ids()),  # the ids the engine stops on, tokenizer's eos included
+            # the ids the engine stops on, the tokenizer's eos included (None: a model without any)
+            "eos_token_id": sorted(self.eos_ids()) or None,
             "do_sample": params.temperature >= MIN_TEMPERATURE,  # below it, greedy (as in the engine)
         }
         if kwargs["do_sample"]:
