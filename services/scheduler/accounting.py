@@ -10,7 +10,7 @@ A worker that never acked or went offline counts against that worker's reliabili
 
 from __future__ import annotations
 
-from services.scheduler.attempts import WorkerUnreachable
+from services.scheduler.attempts import WorkerUnreachable, model_budget
 from services.scheduler.breakers import BreakerBoard, BreakerTicket
 from services.scheduler.intake import Ticket
 from services.scheduler.reliability import Reliability
@@ -21,11 +21,7 @@ from tether.settings import Settings
 def clients_deadline(settings: Settings, t: Ticket) -> bool:
     """Whether the job's own ``timeoutS``, not the model's execution budget, bounds its attempts."""
     params = t.submission.params if t.submission else None
-    if params is None or not params.timeout_s:
-        return False
-    tokens = params.max_new_tokens or 64
-    model_budget = settings.exec_timeout_base_s + settings.exec_timeout_per_token_s * tokens
-    return params.timeout_s < min(settings.exec_timeout_cap_s, model_budget)
+    return bool(params and params.timeout_s) and params.timeout_s < model_budget(settings, t)  # type: ignore[union-attr,operator]
 
 
 def account(

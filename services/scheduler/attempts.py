@@ -246,14 +246,18 @@ def _wire_input(value: Any) -> Any:
     return value
 
 
-def execution_budget(settings: Settings, t: Ticket) -> float:
-    """How long one attempt may run: base + per token of ``max_new_tokens``, within the job's timeout and the cap."""
+def model_budget(settings: Settings, t: Ticket) -> float:
+    """How long the model may take for one attempt: base + per token of ``max_new_tokens``, within the cap."""
     params = t.submission.params if t.submission else None
     tokens = params.max_new_tokens if params and params.max_new_tokens else 64
-    budget = settings.exec_timeout_base_s + settings.exec_timeout_per_token_s * tokens
-    if params and params.timeout_s:
-        budget = min(budget, params.timeout_s)
-    return min(settings.exec_timeout_cap_s, budget)
+    return min(settings.exec_timeout_cap_s, settings.exec_timeout_base_s + settings.exec_timeout_per_token_s * tokens)
+
+
+def execution_budget(settings: Settings, t: Ticket) -> float:
+    """How long one attempt may run: the model's budget, within the job's own timeout."""
+    params = t.submission.params if t.submission else None
+    budget = model_budget(settings, t)
+    return min(budget, params.timeout_s) if params and params.timeout_s else budget
 
 
 def retry_backoff(attempt: int) -> float:

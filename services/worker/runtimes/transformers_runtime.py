@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 from tether import errors
 
 from .base import MIN_TEMPERATURE, GenerationParams, RunRequest, RunResult, Task
+from .gguf_cache import CACHE_DONE, save_converted
 from .weights import merge_adapter, quantization_kwargs
 
 T = TypeVar("T")
@@ -108,13 +108,13 @@ class TransformersRuntime:
 
     def _load(self) -> None:
         cached = self._converted_dir()
-        if cached is not None and (cached / _CACHE_DONE).exists():
+        if cached is not None and (cached / CACHE_DONE).exists():
             tokenizer, model = self._from_pretrained(str(cached), {})
         else:
             kwargs = {"gguf_file": self.gguf_file} if self.gguf_file else {}
             tokenizer, model = self._from_pretrained(self.source, kwargs)
             if cached is not None:
-                _save_converted(tokenizer, model, cached)
+                save_converted(tokenizer, model, cached)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         if not self.quantize:  # bitsandbytes places quantized weights itself
@@ -310,43 +310,6 @@ def _is_message(value: Any) -> bool:
         and isinstance(value.get("role"), str)
         and isinstance(value.get("content"), str)
     )
-
-
-_CACHE_DONE = ".tether-converted"
-
-
-def _gguf_weights_packed(model: Any) -> bool:
-    """True when transformers kept GGUF blocks packed (the ``kernels`` path): nothing dense to save."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    qconfig = getattr(quantizer, "quantization_config", None)
-    return bool(getattr(quantizer, "supported", False)) and not getattr(qconfig, "dequantize", True)
-
-
-def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
-    """Save a dequantised GGUF model as a plain checkpoint, atomically; best effort.
-
-    transformers 5 leaves the (spent) GGUF quantizer on the model and refuses to save it, so it
-    is detached for the save: the weights are already dense tensors.
-    """
-    if _gguf_weights_packed(model):
-        return
-    tmp = target.with_name(f"{target.name}.tmp-{threading.get_ident()}")
-    quantizer = getattr(model, "hf_quantizer", None)
-    qconfig = model.config.__dict__.pop("quantization_config", None)
-    model.hf_quantizer = None
-    try:
-        tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-        (tmp / _CACHE_DONE).touch()
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    except (OSError, ValueError) as exc:
-        _log.warning("could not cache converted GGUF checkpoint at %s: %s", target, exc)
-        shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        model.hf_quantizer = quantizer
-        if qconfig is not None:
-            model.config.quantization_config = qconfig
 
 
 def _sentence_transformers_max_len(source: str) -> int | None:
