@@ -21,10 +21,6 @@ class ExpiringMap(Generic[K, V]):
         self.max_items = max_items
         self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
-    def __len__(self) -> int:
-        self.expire()
-        return len(self._items)
-
     def put(self, key: K, value: V) -> None:
         self._items.pop(key, None)
         self._items[key] = (time.monotonic() + self.ttl_s, value)
