@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from streams.definitions import Topology
 
@@ -15,16 +31,52 @@ log = logging.getLogger(__name__)
 
 #: nats-server: "subjects overlap with an existing stream".
 SUBJECTS_OVERLAP = 10065
+#: nats-server's answers while a cluster forms or elects its JetStream leaders: "no suitable peers
+#: for placement", "JetStream system temporarily unavailable", "cluster can not handle request".
+SETTLING_ERR_CODES = frozenset({10005, 10008, 10009})
+#: How long a starting role waits for JetStream to settle before it gives up.
+SETTLE_S = 60.0
 
 
-async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False) -> None:
+def settling(exc: BaseException) -> bool:
+    """JetStream is not ready yet on this server (it is joining or electing), not refusing for good.
+
+    A role started together with its cluster sees these for a few seconds: its server has no
+    JetStream API yet (503, no responders), or answers that it cannot place or serve the request.
+    """
+    if isinstance(exc, ServiceUnavailableError | NoRespondersError | NatsTimeoutError):
+        return True
+    return isinstance(exc, APIError) and exc.err_code in SETTLING_ERR_CODES
+
+
+async def _settled(step: Callable[[], Awaitable[None]], settle_s: float) -> None:
+    """Run an idempotent ``step`` again while JetStream settles (``settling``), for at most ``settle_s``."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(settle_s),
+        wait=wait_exponential_jitter(initial=0.1, max=2.0),
+        retry=retry_if_exception(settling),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    ):
+        with attempt:
+            await step()
+
+
+async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False, settle_s: float = SETTLE_S) -> None:
     """Create what is missing; with ``update``, also bring existing streams and consumers to ``topo``.
 
     Only the scheduler updates (its settings own the JOBS consumer's lease and delivery cap,
     and it is what an operator restarts to change them). Every other process (gateway,
     worker, CLI tools) only creates what is missing, so one started with a default
     setting cannot shrink RESULTS' retention or JOBS' message size under the others.
+
+    Every step is idempotent, so the whole is run again while JetStream settles (``settling``):
+    a role started together with its cluster waits for it instead of failing.
     """
+    await _settled(lambda: _apply(js, topo, update=update), settle_s)
+
+
+async def _apply(js: JetStreamContext, topo: Topology, *, update: bool) -> None:
     skipped: set[str] = set()
     for cfg in topo.streams:
         assert cfg.name is not None
@@ -57,7 +109,7 @@ async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False) -
             except NotFoundError:
                 pass
         await js.add_consumer(stream, ccfg)  # creates, or updates a durable with the same name
-    await apply_buckets(js, topo.key_values, update=update)
+    await _apply_buckets(js, topo.key_values, update=update)
     for obj in topo.object_stores:
         assert obj.bucket is not None
         try:
@@ -70,12 +122,19 @@ async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False) -
                 await _bring_up_to_date(js, f"OBJ_{obj.bucket}", obj)
 
 
-async def apply_buckets(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...], *, update: bool = False) -> None:
+async def apply_buckets(
+    js: JetStreamContext, buckets: tuple[KeyValueConfig, ...], *, update: bool = False, settle_s: float = SETTLE_S
+) -> None:
     """Create each KV bucket that is missing; with ``update``, bring existing ones to their declaration.
 
     A bucket is a stream (``KV_<bucket>``): its TTL, replicas and history are that stream's
     ``max_age``, ``num_replicas`` and ``max_msgs_per_subject``, updated in place like any stream.
+    Run again while JetStream settles, as ``apply`` is.
     """
+    await _settled(lambda: _apply_buckets(js, buckets, update=update), settle_s)
+
+
+async def _apply_buckets(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...], *, update: bool) -> None:
     for cfg in buckets:
         try:
             await js.key_value(cfg.bucket)

@@ -3,7 +3,12 @@ a real SQLite file, and the roles started in-process on their own connections.""
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,37 @@ from tether.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+#: How long the test process may take to exit once the session is over.
+EXIT_GRACE_S = 60.0
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread left running (an unclosed store, a role that was never stopped) would keep the
+    interpreter from exiting after the summary, and CI would wait for it until its own timeout.
+    A daemon watchdog dumps every thread's stack and ends the process instead; a clean exit
+    ends the watchdog with it."""
+
+    def watchdog() -> None:
+        time.sleep(EXIT_GRACE_S)
+        alive = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+        print(
+            f"\nthe test process did not exit within {EXIT_GRACE_S:.0f} s of the session's end; "
+            f"threads still running: {alive}",
+            file=sys.stderr,
+            flush=True,
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stdout.flush()
+        os._exit(_exit_status or 1)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 
 @pytest.fixture
@@ -94,17 +130,22 @@ async def start_system(settings: Settings, models: list[str], *, workers: int = 
     from tether.security import ensure_dev_trust
 
     system = System(settings)
-    keys = [i for i in ensure_dev_trust(settings, extra_workers=workers - 1) if i.role == "worker"]
-    for i in range(workers):
-        w = Worker(settings, identity=keys[i], specs=[parse_model_spec(m) for m in models])
-        await w.start()
-        await w.wait_ready()
-        system.workers.append(w)
-    system.scheduler = Scheduler(settings, scheduler_id="s-test")
-    await system.scheduler.start()  # type: ignore[attr-defined]
-    system.gateway = Gateway(settings, gateway_id="g-test")
-    await system.gateway.start()  # type: ignore[attr-defined]
-    await system.gateway.nc.flush()  # type: ignore[attr-defined]  # its subscriptions reached the server
+    try:  # a start that fails half-way closes what it had started: no threads left to hang the exit
+        keys = [i for i in ensure_dev_trust(settings, extra_workers=workers - 1) if i.role == "worker"]
+        for i in range(workers):
+            w = Worker(settings, identity=keys[i], specs=[parse_model_spec(m) for m in models])
+            system.workers.append(w)
+            await w.start()
+            await w.wait_ready()
+        system.scheduler = Scheduler(settings, scheduler_id="s-test")
+        await system.scheduler.start()  # type: ignore[attr-defined]
+        system.gateway = Gateway(settings, gateway_id="g-test")
+        await system.gateway.start()  # type: ignore[attr-defined]
+        await system.gateway.nc.flush()  # type: ignore[attr-defined]  # its subscriptions reached the server
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await system.close()
+        raise
     return system
 
 

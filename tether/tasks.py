@@ -8,7 +8,7 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,17 @@ class TaskGroup:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+
+
+async def closing_on_failure(start: Awaitable[None], close: Callable[[], Awaitable[None]]) -> None:
+    """Await a role's ``start``; if it fails or is cancelled half-way, ``close`` what it had opened
+    (connection, store, threads) before the error propagates, so nothing is left running."""
+    try:
+        await start
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await close()
+        raise
 
 
 async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:

@@ -39,7 +39,7 @@ from tether.jobids import idempotent_job_id, new_job_id
 from tether.limits import check_params, check_size
 from tether.results import fetch_final
 from tether.settings import Settings
-from tether.tasks import TaskGroup, settle_heap
+from tether.tasks import TaskGroup, closing_on_failure, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class Gateway:
         self._requests = TaskGroup(f"gateway:{self.gateway_id}")
 
     async def start(self, nc: Client | None = None) -> None:
+        """Connect (unless given ``nc``), declare what it needs, subscribe; a start that fails half-way
+        closes what it had opened before the error propagates."""
+        await closing_on_failure(self._start(nc), self.close)
+
+    async def _start(self, nc: Client | None) -> None:
         if nc is None:
             nc = await connect(self.settings.url, name=f"tether-gateway-{self.gateway_id}")
             self._own_nc = True

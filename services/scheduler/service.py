@@ -57,7 +57,7 @@ from tether.security import node_identity
 from tether.settings import Settings
 from tether.store import JobStatus, JobStore, open_store
 from tether.store.fleetstate import FleetState
-from tether.tasks import TaskGroup, settle_heap
+from tether.tasks import TaskGroup, closing_on_failure, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,13 @@ class Scheduler:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, nc: Client | None = None) -> None:
+        """Connect (unless given ``nc``), declare what it needs, subscribe; a start that fails half-way
+        closes what it had opened before the error propagates."""
         if self.state is not SchedulerState.NEW:
             raise RuntimeError(f"scheduler already {self.state}")
+        await closing_on_failure(self._start(nc), self.close)
+
+    async def _start(self, nc: Client | None) -> None:
         await self.store.open()
         if nc is None:
             nc = await connect(self.settings.url, name=f"tether-scheduler-{self.scheduler_id}")

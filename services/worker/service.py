@@ -56,7 +56,7 @@ from tether.identity import Identity
 from tether.results import publish_final
 from tether.security import node_identity
 from tether.settings import Settings
-from tether.tasks import TaskGroup, settle_heap
+from tether.tasks import TaskGroup, closing_on_failure, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,13 @@ class Worker:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, nc: Client | None = None) -> None:
+        """Connect (unless given ``nc``), declare what it needs, subscribe; a start that fails half-way
+        closes what it had opened before the error propagates."""
         if self.state is not WorkerState.NEW:
             raise RuntimeError(f"worker already {self.state}")
+        await closing_on_failure(self._start(nc), self.close)
+
+    async def _start(self, nc: Client | None) -> None:
         if nc is None:
             nc = await connect(self.settings.url, name=f"tether-worker-{self.worker_id}")
             self._own_nc = True

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from streams import JOBS, RESULTS
+from streams import JOBS, RESULTS, apply, topology
 from tests.conftest import System, start_system
 from tether import client
 from tether.connection import connect
@@ -27,10 +27,10 @@ NODES = 3
 JOBS_N = 150
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+def _nodes(tmp_path: Path) -> list[NatsServer]:
+    """Three nodes routed to each other, not started."""
     ports = [free_port() for _ in range(NODES)]
-    nodes = [
+    return [
         NatsServer(
             store_dir=tmp_path / f"n{i}" / "js",
             log_file=tmp_path / f"n{i}" / "nats.log",
@@ -40,6 +40,11 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
         )
         for i, port in enumerate(ports)
     ]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    nodes = _nodes(tmp_path)
     try:
         for node in nodes:
             node.start()
@@ -53,29 +58,32 @@ def _url(nodes: list[NatsServer]) -> str:
     return ",".join(n.url for n in nodes)
 
 
-async def _jetstream_ready(url: str, timeout: float = 30.0) -> None:
-    """Until every node has joined JetStream: an R3 stream can be placed (then it is removed)."""
-    nc = await connect(url, name="cluster-probe")
-    js = nc.jetstream()
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await js.add_stream(StreamConfig(name="READY", subjects=["ready.probe"], num_replicas=NODES))
-                await js.delete_stream("READY")
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
-    finally:
-        await nc.close()
+async def _jetstream_ready(nodes: list[NatsServer], timeout: float = 30.0) -> None:
+    """Until every node serves JetStream and an R3 stream can be placed (then it is removed)."""
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        nc = await connect(node.url, name="cluster-probe")
+        js = nc.jetstream()
+        try:
+            while True:
+                try:
+                    await js.account_info()
+                    if node is nodes[-1]:
+                        await js.add_stream(StreamConfig(name="READY", subjects=["ready.probe"], num_replicas=NODES))
+                        await js.delete_stream("READY")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.25)
+        finally:
+            await nc.close()
 
 
 @pytest_asyncio.fixture
 async def clustered(tmp_path: Path, cluster: list[NatsServer]) -> AsyncIterator[tuple[System, list[NatsServer]]]:
     url = _url(cluster)
-    await _jetstream_ready(url)
+    await _jetstream_ready(cluster)
     settings = Settings(
         home=tmp_path,
         nats_url=url,
@@ -160,6 +168,30 @@ async def test_streams_are_replicated_and_a_killed_node_loses_no_job(
         assert ran == JOBS_N, f"{ran} runs for {JOBS_N} jobs"
     finally:
         await nc.close()
+
+
+async def test_a_role_started_before_its_cluster_has_formed_waits_for_it(tmp_path: Path) -> None:
+    """One node up, its peers not yet: JetStream has no leader and cannot place an R3 stream. A role's
+    declarations wait for the cluster (``streams.apply.settling``) instead of failing its start."""
+    nodes = _nodes(tmp_path)
+    try:
+        nodes[0].start()
+        nc = await connect(nodes[0].url, name="early-role")
+        try:
+            js = nc.jetstream()
+            declared = asyncio.ensure_future(apply(js, topology(Settings(home=tmp_path, replicas=NODES))))
+            await asyncio.sleep(3.0)
+            assert not declared.done(), declared  # still waiting: no error, no streams half-declared
+            for node in nodes[1:]:
+                node.start()
+            await asyncio.wait_for(declared, 60)
+            info = await js.stream_info(JOBS)
+            assert info.config.num_replicas == NODES
+        finally:
+            await nc.close()
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def test_the_cluster_node_config_is_valid() -> None:

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,3 +54,27 @@ def test_a_role_still_connecting_stops_on_a_signal(tmp_path: Path, sig: signal.S
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _store_threads() -> set[threading.Thread]:
+    """aiosqlite's connection threads: one per open store, each keeping the interpreter from exiting."""
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name and t.is_alive()}
+
+
+async def test_a_scheduler_whose_start_fails_closes_what_it_had_opened(tmp_path: Path) -> None:
+    from services.scheduler.service import Scheduler, SchedulerState
+
+    before = _store_threads()
+    settings = Settings(home=tmp_path, nats_url=f"nats://127.0.0.1:{free_port()}",  # nothing listens
+                        store=f"sqlite:///{tmp_path / 'tether.db'}")
+    scheduler = Scheduler(settings, scheduler_id="s-fails")
+    with pytest.raises(TimeoutError):  # the store is open, the connection is still being retried
+        await asyncio.wait_for(scheduler.start(), 3)
+    assert scheduler.state is SchedulerState.STOPPED
+    for _ in range(50):  # the store's thread ends once its close has run
+        if _store_threads() <= before:
+            break
+        await asyncio.sleep(0.05)
+    assert _store_threads() <= before, "the store opened by the failed start is still open"
+    with pytest.raises(RuntimeError):  # a closed role does not start again half-way
+        await scheduler.start()
