@@ -59,7 +59,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(store_dir=tmp_path / "jetstream", log_file=tmp_path / "nats-server.log")
+    server = NatsServer(store_dir=tmp_path / "jetstream", log_file=tmp_path / "nats-server.log", die_with_parent=True)
     server.start()
     try:
         yield server
@@ -73,7 +73,7 @@ def module_nats(
 ) -> Iterator[tuple[Path, NatsServer]]:
     """One nats-server (and home dir) shared by a test module's tests, for module-scoped systems."""
     home = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    server = NatsServer(store_dir=home / "jetstream", log_file=home / "nats-server.log")
+    server = NatsServer(store_dir=home / "jetstream", log_file=home / "nats-server.log", die_with_parent=True)
     server.start()
     try:
         yield home, server
@@ -113,12 +113,11 @@ class System:
     workers: list[object] = field(default_factory=list)
 
     async def close(self) -> None:
-        for w in self.workers:
-            await w.close()  # type: ignore[attr-defined]
-        if self.scheduler is not None:
-            await self.scheduler.close()  # type: ignore[attr-defined]
-        if self.gateway is not None:
-            await self.gateway.close()  # type: ignore[attr-defined]
+        """Every role, even when one's close fails or is cut short (the scheduler's store thread)."""
+        async with contextlib.AsyncExitStack() as stack:  # exits run last-in first-out: gateway first
+            for role in (*self.workers, self.scheduler, self.gateway):
+                if role is not None:
+                    stack.push_async_callback(role.close)  # type: ignore[attr-defined]
 
 
 async def start_system(settings: Settings, models: list[str], *, workers: int = 1) -> System:

@@ -33,6 +33,7 @@ class HttpSystem:
 
 
 HOLD_KEYS = 8
+HELD = "held"  # announced by a worker that then leaves (``held_http_system``): its jobs wait in the queue
 
 
 @asynccontextmanager
@@ -67,3 +68,11 @@ async def hold_model(settings: Settings, model: str) -> None:
     await w.start()
     await w.wait_ready()
     await w.drain(0.1)
+
+
+@asynccontextmanager
+async def held_http_system(settings: Settings) -> AsyncIterator[HttpSystem]:
+    """``http_system`` serving ``echo``, plus the model ``HELD`` whose jobs wait in the queue."""
+    async with http_system(settings, ["echo"]) as system:
+        await hold_model(settings, HELD)
+        yield system

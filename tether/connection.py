@@ -7,6 +7,7 @@ certificate. Credentials travel in the URL: ``tls://user:password@host:4222``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -194,6 +195,17 @@ async def connect(url: str, *, name: str, **options: object) -> Client:
     opts.update(options)
     await nc.connect(**opts)  # type: ignore[arg-type]
     return nc
+
+
+async def drain_and_close(nc: Client) -> None:
+    """Drain ``nc`` (its subscriptions' pending messages are handled, its publishes flushed), then make
+    sure it is closed: a drain refused while reconnecting, or one whose flush fails, would leave the
+    client reconnecting forever."""
+    with contextlib.suppress(Exception):
+        await nc.drain()
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:

@@ -31,7 +31,7 @@ from services.gateway.slis import Slis, publish_snapshots
 from streams import apply, topology
 from streams.kv import apply_kv, kv_buckets
 from tether import codec, subjects, telemetry
-from tether.connection import connect, subscribe_inline
+from tether.connection import connect, drain_and_close, subscribe_inline
 from tether.errors import NoCapacity, StoreError, TetherError, Timeout, Unauthorized, error_from_wire
 from tether.fleet import FleetView
 from tether.jetpub import JetPublisher
@@ -114,8 +114,7 @@ class Gateway:
             for f in futs:
                 f.cancel()
         if self.nc is not None and self._own_nc:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            await drain_and_close(self.nc)
 
     async def __aenter__(self) -> Gateway:
         await self.start()

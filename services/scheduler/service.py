@@ -48,7 +48,7 @@ from services.scheduler.scoring import AffinityPlacement, JobNeeds, Weights
 from streams import JOBS, SCHEDULER_CONSUMER, apply, topology
 from streams.kv import RESUME_BUCKET, apply_kv, kv_buckets, resume_bucket
 from tether import telemetry
-from tether.connection import connect
+from tether.connection import connect, drain_and_close
 from tether.dispatch_auth import DispatchSigner
 from tether.errors import Cancelled, ModelUnknown, NoCapacity, TetherError, Timeout
 from tether.fleet import FleetView
@@ -183,23 +183,24 @@ class Scheduler:
         if self.state is SchedulerState.STOPPED:
             return
         self.state = SchedulerState.STOPPED
-        await self._tasks.close()
-        with contextlib.suppress(Exception):
-            await self.cancels.stop()
-        if self._advisories is not None:  # first: the hand-back's advisories go to a scheduler that stays
-            await self._advisories.stop()
-        held = self.held.snapshot()  # before the cancelled handlers forget their jobs
-        await self._jobs.close()
-        await self.held.hand_back(*held)  # not finished: another scheduler may take them now
-        if self.dispatcher is not None:
-            await self.dispatcher.stop()
-        if self.monitor is not None:
-            await self.monitor.persist()
-        await self.fleet.stop()
-        if self.nc is not None and self._own_nc:
+        try:
+            await self._tasks.close()
             with contextlib.suppress(Exception):
-                await self.nc.drain()
-        await self.store.close()
+                await self.cancels.stop()
+            if self._advisories is not None:  # first: the hand-back's advisories go to a scheduler that stays
+                await self._advisories.stop()
+            held = self.held.snapshot()  # before the cancelled handlers forget their jobs
+            await self._jobs.close()
+            await self.held.hand_back(*held)  # not finished: another scheduler may take them now
+            if self.dispatcher is not None:
+                await self.dispatcher.stop()
+            if self.monitor is not None:
+                await self.monitor.persist()
+            await self.fleet.stop()
+            if self.nc is not None and self._own_nc:
+                await drain_and_close(self.nc)
+        finally:  # cut short (an error, a timeout): its reader thread would keep the process alive
+            await self.store.close()
         log.info("scheduler stopped", extra={"scheduler": self.scheduler_id, **self.stats})
 
     async def __aenter__(self) -> Scheduler:

@@ -47,7 +47,7 @@ from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from services.worker.streaming import ChunkPublisher
 from streams import apply, topology
 from tether import codec, subjects, telemetry
-from tether.connection import connect, subscribe_inline
+from tether.connection import connect, drain_and_close, subscribe_inline
 from tether.dispatch_auth import NOT_BEFORE_MARGIN_S, DispatchGate
 from tether.e2e import FleetBox, fleet_key_path, is_sealed
 from tether.envelope import EnvelopeRejected
@@ -209,30 +209,31 @@ class Worker:
             return
         ended = "drained" if self.state is WorkerState.DRAINING else "stopped"
         self.state = WorkerState.STOPPED
-        for sub in [self._sub, *self._control_subs]:
-            if sub is not None:
+        try:
+            for sub in [self._sub, *self._control_subs]:
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()  # type: ignore[attr-defined]
+            await self._jobs.close()  # first: their hand-back flushes chunks through a publisher in _tasks
+            await self._tasks.close()
+            await self.dispatch_gate.stop()
+            if self.reporter is not None:
+                await self.reporter.flush()  # acks and reports of attempts that ended while stopping
+            await self.cache.close()
+            self.presence.health.close()
+            if self.nc is not None:
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()  # type: ignore[attr-defined]
-        await self._jobs.close()  # first: their hand-back flushes chunks through a publisher in _tasks
-        await self._tasks.close()
-        await self.dispatch_gate.stop()
-        if self.reporter is not None:
-            await self.reporter.flush()  # acks and reports of attempts that ended while stopping
-        await self.cache.close()
-        self.presence.health.close()
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.publish(
-                    subjects.event_subject("worker", ended),
-                    codec.encode(
-                        {"kind": "worker", "workerId": self.worker_id, "state": ended.upper(), "ts": time.time()}
-                    ),
-                    headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
-                )
-        if self.nc is not None and self._own_nc:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
-        self.stopped.set()
+                    await self.nc.publish(
+                        subjects.event_subject("worker", ended),
+                        codec.encode(
+                            {"kind": "worker", "workerId": self.worker_id, "state": ended.upper(), "ts": time.time()}
+                        ),
+                        headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
+                    )
+            if self.nc is not None and self._own_nc:
+                await drain_and_close(self.nc)
+        finally:  # a drain waiting on it (SIGTERM during an ordered drain) must not wait forever
+            self.stopped.set()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     async def __aenter__(self) -> Worker:

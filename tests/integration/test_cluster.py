@@ -37,6 +37,7 @@ def _nodes(tmp_path: Path) -> list[NatsServer]:
             server_name=f"n{i}",
             cluster_port=port,
             routes=[f"nats://127.0.0.1:{p}" for p in ports if p != port],
+            die_with_parent=True,
         )
         for i, port in enumerate(ports)
     ]

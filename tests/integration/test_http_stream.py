@@ -15,19 +15,16 @@ from nats.aio.client import Client
 from schemas import CancelRequest, ResultMessage
 from services.gateway.http import sse
 from services.gateway.http.jobstream import Chunk, JobStream
-from tests.http_helpers import HttpSystem, hold_model, http_system
+from tests.http_helpers import HELD, HttpSystem, held_http_system
 from tether import codec, subjects
 from tether.jobids import idempotent_job_id
 from tether.results import publish_final
 from tether.settings import Settings
 
-HELD = "held"  # announced by a worker that then leaves: its jobs wait in the queue
-
 
 @pytest_asyncio.fixture
 async def hs(settings: Settings) -> AsyncIterator[HttpSystem]:
-    async with http_system(settings, ["echo"]) as system:
-        await hold_model(settings, HELD)
+    async with held_http_system(settings) as system:
         yield system
 
 

@@ -67,8 +67,8 @@ async def test_forged_presence_flood_does_not_delay_placement(settings: Settings
     system = await start_system(settings, ["echo"])
     scheduler = system.scheduler
     real = system.workers[0].identity  # type: ignore[attr-defined]
-    forged = forged_envelopes(real, FLOOD)
     try:
+        forged = forged_envelopes(real, FLOOD)
         baseline = [await timed_job(nc, f"base-{i}") for i in range(20)]
 
         async def flood() -> None:

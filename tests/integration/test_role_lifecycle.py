@@ -78,3 +78,19 @@ async def test_a_scheduler_whose_start_fails_closes_what_it_had_opened(tmp_path:
     assert _store_threads() <= before, "the store opened by the failed start is still open"
     with pytest.raises(RuntimeError):  # a closed role does not start again half-way
         await scheduler.start()
+
+
+async def test_an_http_gateway_whose_port_is_taken_closes_its_gateway_and_store(settings: Settings) -> None:
+    import socket
+
+    from services.gateway.http.server import HttpGateway
+
+    before = _store_threads()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http = HttpGateway(settings, host="127.0.0.1", port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            await http.start()
+    assert http.gateway.nc is not None and http.gateway.nc.is_closed  # its own gateway's connection
+    assert http.store is None and _store_threads() <= before

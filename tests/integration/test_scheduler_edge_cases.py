@@ -214,11 +214,11 @@ async def test_max_deliveries_does_not_dead_letter_a_job_whose_attempt_is_still_
     settings.max_deliver = 1  # the hand-back on close is its last delivery
     settings.exec_timeout_base_s, settings.exec_timeout_per_token_s = 3.0, 0.0
     system = await start_system(settings, ["echo;delay_ms=1500"])
+    other = Scheduler(settings, scheduler_id="s-other")
     try:
         seen = await _results(nc)
         await _publish(nc, "adv")
         await _until(lambda: "adv" in system.scheduler.held, 10)  # type: ignore[attr-defined]
-        other = Scheduler(settings, scheduler_id="s-other")
         await other.start()  # hears the max-deliveries advisory once the first hands the job back
         await system.scheduler.close()  # type: ignore[attr-defined]
         system.scheduler = other
@@ -232,6 +232,7 @@ async def test_max_deliveries_does_not_dead_letter_a_job_whose_attempt_is_still_
         assert row is not None and row["status"] == "COMPLETED"
     finally:
         await system.close()
+        await other.close()  # a no-op once the system closed it; not, when the test failed before the swap
 
 
 async def test_reports_not_from_the_attempts_worker_are_dropped(settings: Settings, nc: Client) -> None:

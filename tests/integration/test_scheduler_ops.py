@@ -83,8 +83,8 @@ async def test_drain_over_nats_stops_the_worker_and_placements_move_at_once(
     settings: Settings, nc: Client
 ) -> None:
     system = await start_system(settings, ["echo"], workers=2)
-    events, _ = await _collect(nc, "tether.events.worker.drained")
     try:
+        events, _ = await _collect(nc, "tether.events.worker.drained")
         w0, w1 = (w.worker_id for w in system.workers)  # type: ignore[attr-defined]
         reply = await nc.request(subjects.control_subject("drain", w0), codec.encode({"graceS": 5}), timeout=5)
         assert json.loads(reply.data) == {"workerId": w0, "draining": True, "inflight": 0}

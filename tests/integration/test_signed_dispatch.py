@@ -92,9 +92,9 @@ class Probe:
 @pytest_asyncio.fixture
 async def probe(settings: Settings, nc: Client) -> AsyncIterator[Probe]:
     system = await start_system(settings, ["echo"])
-    p = Probe(nc, system)
-    await p.start()
     try:
+        p = Probe(nc, system)
+        await p.start()
         yield p
     finally:
         await system.close()

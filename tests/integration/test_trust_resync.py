@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from nats.aio.client import Client
+
 from streams import TRUST_BUCKET, apply, topology
 from tether.connection import connect
 from tether.identity import Identity
@@ -23,11 +25,12 @@ async def _until(cond, timeout: float) -> bool:  # type: ignore[no-untyped-def]
 
 
 async def test_a_deny_written_after_a_server_restart_still_takes_effect(tmp_path: Path) -> None:
-    server = NatsServer(store_dir=tmp_path / "js", log_file=tmp_path / "nats.log").start()
+    server = NatsServer(store_dir=tmp_path / "js", log_file=tmp_path / "nats.log", die_with_parent=True).start()
     settings = Settings(home=tmp_path / "home", nats_url=server.url)
-    nc = await connect(settings.url, name="trust-resync")
+    nc: Client | None = None
     trust = TrustStore()
     try:
+        nc = await connect(settings.url, name="trust-resync")
         js = nc.jetstream()
         await apply(js, topology(settings))
         kv = await js.key_value(TRUST_BUCKET)
@@ -45,5 +48,6 @@ async def test_a_deny_written_after_a_server_restart_still_takes_effect(tmp_path
         assert trust.is_denied(before.public_key)
     finally:
         await trust.stop()
-        await nc.close()
+        if nc is not None:
+            await nc.close()
         server.stop()

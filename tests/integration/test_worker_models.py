@@ -25,12 +25,12 @@ async def test_failed_load_is_announced_and_other_models_still_serve(settings, n
     broken = parse_model_spec(f"broken:1={tmp_path / 'no-such-model'}")
     ensure_dev_trust(settings)
     worker = Worker(settings, specs=[parse_model_spec("echo"), broken])
-    await worker.start()
-    await worker.wait_ready()
     scheduler, gateway = Scheduler(settings, scheduler_id="s-m"), Gateway(settings, gateway_id="g-m")
-    await scheduler.start()
-    await gateway.start()
     try:
+        await worker.start()
+        await worker.wait_ready()
+        await scheduler.start()
+        await gateway.start()
         assert worker.slots[("broken", "1")].state is ModelState.FAILED
         assert worker.slots[("broken", "1")].runtime is None
         await nc.flush()

@@ -66,8 +66,8 @@ class JobStore:
         self._batcher = WriteBatcher(backend, max_ops=max_batch)
 
     async def open(self) -> None:
-        await self.backend.connect()
         try:
+            await self.backend.connect()
             await migrate(self.backend)
         except BaseException:
             await self.backend.close()  # an open backend's thread would keep the process alive
@@ -75,8 +75,10 @@ class JobStore:
         self._batcher.start()
 
     async def close(self) -> None:
-        await self._batcher.close()
-        await self.backend.close()
+        try:
+            await self._batcher.close()
+        finally:
+            await self.backend.close()
 
     async def __aenter__(self) -> JobStore:
         await self.open()

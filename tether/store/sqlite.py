@@ -72,8 +72,11 @@ class SqliteBackend:
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
             for pragma in _PRAGMAS[1:]:
                 await self._reader.execute(pragma)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        except BaseException as exc:  # half-open: the reader's thread would keep the process alive
+            await self.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+            raise
         if self.path != ":memory:":
             self._checkpointer = asyncio.get_running_loop().create_task(
                 self._checkpoint_loop(), name="sqlite-checkpoint"

@@ -60,8 +60,8 @@ def create_app(state: HttpState | None = None) -> FastAPI:
 
     @app.exception_handler(ClientDisconnect)
     async def on_gone(request: Request, exc: ClientDisconnect) -> Response:
-        """The client went away before its request was read in full: nobody to answer."""
-        log.info("client disconnected mid-request", extra={"path": request.url.path})
+        """The client went away before its request was read in full, or before its answer: nobody to answer."""
+        log.info("client disconnected", extra={"path": request.url.path})
         return Response(status_code=400)
 
     @app.exception_handler(Exception)

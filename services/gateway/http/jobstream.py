@@ -9,8 +9,7 @@ queued (one connection, one socket order; the subscription feeds an ``asyncio.Qu
 whose ``get`` can be cancelled without losing an item), so they are drained first;
 whatever the chunks did not cover (a model that streams nothing, like echo, or a chunk
 lost on core NATS) is sent as one last chunk taken from the final text. A client that
-goes away mid-stream gets its job cancelled (``CancelRequest`` on
-``tether.control.cancel.<job>``).
+goes away mid-stream gets its job cancelled (``hangup.cancel_abandoned``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from schemas import CancelRequest, InferReply, InferRequest, ResultChunk
+from schemas import InferReply, InferRequest, ResultChunk
+from services.gateway.http.hangup import cancel_abandoned
 from services.gateway.service import Gateway
 from tether import codec, subjects
 from tether.chunks import Reorder
@@ -117,29 +117,14 @@ class JobStream:
         return order.push(chunk.seq, chunk.text, attempt=chunk.attempt, offset=chunk.offset, tokens=tokens)
 
     async def close(self) -> None:
-        """Unsubscribe; if the job has not finished and nobody else wants it, cancel it (the client went away).
-
-        A job with an idempotency key is left running: its client declared it may come back for the
-        result, and other requests with the same key may be waiting on it.
-        """
+        """Unsubscribe; if the job has not finished and nobody else wants it, cancel it (the client
+        went away; ``hangup.cancel_abandoned`` says who else may want it)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if (
-            self.job_id is not None
-            and not self.done
-            and self.req.idempotency_key is None
-            and not self.gateway.waiting_on(self.job_id)
-            and self.gateway.nc is not None
-        ):
-            cancel = CancelRequest(job_id=self.job_id, reason="client disconnected")
-            with contextlib.suppress(Exception):
-                await self.gateway.nc.publish(
-                    subjects.control_subject("cancel", self.job_id),
-                    codec.encode(cancel.wire()),
-                    headers={codec.CONTENT_TYPE: codec.JSON},
-                )
+        if self.job_id is not None and not self.done:
+            await cancel_abandoned(self.gateway, self.req, self.job_id)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

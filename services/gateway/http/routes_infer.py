@@ -20,6 +20,7 @@ from services.gateway.http.context import (
     trace_headers,
 )
 from services.gateway.http.errors import NotFound
+from services.gateway.http.hangup import infer_while_connected
 from services.gateway.http.jobstream import Chunk, JobStream
 from services.gateway.http.openapi_docs import body_schema, error_responses, ref
 from tether.errors import Internal, InvalidRequest, TetherError
@@ -65,7 +66,7 @@ async def post_infer(
     req = await infer_request(request)
     gateway = state_of(request).gateway
     if not stream:
-        reply = await gateway.infer(req, trace_headers(request))
+        reply = await infer_while_connected(request, gateway, req, trace_headers(request))
         return JSONResponse(reply.wire(), headers={"X-Job-Id": reply.job_id})
     job = JobStream(gateway, req, trace_headers(request))
     try:

@@ -30,6 +30,7 @@ from services.gateway.http.context import (
     trace_headers,
 )
 from services.gateway.http.errors import openai_error_body
+from services.gateway.http.hangup import infer_while_connected
 from services.gateway.http.jobstream import Chunk, JobStream
 from services.gateway.http.openapi_docs import body_schema
 from tether.errors import Internal, TetherError, WorkerFailed
@@ -49,7 +50,7 @@ async def _tenant(request: Request) -> str:
 
 
 async def _run(request: Request, req: InferRequest) -> InferReply:
-    return await state_of(request).gateway.infer(req, trace_headers(request))
+    return await infer_while_connected(request, state_of(request).gateway, req, trace_headers(request))
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from services.gateway.http.context import HttpState
 from services.gateway.service import Gateway
 from tether.settings import Settings
 from tether.store import JobStore, open_store
+from tether.tasks import closing_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class HttpGateway:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        """Start the gateway (unless given one), the store and the HTTP server; a start that fails
+        half-way (a port in use, say) closes what it had opened before the error propagates."""
+        await closing_on_failure(self._start(), self.close)
+
+    async def _start(self) -> None:
         if self._own_gateway:
             await self.gateway.start()
         assert self.gateway.js is not None
@@ -87,20 +93,24 @@ class HttpGateway:
         log.info("http gateway listening", extra={"url": self.url})
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
-            self._task = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self.store is not None:
-            await self.store.close()
-            self.store = None
-        if self._own_gateway:
-            await self.gateway.close()
+        try:
+            if self._server is not None:
+                self._server.should_exit = True
+            if self._task is not None:
+                with contextlib.suppress(Exception):
+                    await self._task
+                self._task = None
+        finally:  # cut short (the server's task cancelled): the store's thread would keep the process alive
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            store, self.store = self.store, None
+            try:
+                if store is not None:
+                    await store.close()
+            finally:
+                if self._own_gateway:
+                    await self.gateway.close()
 
     async def __aenter__(self) -> HttpGateway:
         await self.start()
