@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -68,6 +69,64 @@ async def closing_on_failure(start: Awaitable[None], close: Callable[[], Awaitab
         with contextlib.suppress(Exception):
             await close()
         raise
+
+
+async def in_daemon_thread(
+    fn: Callable[[], _T], *, name: str, abandoned: Callable[[], object] | None = None
+) -> _T:
+    """Run ``fn`` on a daemon thread of its own and await its result.
+
+    Unlike ``asyncio.to_thread`` (the default executor, joined at exit), a process that stops
+    while ``fn`` runs (a SIGTERM during a model's download or load) exits without waiting for it.
+    If the wait is cancelled, ``abandoned`` runs once ``fn`` has returned or raised (on that thread,
+    or here when the outcome was already on its way), to free what ``fn`` built, even half-way.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[_T] = loop.create_future()
+    lock, state = threading.Lock(), {"gave_up": False, "delivered": False}
+
+    def deliver(result: _T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def body() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task, as to_thread does
+            error = exc
+        with lock:
+            gave_up = state["gave_up"]
+            state["delivered"] = not gave_up
+        if gave_up:
+            if abandoned is not None:
+                _quietly(abandoned)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        with lock:
+            state["gave_up"] = True
+            on_its_way = state["delivered"]
+        if on_its_way and abandoned is not None:  # fn returned just before the cancel
+            _quietly(abandoned)
+        raise
+
+
+def _quietly(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("cleanup after an abandoned thread failed")
 
 
 async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:

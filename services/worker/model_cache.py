@@ -7,7 +7,7 @@ pinned and not running a job; pinned models (``pin=true`` in the spec, or named 
 it loads it again. Each state change (loading with a progress figure, warm, evicted,
 failed) is reported through ``on_change`` so the worker can announce it on
 ``tether.models.<model>.<version>.<region>``, which keeps the scheduler's warm-cache view
-true. Loads run one at a time on a thread, never on the event loop.
+true. Loads run one at a time on a daemon thread of their own, never on the event loop.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from services.worker import memory
 from services.worker.runtimes.base import ModelRuntime
 from services.worker.runtimes.catalog import ModelSpec, build_runtime
 from tether.errors import ModelUnknown, NoCapacity, WorkerFailed
-from tether.tasks import TaskGroup
+from tether.tasks import TaskGroup, in_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,12 @@ class ModelCache:
         try:
             spec = await self._resolve(entry.spec) if self._resolve is not None else entry.spec
             runtime = self._build(spec)
-            await asyncio.to_thread(runtime.load)
+            # its own daemon thread: a worker stopping mid-load (a SIGTERM during a long download)
+            # exits without waiting for it, and the runtime is closed once the load returns
+            await in_daemon_thread(runtime.load, name=f"load:{spec.model_id}", abandoned=runtime.close)
+        except asyncio.CancelledError:
+            entry.state, entry.detail = ModelState.EVICTED, "load cancelled: the worker is stopping"
+            raise
         except Exception as exc:
             if runtime is not None:
                 with contextlib.suppress(Exception):

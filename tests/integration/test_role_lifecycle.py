@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from tests.conftest import start_system
 from tests.proc_helpers import tether_env
-from tether.natsserver import free_port
+from tether.natsserver import NatsServer, free_port
 from tether.settings import Settings
 
 
@@ -94,3 +94,31 @@ async def test_an_http_gateway_whose_port_is_taken_closes_its_gateway_and_store(
             await http.start()
     assert http.gateway.nc is not None and http.gateway.nc.is_closed  # its own gateway's connection
     assert http.store is None and _store_threads() <= before
+
+
+def test_a_worker_stopped_while_a_model_loads_exits_without_waiting_for_the_load(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """SIGTERM during a long load (a large download): the process ends in seconds, not when the load would."""
+    env = tether_env(tmp_path, url=nats_server.url, TETHER_INSECURE="1")
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tether.cli", "worker", "--models", "echo;load_ms=120000"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "worker started" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        time.sleep(1.0)  # its load (120 s) is under way
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert proc.wait(timeout=30) == 0, log_path.read_text()
+        assert time.monotonic() - t0 < 20
+        assert "worker stopped" in log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

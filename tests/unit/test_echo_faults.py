@@ -1,4 +1,4 @@
-"""The echo runtime's test aids: spec options (delay_ms, fail, poison) and what each does to a run."""
+"""The echo runtime's test aids: spec options (delay_ms, load_ms, fail, poison) and what each does."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def test_echo_options_parse_on_the_builtin_and_on_a_named_echo_model() -> None:
     assert (named.key, named.task, named.echo.delay_ms) == (("slow", "2"), Task.ECHO, 7)
     assert parse_model_spec("echo").echo == EchoFaults()  # no option, no fault
     assert parse_model_spec("echo;poison=a=b").echo.poison == "a=b"  # a marker may contain '='
+    assert parse_model_spec("echo;load_ms=30").echo == EchoFaults(load_ms=30)
+
+
+def test_load_ms_makes_the_load_take_that_long() -> None:
+    runtime = build_runtime(parse_model_spec("echo;load_ms=200"))
+    t0 = time.perf_counter()
+    runtime.load()
+    assert time.perf_counter() - t0 >= 0.19
 
 
 @pytest.mark.parametrize(
@@ -29,6 +37,7 @@ def test_echo_options_parse_on_the_builtin_and_on_a_named_echo_model() -> None:
         ("echo;delay_ms=fast", "delay_ms"),
         ("echo;delay_ms=-1", "delay_ms"),
         ("echo;delay_ms=600001", "delay_ms"),
+        ("echo;load_ms=soon", "load_ms must be an integer"),
         ("echo;fail=sometimes", "fail must be one of never, always"),
         ("echo;poison=", "bad option"),
         ("echo;colour=red", "delay_ms="),  # the error lists the echo options too

@@ -4,6 +4,8 @@ Test and benchmark aids, set by model-spec options (``echo;delay_ms=50;poison=BO
 
 ``delay_ms=N``
     sleep N ms (asynchronously) before answering, so jobs stay in flight;
+``load_ms=N``
+    take N ms to load (blocking the load thread, as a large download would);
 ``fail=always``
     every run fails with a retryable ``worker_failed`` error (a broken worker);
 ``poison=MARKER``
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,7 +26,7 @@ from tether import errors
 from .base import RunRequest, RunResult, Task
 
 #: Spec options this runtime understands (parsed by ``EchoFaults.with_option``).
-ECHO_OPTIONS = ("delay_ms", "fail", "poison")
+ECHO_OPTIONS = ("delay_ms", "load_ms", "fail", "poison")
 _FAIL_MODES = ("never", "always")
 _MAX_DELAY_MS = 600_000
 
@@ -37,19 +40,20 @@ class EchoFaults:
     """Deliberate slowness and failures for fault tests; the default is none."""
 
     delay_ms: int = 0
+    load_ms: int = 0
     fail: str = "never"  # "never" | "always"
     poison: str | None = None  # runs whose input contains this crash
 
     def with_option(self, key: str, value: str, spec_text: str) -> EchoFaults:
         """This with ``key=value`` applied; InvalidRequest naming the spec when it does not parse."""
-        if key == "delay_ms":
+        if key in ("delay_ms", "load_ms"):
             try:
                 ms = int(value)
             except ValueError:
                 ms = -1
             if not 0 <= ms <= _MAX_DELAY_MS:
-                raise _bad(f"delay_ms must be an integer from 0 to {_MAX_DELAY_MS}, not {value!r}", spec_text)
-            return replace(self, delay_ms=ms)
+                raise _bad(f"{key} must be an integer from 0 to {_MAX_DELAY_MS}, not {value!r}", spec_text)
+            return replace(self, **{key: ms})
         if key == "fail":
             if value not in _FAIL_MODES:
                 raise _bad(f"fail must be one of {', '.join(_FAIL_MODES)}, not {value!r}", spec_text)
@@ -83,7 +87,8 @@ class EchoRuntime:
         self.faults = faults or EchoFaults()
 
     def load(self) -> None:
-        return None
+        if self.faults.load_ms:
+            time.sleep(self.faults.load_ms / 1000)
 
     async def run(self, request: RunRequest) -> RunResult:
         f = self.faults
