@@ -13,6 +13,7 @@ from streams.definitions import (
     SCHEDULER_CONSUMER,
     TRUST_BUCKET,
     Topology,
+    artifacts_only,
     topology,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "TRUST_BUCKET",
     "Topology",
     "apply",
+    "artifacts_only",
     "topology",
 ]

@@ -36,25 +36,37 @@ SUBJECTS_OVERLAP = 10065
 SETTLING_ERR_CODES = frozenset({10005, 10008, 10009})
 #: How long a starting role waits for JetStream to settle before it gives up.
 SETTLE_S = 60.0
+#: "JetStream not enabled for account", "JetStream not enabled": no wait makes these settle.
+NOT_ENABLED_ERR_CODES = frozenset({10039, 10076})
 
 
-def settling(exc: BaseException) -> bool:
+def settling(exc: BaseException, nc: object | None = None) -> bool:
     """JetStream is not ready yet on this server (it is joining or electing), not refusing for good.
 
     A role started together with its cluster sees these for a few seconds: its server has no
     JetStream API yet (503, no responders), or answers that it cannot place or serve the request.
     """
+    if isinstance(exc, APIError) and exc.err_code in NOT_ENABLED_ERR_CODES:
+        return False
+    if nc is not None:
+        no_api = isinstance(exc, NoRespondersError) or (
+            isinstance(exc, ServiceUnavailableError) and exc.err_code is None
+        )
+        if no_api and not getattr(nc, "_server_info", {}).get("jetstream"):
+            return False  # this server has no JetStream at all
+        if isinstance(exc, NatsTimeoutError) and "permissions violation" in str(getattr(nc, "last_error", "")).lower():
+            return False  # a JS API subject this user may not publish to: the server drops the request
     if isinstance(exc, ServiceUnavailableError | NoRespondersError | NatsTimeoutError):
         return True
     return isinstance(exc, APIError) and exc.err_code in SETTLING_ERR_CODES
 
 
-async def _settled(step: Callable[[], Awaitable[None]], settle_s: float) -> None:
+async def _settled(step: Callable[[], Awaitable[None]], settle_s: float, nc: object | None = None) -> None:
     """Run an idempotent ``step`` again while JetStream settles (``settling``), for at most ``settle_s``."""
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(settle_s),
         wait=wait_exponential_jitter(initial=0.1, max=2.0),
-        retry=retry_if_exception(settling),
+        retry=retry_if_exception(lambda exc: settling(exc, nc)),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     ):
@@ -73,7 +85,7 @@ async def apply(js: JetStreamContext, topo: Topology, *, update: bool = False, s
     Every step is idempotent, so the whole is run again while JetStream settles (``settling``):
     a role started together with its cluster waits for it instead of failing.
     """
-    await _settled(lambda: _apply(js, topo, update=update), settle_s)
+    await _settled(lambda: _apply(js, topo, update=update), settle_s, js._nc)
 
 
 async def _apply(js: JetStreamContext, topo: Topology, *, update: bool) -> None:
@@ -131,7 +143,7 @@ async def apply_buckets(
     ``max_age``, ``num_replicas`` and ``max_msgs_per_subject``, updated in place like any stream.
     Run again while JetStream settles, as ``apply`` is.
     """
-    await _settled(lambda: _apply_buckets(js, buckets, update=update), settle_s)
+    await _settled(lambda: _apply_buckets(js, buckets, update=update), settle_s, js._nc)
 
 
 async def _apply_buckets(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...], *, update: bool) -> None:

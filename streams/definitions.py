@@ -159,3 +159,9 @@ def topology(settings: Settings, server_info: dict[str, object] | None = None) -
         object_stores=(artifacts,),
         optional=frozenset({ADVISORIES}),
     )
+
+
+def artifacts_only(topo: Topology) -> Topology:
+    """What ``tether models publish`` declares: the artifacts object store alone. A publisher's NATS
+    user (``natsauth``) may read and write that store, not look at the pipeline's streams."""
+    return Topology(streams=(), consumers=(), object_stores=topo.object_stores)

@@ -38,8 +38,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """A thread left running (an unclosed store, a role that was never stopped) would keep the
     interpreter from exiting after the summary, and CI would wait for it until its own timeout.
-    A daemon watchdog dumps every thread's stack and ends the process instead; a clean exit
-    ends the watchdog with it."""
+    A daemon watchdog, armed when the interpreter starts to exit, dumps every thread's stack and
+    ends the process instead; a clean exit ends the watchdog with it."""
 
     def watchdog() -> None:
         time.sleep(EXIT_GRACE_S)
@@ -54,7 +54,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         os._exit(_exit_status or 1)
 
-    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
+    def arm() -> None:
+        threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
+
+    # armed as the interpreter starts to exit (before it joins leftover threads), so a process that
+    # runs pytest in-process and carries on is never ended by it
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(arm)
+    else:
+        arm()
 
 
 @pytest.fixture

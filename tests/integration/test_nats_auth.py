@@ -211,7 +211,9 @@ async def test_every_role_runs_a_job_under_its_own_user(tmp_path: Path, monkeypa
     from services.scheduler.service import Scheduler
     from services.worker.runtimes.catalog import parse_model_spec
     from services.worker.service import Worker
+    from streams import ARTIFACTS_BUCKET, apply, artifacts_only, topology
     from tether import client
+    from tether.artifacts import build_manifest, publish
     from tether.settings import Settings
 
     worker_identity = Identity.generate("worker")
@@ -219,7 +221,7 @@ async def test_every_role_runs_a_job_under_its_own_user(tmp_path: Path, monkeypa
     conf_dir.mkdir()
     shutil.copy(INFRA_DIR / "prod.conf", conf_dir / "prod.conf")
     certs.generate(conf_dir, ["localhost", "127.0.0.1"])
-    users = {u.role: u for u in (NatsUser.new(r) for r in ("scheduler", "gateway", "client"))}
+    users = {u.role: u for u in (NatsUser.new(r) for r in ("scheduler", "gateway", "client", "publisher"))}
     users["worker"] = NatsUser.new("worker", worker_identity.node_id)
     write_auth(conf_dir, list(users.values()))
     log_file = tmp_path / "nats-server.log"
@@ -246,6 +248,19 @@ async def test_every_role_runs_a_job_under_its_own_user(tmp_path: Path, monkeypa
         nc = await connect(users["client"].url(port=server.port), name="prod-client")
         reply = await client.infer(nc, model="echo", input="under prod.conf", timeout=30)
         assert reply["result"] == "under prod.conf" and reply["workerId"] == worker_identity.node_id
+        # a model publisher, as `tether models publish` does it: declare the store, upload, sign
+        pub_nc = await connect(users["publisher"].url(port=server.port), name="prod-publisher")
+        try:
+            pub_js = pub_nc.jetstream()
+            await apply(pub_js, artifacts_only(topology(as_role("publisher"), pub_nc._server_info)))
+            model_dir = tmp_path / "model"
+            model_dir.mkdir()
+            (model_dir / "weights.bin").write_bytes(b"\x00" * 1024)
+            manifest = build_manifest(model_dir, model_id="m", version="1", runtime="echo", task="echo")
+            digest = await publish(pub_js, ARTIFACTS_BUCKET, model_dir, manifest, Identity.generate("publisher"))
+            assert len(digest) == 64
+        finally:
+            await pub_nc.close()
     finally:
         if nc is not None:
             await nc.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,3 +108,49 @@ async def test_buckets_follow_the_settings_when_the_scheduler_updates(nc: Client
     again = (await js.stream_info(f"KV_{RESUME_BUCKET}")).config
     await apply_kv(js, (resume_bucket(shorter),), update=True)  # nothing differs: nothing changes
     assert (await js.stream_info(f"KV_{RESUME_BUCKET}")).config == again
+
+
+
+@pytest.fixture
+def no_jetstream_url() -> Iterator[str]:
+    """A nats-server started without JetStream."""
+    import subprocess
+
+    from tether.natsserver import free_port, server_binary
+
+    port = free_port()
+    proc = subprocess.Popen([server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_server_without_jetstream_is_reported_at_once_not_waited_for(
+    tmp_path: Path, no_jetstream_url: str
+) -> None:
+    """The settle wait is for a cluster that forms; a server started without JetStream never will."""
+    import asyncio
+    import time
+
+    from nats.js.errors import ServiceUnavailableError
+
+    from tether.connection import connect
+
+    nc = None
+    for _ in range(100):
+        try:
+            nc = await connect(no_jetstream_url, name="no-js", max_reconnect_attempts=0)
+            break
+        except Exception:
+            await asyncio.sleep(0.05)
+    assert nc is not None, "nats-server did not listen"
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ServiceUnavailableError):
+            await apply(nc.jetstream(), topology(Settings(home=tmp_path)))
+        assert time.monotonic() - t0 < 10
+    finally:
+        await nc.close()

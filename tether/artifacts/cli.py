@@ -23,7 +23,7 @@ from tether.settings import Settings
 async def _publish(args: argparse.Namespace, s: Settings) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from streams import ARTIFACTS_BUCKET, apply, topology
+    from streams import ARTIFACTS_BUCKET, apply, artifacts_only, topology
     from tether.artifacts import build_manifest, publish
     from tether.connection import connect
     from tether.identity import Identity
@@ -41,7 +41,7 @@ async def _publish(args: argparse.Namespace, s: Settings) -> int:
     nc = await connect(s.url, name="tether-models", max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
-        await apply(js, topology(s, nc._server_info))
+        await apply(js, artifacts_only(topology(s, nc._server_info)))
         columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=None, transient=False) as bar:
             task = bar.add_task(f"{args.model}:{args.version}", total=manifest.total_bytes)
