@@ -223,14 +223,16 @@ class CanaryRouter:
         reason = f"error rate {rate:.1%} over {total} requests within the budget {c.budget:.1%}"
         return replace(c, weight=weight, state=state, reason=reason, updated_at=now)
 
-    async def apply(self, decided: Canary) -> None:
-        """Write a decision of ``record`` (unless another gateway moved the canary first) and announce it."""
+    async def apply(self, decided: Canary, judged: Canary | None = None) -> None:
+        """Write a decision of ``record`` (unless another gateway or an operator moved the canary since
+        ``judged``, the policy the window was counted under) and announce it."""
         assert self._kv is not None
 
         def change(table: dict[str, Canary]) -> dict[str, Canary]:
             current = table.get(decided.model_id)
             if current is not None and current.state == RUNNING and current.canary == decided.canary:
-                if decided.state == ROLLED_BACK or current.weight < decided.weight:
+                unchanged = judged is None or current == judged
+                if decided.state == ROLLED_BACK or (unchanged and current.weight < decided.weight):
                     table[decided.model_id] = decided
             return table
 

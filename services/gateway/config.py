@@ -14,6 +14,7 @@ Spec strings (comma-separated items; a model is ``id`` or ``id:version``, versio
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -31,8 +32,9 @@ class Rate:
     burst: float
 
     def __post_init__(self) -> None:
-        if self.per_s <= 0 or self.burst < 1:
-            raise InvalidRequest(f"quota needs a rate > 0 and a burst >= 1, got {self.per_s}/{self.burst}")
+        # NaN fails every comparison; inf or a rate whose 1/rate overflows makes Retry-After nan/inf
+        if not (0 < self.per_s < math.inf and 1 <= self.burst < math.inf) or math.isinf(1 / self.per_s):
+            raise InvalidRequest(f"quota needs a finite rate > 0 and a finite burst >= 1, got {self.per_s}/{self.burst}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +87,19 @@ def parse_shed(spec: str) -> tuple[int, dict[ModelKey, int]]:
         try:
             if "=" in item:
                 model, depth = _pair(item, "shed")
-                per_model[parse_model(model)] = int(depth)
+                per_model[parse_model(model)] = _depth(depth, item)
             else:
-                default = int(item)
+                default = _depth(item, item)
         except ValueError:
             raise InvalidRequest(f"bad queue depth in {item!r}") from None
     return default, per_model
+
+
+def _depth(text: str, item: str) -> int:
+    depth = int(text)
+    if depth < 0:
+        raise InvalidRequest(f"TETHER_SHED_QUEUE_DEPTH: queue depth must be >= 0 (0: never shed), got {item!r}")
+    return depth
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

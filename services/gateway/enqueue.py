@@ -52,11 +52,13 @@ async def publish_job(
     """Store the job in JOBS, resending it while unconfirmed, for up to ``budget_s`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(budget_s, ACK_WAIT_S)
+    unconfirmed = False  # an earlier send's acknowledgement was lost: the job may be stored already
     while True:
         wait = min(ACK_WAIT_S, max(0.05, deadline - loop.time()))
         try:
             return await publisher.publish(subject, payload, stream=JOBS, headers=headers, timeout=wait)
         except nats.errors.TimeoutError:
+            unconfirmed = True
             if loop.time() >= deadline - 0.01:
                 raise Timeout(
                     f"JetStream did not confirm the job within {budget_s:.0f}s; it may still run, and its "
@@ -64,7 +66,9 @@ async def publish_job(
                     job_id=job_id,
                 ) from None
             # Sent again with the same Nats-Msg-Id: JOBS keeps one copy whichever arrives.
-        except nats.js.errors.NoStreamResponseError:
+        except nats.js.errors.NoStreamResponseError as exc:
+            if unconfirmed:
+                raise _maybe_stored(job_id, exc) from None
             raise StoreError(f"no JetStream stream takes {subject}: is the JOBS stream there?") from None
         except nats.js.errors.APIError as exc:
             if exc.err_code in QUEUE_FULL_ERR_CODES:
@@ -74,7 +78,17 @@ async def publish_job(
                 ) from None
             raise StoreError(f"JOBS refused the job: {exc.description or exc}") from None
         except nats.errors.Error as exc:  # connection closed, draining, outbound buffer full, ...
+            if unconfirmed:
+                raise _maybe_stored(job_id, exc) from None
             raise StoreError(f"could not queue the job: {type(exc).__name__}: {exc}") from None
+
+
+def _maybe_stored(job_id: str, exc: Exception) -> Timeout:
+    return Timeout(
+        f"JetStream did not confirm the job ({type(exc).__name__} on a resend); it may still run, and its "
+        f"result would be on {subjects.result_subject(job_id)}",
+        job_id=job_id,
+    )
 
 
 async def idempotent_job(

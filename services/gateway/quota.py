@@ -27,6 +27,9 @@ from streams.kv import QUOTA_BUCKET
 from tether.errors import QuotaExceeded
 
 MAX_CAS_TRIES = 32
+#: A bucket time this little ahead of the local clock is another gateway's clock, not a step of ours:
+#: it is kept, so the gateway ahead is not given the difference again as refill on its next take.
+MAX_SKEW_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +52,9 @@ def take(state: BucketState | None, rate: Rate, now: float, cost: float = 1.0) -
     else:
         elapsed = max(0.0, now - state.ts)  # a clock that stepped back refills nothing
         tokens = min(rate.burst, state.tokens + elapsed * rate.per_s)
+    ts = state.ts if state is not None and 0.0 < state.ts - now <= MAX_SKEW_S else now
     if tokens >= cost:  # a negative cost (a refund) is always allowed, up to the burst
-        return Decision(True, BucketState(min(rate.burst, tokens - cost), now), 0.0)
+        return Decision(True, BucketState(min(rate.burst, tokens - cost), ts), 0.0)
     return Decision(False, BucketState(tokens, now), (cost - tokens) / rate.per_s)
 
 
@@ -94,7 +98,7 @@ class SharedBuckets:
             for rule in rules:
                 await self._take(rule, tenant)
                 taken.append(rule)
-        except QuotaExceeded:
+        except BaseException:  # over a quota, a NATS error, or the request cancelled half-way
             await self.refund(tuple(taken), tenant)
             raise
         return tuple(taken)

@@ -278,9 +278,10 @@ class Gateway:
     def _judge(self, admitted: Admitted, code: str | None) -> None:
         """Count an outcome against a canary rollout; a verdict is written off the reply's path."""
         served = admitted.request
+        judged = self.admission.canaries.table.get(served.model_id)
         decided = self.admission.canaries.record(served.model_id, served.version, code)
         if decided is not None:
-            self._background.spawn(self.admission.canaries.apply(decided), name="canary-verdict")
+            self._background.spawn(self.admission.canaries.apply(decided, judged), name="canary-verdict")
 
     def waiting_on(self, job_id: str) -> int:
         """How many requests still wait for ``job_id``'s result here."""

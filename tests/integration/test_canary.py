@@ -108,3 +108,30 @@ async def test_clients_that_stop_waiting_early_do_not_count_against_a_canary(set
         assert ok["version"] == "2" and ok.get("canary")
     finally:
         await system.close()
+
+
+async def test_a_step_verdict_counted_before_an_operator_change_does_not_undo_it(
+    settings: Settings, nc: Client
+) -> None:
+    """The window was counted under weight 10; the operator sets 2 before the step to 20 is written:
+    the operator's 2 stays (a rollback verdict would still apply: it is always safe)."""
+    from services.gateway.canary import KEY, Canary, CanaryRouter, decode_table, encode_table
+    from streams.kv import CANARY_BUCKET, apply_kv, kv_buckets
+
+    js = nc.jetstream()
+    await apply_kv(js, kv_buckets(settings))
+    kv = await js.key_value(CANARY_BUCKET)
+    base = Canary(model_id="m", stable="1", canary="2", weight=10.0, step=10.0, min_requests=2)
+    await kv.put(KEY, encode_table({"m": base}))
+    router = CanaryRouter()
+    await router.start(nc, js)
+    try:
+        judged = router.table["m"]
+        router.record("m", "2", None)
+        decided = router.record("m", "2", None)
+        assert decided is not None and decided.weight == 20.0
+        await kv.put(KEY, encode_table({"m": dataclasses.replace(base, weight=2.0, reason="set by an operator")}))
+        await router.apply(decided, judged)
+        assert decode_table((await kv.get(KEY)).value)["m"].weight == 2.0
+    finally:
+        await router.stop()
