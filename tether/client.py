@@ -14,6 +14,10 @@ from tether.chunks import Reorder
 from tether.errors import TetherError, error_from_wire
 from tether.jobids import idempotent_job_id
 
+#: How much longer than the gateway the client waits, so the gateway's own ``timeout`` reply (which
+#: names the job, still running) reaches it instead of a bare NATS timeout.
+REPLY_GRACE_S = 2.0
+
 
 async def infer(
     nc: Client,
@@ -34,7 +38,9 @@ async def infer(
     if idempotency_key:
         body["idempotencyKey"] = idempotency_key
     headers = {**telemetry.child_headers(None), codec.CONTENT_TYPE: encoding}
-    msg = await nc.request(subjects.INFER, codec.encode(body, encoding), timeout=timeout, headers=headers)
+    msg = await nc.request(
+        subjects.INFER, codec.encode(body, encoding), timeout=timeout + REPLY_GRACE_S, headers=headers
+    )
     reply = codec.decode(msg.data, codec.content_type_of(msg.headers))
     if isinstance(reply, dict) and "error" in reply:
         raise error_from_wire(reply["error"])

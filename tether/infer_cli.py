@@ -17,10 +17,24 @@ from tether.errors import TetherError
 from tether.settings import Settings
 
 
+def stream_ending(streamed: str, result: Any) -> str:
+    """What ``--stream`` prints after the chunks it printed (``streamed``), once the final ``result`` is in.
+
+    Text that continued the stream: nothing more (a newline). A result that is not text (embeddings
+    stream no chunks): the result itself. Text that does not begin with what was streamed (a retried
+    attempt that sampled differently): the whole result, said to replace what was shown.
+    """
+    if not isinstance(result, str):
+        return json.dumps(result)
+    if not result.startswith(streamed):
+        return f"\n[the streamed text was superseded by a retry; the result is:]\n{result}"
+    return ""
+
+
 def run_infer(s: Settings, args: argparse.Namespace) -> int:
     """One request through ``tether.infer``; the reply (or ``--stream``ed tokens) on stdout. Exit 0 or 1."""
     params: dict[str, Any] = {}
-    if args.max_new_tokens:
+    if args.max_new_tokens is not None:
         params["maxNewTokens"] = args.max_new_tokens
     if args.temperature is not None:
         params["temperature"] = args.temperature
@@ -32,15 +46,18 @@ def run_infer(s: Settings, args: argparse.Namespace) -> int:
 
     async def stream(nc: Any) -> int:
         reply: dict[str, Any] = {}
+        streamed: list[str] = []
         async for part in client.infer_stream(
             nc, model=args.model, version=args.version, tenant=args.tenant, input=args.text, params=params,
             idempotency_key=args.idempotency_key, timeout=args.timeout,
+            encoding=codec.MSGPACK if args.msgpack else codec.JSON,
         ):
             if isinstance(part, dict):
                 reply = part
             elif not args.json:
+                streamed.append(part)
                 print(part, end="", flush=True)
-        print(json.dumps(reply) if args.json else "")
+        print(json.dumps(reply) if args.json else stream_ending("".join(streamed), reply.get("result")))
         return 0
 
     async def go() -> int:

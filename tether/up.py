@@ -13,6 +13,7 @@ server: no orphans.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -235,19 +236,25 @@ async def _wait_ready(
 
 
 async def _announce(url: str, models: list[str], settings: Settings, demo: bool) -> None:
+    from services.worker.runtimes.catalog import parse_model_spec
     from tether import client
     from tether.connection import connect
 
+    specs = [parse_model_spec(m) for m in models]
+    spec = next((x for x in specs if x.model_id == "echo"), specs[0] if specs else None)
+    model_id, version = (spec.model_id, spec.version) if spec is not None else ("echo", "1")
+    body = json.dumps(  # a model this system serves (echo when it does: it answers at once)
+        {"tenantId": "demo", "modelId": model_id, "version": version, "input": "hello"}, separators=(",", ":")
+    )
     print(
         f"\nTether is up. Models: {', '.join(models)}\n"
         f"  NATS    {url}   request subject: tether.infer\n"
         f"  try     {_try_line(models, url)}\n"
-        f"  or      nats --server {url} request tether.infer "
-        '\'{"tenantId":"demo","modelId":"echo","version":"1","input":"hello"}\'\n'
+        f"  or      nats --server {url} request tether.infer '{body}'\n"
         f"  HTTP    http://127.0.0.1:{settings.http_port}   dashboard: / , API: /docs\n"
         f"  curl    curl -XPOST http://localhost:{settings.http_port}/infer -H 'Content-Type: application/json' "
-        f"-d '{{\"tenantId\":\"demo\",\"modelId\":\"echo\",\"version\":\"1\",\"input\":\"hello\"}}'\n"
-        f"  status  tether status\n",
+        f"-d '{body}'\n"
+        f"  status  {_env_prefix(url)}{_tether()} status\n",
         flush=True,
     )
     if not demo or "smollm2-135m-instruct" not in ",".join(models):
@@ -277,5 +284,19 @@ def _try_line(models: list[str], url: str) -> str:
     ids = [parse_model_spec(m).model_id for m in models]
     model = "smollm2-135m-instruct" if "smollm2-135m-instruct" in ids else (ids[0] if ids else "echo")
     text = DEMO_QUESTION if model == "smollm2-135m-instruct" else "hello"
-    env = "" if url == f"nats://127.0.0.1:{DEFAULT_NATS_PORT}" else f"TETHER_NATS_URL={url} "
-    return f'{env}tether infer "{text}" --model {model}'
+    return f'{_env_prefix(url)}{_tether()} infer "{text}" --model {model}'
+
+
+def _env_prefix(url: str) -> str:
+    return "" if url == f"nats://127.0.0.1:{DEFAULT_NATS_PORT}" else f"TETHER_NATS_URL={url} "
+
+
+def _tether() -> str:
+    """``tether`` when the shell finds this one, else its path (``.venv/bin/tether`` after ``make run``)."""
+    import shutil
+
+    mine = Path(sys.executable).parent / "tether"
+    if not mine.exists() or shutil.which("tether") == str(mine):
+        return "tether"
+    rel = os.path.relpath(mine)  # .venv/bin/tether: a path the shell runs as it is
+    return str(mine) if rel.startswith("..") else rel

@@ -7,9 +7,13 @@ import json
 import time
 
 import msgpack
+import pytest
 from nats.aio.client import Client
 
+from tests.conftest import start_system
 from tether import client, codec, subjects
+from tether.errors import TetherError
+from tether.settings import Settings
 from tether.store import open_store
 
 ECHO = {"tenantId": "demo", "modelId": "echo", "version": "1"}
@@ -113,3 +117,19 @@ async def test_a_raw_newline_inside_a_json_string_is_accepted_as_over_http(echo_
     body = b'{"tenantId": "demo", "modelId": "echo", "version": "1", "input": "two\nlines"}'
     reply = json.loads((await nc.request(subjects.INFER, body, timeout=10)).data)
     assert reply["result"] == "two\nlines"
+
+
+async def test_a_client_waiting_as_long_as_the_gateway_gets_its_timeout_reply_naming_the_job(
+    settings: Settings, nc: Client
+) -> None:
+    """Client and gateway wait the same time: the client outwaits the gateway a little, so it reads the
+    gateway's ``timeout`` (with the job id, the job still running) instead of a bare NATS timeout."""
+    settings.request_timeout_s = 2.0
+    system = await start_system(settings, ["echo;delay_ms=6000"])
+    try:
+        with pytest.raises(TetherError) as info:
+            await client.infer(nc, model="echo", input="slow", timeout=2.0)
+        assert info.value.code == "timeout" and info.value.job_id, info.value.to_wire()
+        assert subjects.result_subject(info.value.job_id) in info.value.message
+    finally:
+        await system.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from tests.proc_helpers import poll, processes_mentioning
 from tests.tiny_models import build_tiny_gpt2
 from tether.natsserver import NatsServer, server_binary
 from tether.settings import Settings
-from tether.up import _try_line, _wait_ready
+from tether.up import _tether, _try_line, _wait_ready
 
 
 def test_a_server_too_slow_to_listen_is_stopped_not_left_behind(
@@ -53,9 +54,11 @@ async def test_an_unreachable_server_is_reported_not_waited_on_forever(
 
 
 def test_the_try_line_names_a_model_that_runs() -> None:
-    assert _try_line(["echo"], "nats://127.0.0.1:4222") == 'tether infer "hello" --model echo'
+    tether = _tether()  # what the shell runs: `tether` when it is on PATH, else this venv's path to it
+    assert (tether == "tether" and shutil.which("tether")) or Path(tether).is_file(), tether
+    assert _try_line(["echo"], "nats://127.0.0.1:4222") == f'{tether} infer "hello" --model echo'
     demo = _try_line(["echo", "smollm2-135m-instruct"], "nats://127.0.0.1:5000")
-    assert demo.startswith("TETHER_NATS_URL=nats://127.0.0.1:5000 tether infer")
+    assert demo.startswith(f"TETHER_NATS_URL=nats://127.0.0.1:5000 {tether} infer")
     assert demo.endswith("--model smollm2-135m-instruct")
 
 
