@@ -157,14 +157,15 @@ async def show_status(settings: Settings, *, watch: bool = False, as_json: bool 
         if not watch:
             console.print(render(snap))
             return 0
+        if as_json:  # one JSON object per line, every second: nothing else on stdout
+            while True:
+                print(json.dumps(snap), flush=True)
+                await asyncio.sleep(1.0)
+                snap = await _collect(settings, js, fleet)
         with Live(render(snap), console=console, refresh_per_second=2, screen=False) as live:
             while True:
                 await asyncio.sleep(1.0)
-                snap = await _collect(settings, js, fleet)
-                if as_json:
-                    print(json.dumps(snap), flush=True)
-                else:
-                    live.update(render(snap))
+                live.update(render(await _collect(settings, js, fleet)))
     finally:
         await nc.close()
 

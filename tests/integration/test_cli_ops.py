@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proc_helpers import run_tether, tether_env
+from tests.proc_helpers import TETHER, run_tether, tether_env
 from tether import client
 from tether.settings import Settings
 
@@ -107,3 +107,22 @@ async def test_ops_commands_against_a_running_system(echo_system, nc, settings: 
 
     r = await _cli(settings, tmp_path, "dlq", "list", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == []
+
+
+async def test_status_watch_json_prints_only_json_lines(echo_system, settings: Settings, tmp_path: Path) -> None:
+    # FORCE_COLOR: rich draws as on a terminal, so a live table would show up in the output
+    env = tether_env(tmp_path, url=settings.url, TETHER_STORE=settings.store_url, COLUMNS="200", FORCE_COLOR="1")
+
+    def watch() -> str:
+        proc = subprocess.Popen([*TETHER, "status", "--watch", "--json"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            out, _ = proc.communicate(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=15)
+        return out
+
+    lines = [line for line in (await asyncio.to_thread(watch)).splitlines() if line.strip()]
+    assert len(lines) >= 2, lines  # one snapshot a second
+    assert all(json.loads(line)["workers"][0]["health"] == "HEALTHY" for line in lines), lines
