@@ -92,7 +92,7 @@ class Admission:
                 f"modelId {req.model_id!r} version {req.version!r} is not served by any worker",
                 field="modelId",
             )
-        taken = await self.quotas.admit(req.tenant_id, target)
+        taken = await self.quotas.admit(req.tenant_id, target, req.model_id)
         try:
             admitted = await self._shed_or_degrade(req, requested, target, taken)
             return replace(admitted, canary=True) if canary and not admitted.degraded else admitted

@@ -140,10 +140,13 @@ class GatewayConfig:
     def may_degrade(self, tenant: str) -> bool:
         return ANY_TENANT in self.degrade_tenants or tenant in self.degrade_tenants
 
-    def rules_for(self, tenant: str, model: ModelKey) -> list[QuotaRule]:
-        """The most specific tenant-wide rule and the most specific per-model rule that apply."""
+    def rules_for(self, tenant: str, model: ModelKey, requested: str | None = None) -> list[QuotaRule]:
+        """The most specific tenant-wide rule and the most specific rule for the served model; when the
+        request named another model (an alias such as ``phi-2`` served by SmolLM2), also the most
+        specific rule for the name it asked for: a rule written for either holds."""
+        names = [None, model[0], *([requested] if requested and requested != model[0] else [])]
         out: list[QuotaRule] = []
-        for want_model in (None, model[0]):
+        for want_model in names:
             exact = [r for r in self.quotas if r.tenant == tenant and r.model == want_model]
             anyone = [r for r in self.quotas if r.tenant == ANY_TENANT and r.model == want_model]
             chosen = exact or anyone

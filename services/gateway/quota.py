@@ -87,10 +87,11 @@ class SharedBuckets:
         if self.config.quotas:
             self._kv = await js.key_value(QUOTA_BUCKET)
 
-    async def admit(self, tenant: str, model: ModelKey) -> tuple[QuotaRule, ...]:
-        """Take one token from every bucket that applies; the rules taken from, to ``refund`` if the
-        request is refused later. ``QuotaExceeded`` (with a retry time) gives back what it took first."""
-        rules = self.config.rules_for(tenant, model)
+    async def admit(self, tenant: str, model: ModelKey, requested: str | None = None) -> tuple[QuotaRule, ...]:
+        """Take one token from every bucket that applies (``requested``: the model name asked for, when an
+        alias); the rules taken from, to ``refund`` if the request is refused later. ``QuotaExceeded``
+        (with a retry time) gives back what it took first."""
+        rules = self.config.rules_for(tenant, model, requested)
         if not rules or self._kv is None:
             return ()
         taken: list[QuotaRule] = []

@@ -60,6 +60,15 @@ def test_quota_spec_parsing_and_rule_choice() -> None:
     assert GatewayConfig.from_env({}).rules_for("x", ("echo", "1")) == []
 
 
+def test_a_rule_written_for_an_alias_applies_to_requests_that_name_it() -> None:
+    cfg = GatewayConfig.from_env({"TETHER_QUOTAS": "acme:phi-2=1/2, *:smollm2=10/10"})
+    served = ("smollm2", "1")
+    both = cfg.rules_for("acme", served, "phi-2")  # the served model's limit and the alias's both hold
+    assert [(r.tenant, r.model) for r in both] == [("*", "smollm2"), ("acme", "phi-2")]
+    assert [(r.tenant, r.model) for r in cfg.rules_for("acme", ("other", "1"), "phi-2")] == [("acme", "phi-2")]
+    assert [(r.tenant, r.model) for r in cfg.rules_for("acme", served)] == [("*", "smollm2")]
+
+
 def test_shed_degrade_alias_specs() -> None:
     cfg = GatewayConfig.from_env(
         {
