@@ -32,7 +32,7 @@ def test_pipeline_bench_prints_latency_throughput_and_cpu_per_job() -> None:
     out = _run("pipeline.py")
     assert _rate(out, "raw request/reply") > 0
     assert _rate(out, "tether.infer") > 0
-    assert "error replies" not in out
+    assert "were errors" not in out  # an error reply is not a job done (bench/pipeline.py `failed`)
     for role in ("scheduler", "gateway", "worker", "nats-server"):
         assert re.search(rf"^\s+{role}\s+\d+\s+[\d.]+\s+[\d.]+$", out, re.M), out
 
