@@ -27,6 +27,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from tether import subjects
 from tether.envelope import EnvelopeRejected, signature_ok
 from tether.sigcheck import SigChecker
 from tether.signed import Admission
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_MODELS = f"{subjects.PREFIX}.models."
 #: Messages taken from the queue per round while helper processes check signatures.
 BATCH = 128
 #: ... and while the event loop checks them itself: small, so other work runs in between.
@@ -45,6 +47,9 @@ PIPELINE = 2
 #: A backlog of this many messages starts the helper processes; smaller batches are checked on
 #: the loop (cheaper than a process hop).
 MIN_PARALLEL = 32
+#: A batch the helpers have not answered in this long: they are taken as hung, killed (new ones start
+#: at the next backlog) and the batch is checked on the loop. A batch takes them milliseconds.
+HELPER_TIMEOUT_S = 5.0
 
 
 def _items(admissions: list[Admission]) -> list[tuple[bytes, bytes, bytes]]:
@@ -62,7 +67,10 @@ class PresenceIngest:
         self.fleet = fleet
         self.workers = max(0, workers)
         self.max_queue = max_queue
-        self._queue: deque[tuple[str, bytes]] = deque()
+        self._queue: deque[tuple[str, bytes]] = deque()  # model announcements
+        #: Heartbeats, queued and taken before announcements: a flood on ``tether.models.>`` (where any
+        #: worker may publish, naming any worker's key) cannot crowd out the fleet's heartbeats.
+        self._beats: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
         self._checkers: list[SigChecker] = []
         self._starting: asyncio.Task[None] | None = None
@@ -75,17 +83,22 @@ class PresenceIngest:
     def submit(self, subject: str, data: bytes) -> None:
         """Queue one message (called from the subscription callback; never blocks)."""
         self.received += 1
-        if len(self._queue) >= self.max_queue:
+        queue = self._queue if subject.startswith(_MODELS) else self._beats
+        if len(queue) >= self.max_queue:
             self.dropped += 1
             return
-        self._queue.append((subject, data))
+        queue.append((subject, data))
         self._wake.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="presence-ingest")
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._beats)
+
+    def _take(self, n: int) -> list[tuple[str, bytes]]:
+        beats = [self._beats.popleft() for _ in range(min(n, len(self._beats)))]
+        return beats + [self._queue.popleft() for _ in range(min(n - len(beats), len(self._queue)))]
 
     @property
     def helpers(self) -> list[SigChecker]:
@@ -97,13 +110,12 @@ class PresenceIngest:
         prepares the next and completes the one before, so neither the pool nor the loop waits."""
         inflight: deque[tuple[list[Admission], asyncio.Future[list[bool]]]] = deque()
         while True:
-            if not self._queue and not inflight:
+            if not self.pending and not inflight:
                 await self._wake.wait()
                 self._wake.clear()
-            while self._queue and len(inflight) < PIPELINE:
+            while self.pending and len(inflight) < PIPELINE:
                 self._start_helpers_if_needed()
-                n = min(BATCH if self.helpers else LOOP_BATCH, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(n)]
+                batch = self._take(BATCH if self.helpers else LOOP_BATCH)
                 self.rounds += 1
                 admissions = self._prepare(batch)
                 inflight.append((admissions, self._check(admissions)))
@@ -142,9 +154,12 @@ class PresenceIngest:
 
         async def joined() -> list[bool]:
             try:
-                return [ok for part in await asyncio.gather(*parts) for ok in part]
-            except Exception as e:  # a helper died: check this batch here; the next starts new ones
-                log.warning("signature check process failed", extra={"error": str(e)})
+                answers = await asyncio.wait_for(asyncio.gather(*parts), HELPER_TIMEOUT_S)
+                return [ok for part in answers for ok in part]
+            except Exception as e:  # a helper died or hangs: check this batch here; the next starts new ones
+                log.warning("signature check process failed", extra={"error": repr(e)})
+                for c in checkers:
+                    c.kill()
                 return _check_here(admissions)
 
         return asyncio.ensure_future(joined())
@@ -165,7 +180,7 @@ class PresenceIngest:
 
     def _start_helpers_if_needed(self) -> None:
         """Start the helpers when a backlog of ``MIN_PARALLEL`` builds up and none are running."""
-        if self.workers and self._starting is None and len(self._queue) >= MIN_PARALLEL and not self.helpers:
+        if self.workers and self._starting is None and self.pending >= MIN_PARALLEL and not self.helpers:
             self._starting = asyncio.get_running_loop().create_task(self._start_checkers(), name="sigcheck-start")
 
     async def _start_checkers(self) -> None:

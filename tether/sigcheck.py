@@ -97,6 +97,12 @@ class SigChecker:
                 if not fut.done():
                     fut.set_exception(error)
 
+    def kill(self) -> None:
+        """End a child that stopped answering (its reader then fails what still waits)."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:

@@ -8,6 +8,7 @@ processes running ``python -m tether.sigcheck``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -15,12 +16,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from schemas import ModelState, Presence, ServedModel
+from schemas import ModelAnnouncement, ModelState, Presence, ServedModel
 from tether import subjects
-from tether.envelope import PURPOSE_PRESENCE, Verifier, seal
+from tether.envelope import PURPOSE_MODEL, PURPOSE_PRESENCE, Verifier, seal
 from tether.fleet import FleetView
 from tether.identity import Identity
-from tether.presence_ingest import MIN_PARALLEL, PresenceIngest
+from tether.presence_ingest import HELPER_TIMEOUT_S, MIN_PARALLEL, PresenceIngest
 from tether.sigcheck import SigChecker, check_batch
 from tether.signed import PresenceGate, seal_message
 
@@ -172,3 +173,66 @@ async def test_queue_is_bounded_and_drops_are_counted() -> None:
         ingest.submit(subjects.presence_subject("local", w.node_id), seal(w, payload, PURPOSE_PRESENCE))
     assert ingest.dropped == 15 and ingest.pending == 10
     await ingest.stop()
+
+
+async def test_ingest_goes_on_when_a_helper_hangs() -> None:
+    """A helper alive but not answering (stopped, swapped out) is killed after ``HELPER_TIMEOUT_S``: its
+    batch is checked on the loop, new helpers start, and every heartbeat is still admitted."""
+    import signal
+
+    workers = [Identity.generate("worker") for _ in range(8)]
+    fleet = fleet_for(workers)
+    ingest = PresenceIngest(fleet, workers=1)
+    beats = [beat(workers[i % 8], 1 + i // 8) for i in range(6 * MIN_PARALLEL)]
+    pid = None
+    try:
+        for subject, data in beats[: 2 * MIN_PARALLEL]:
+            ingest.submit(subject, data)
+        await settle(ingest, fleet, 2 * MIN_PARALLEL)
+        await helpers_up(ingest)
+        assert ingest.helpers[0]._proc is not None
+        pid = ingest.helpers[0]._proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        for subject, data in beats[2 * MIN_PARALLEL :]:
+            ingest.submit(subject, data)
+        await settle(ingest, fleet, len(beats), timeout=HELPER_TIMEOUT_S + 20)
+        assert ingest.admitted == len(beats) and fleet.rejected == 0
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await ingest.stop()
+
+
+def forged_announcement(worker: Identity) -> tuple[str, bytes]:
+    """A model announcement naming ``worker``'s (public) key with a random signature: free to send,
+    a full signature check to refuse."""
+    ann = ModelAnnouncement(worker_id=worker.node_id, model_id="m", version="1", region="local",
+                            task="generate", state=ModelState.WARM, ts=time.time())
+    body, _ = msgpack.unpackb(seal_message(worker, ann, PURPOSE_MODEL))
+    return subjects.model_subject("m", "1", "local"), msgpack.packb([body, os.urandom(64)])
+
+
+async def test_a_flood_of_forged_announcements_does_not_crowd_out_heartbeats() -> None:
+    """Any worker user may publish on ``tether.models.>``: a flood there fills its own queue, while
+    the fleet's heartbeats are queued apart and taken first."""
+    attacker = Identity.generate("worker")
+    honest = [Identity.generate("worker") for _ in range(5)]
+    fleet = fleet_for([attacker, *honest])
+    ingest = PresenceIngest(fleet, workers=0, max_queue=200)
+    flood = [forged_announcement(attacker) for _ in range(400)]
+    try:
+        for subject, data in flood[:200]:  # the queue is full of the flood when the heartbeats come
+            ingest.submit(subject, data)
+        for w in honest:
+            ingest.submit(*beat(w, 1))
+        for subject, data in flood[200:]:  # ... and the flood goes on
+            ingest.submit(subject, data)
+        deadline = time.monotonic() + 30
+        while ingest.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        seen = {e.worker_id for e in fleet.workers()}
+        assert all(w.node_id in seen for w in honest), (ingest.dropped, dict(fleet.rejections))
+        assert ingest.dropped == 200  # the flood's own overflow
+    finally:
+        await ingest.stop()
