@@ -57,7 +57,7 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
         try:
             return msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
-            raise InvalidRequest(f"malformed msgpack: {exc}", field="body") from None
+            raise InvalidRequest(f"malformed msgpack: {str(exc) or type(exc).__name__}", field="body") from None
     # JSON between systems is UTF-8 (RFC 8259): decoding it directly skips json's encoding sniffing.
     # Control characters inside strings are accepted (the seed's own ``curl`` example sends a raw
     # newline inside its ``input``), on every entrypoint alike.

@@ -26,6 +26,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+#: Characters of an error's message and field on the wire; the rest is cut, saying how much.
+MAX_MESSAGE = 4096
+MAX_FIELD = 128
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class TetherError(Exception):
     code: ClassVar[str] = "internal"
@@ -46,11 +54,15 @@ class TetherError(Exception):
         self.retry_after_s = retry_after_s  # when a retry may succeed (quota refill, shed)
 
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"code": self.code, "message": self.message, "retryable": self.retryable}
+        """The wire form; message and field bounded (``MAX_MESSAGE``, ``MAX_FIELD``), so an error that
+        quotes what it refused is never too large to travel (it would be no answer at all)."""
+        out: dict[str, Any] = {
+            "code": self.code, "message": _bounded(self.message, MAX_MESSAGE), "retryable": self.retryable
+        }
         if self.job_id is not None:
             out["jobId"] = self.job_id
         if self.field is not None:
-            out["field"] = self.field
+            out["field"] = _bounded(self.field, MAX_FIELD)
         if self.retry_after_s is not None:
             out["retryAfterS"] = round(self.retry_after_s, 3)
         return out

@@ -84,8 +84,14 @@ def parse_job_subject(subject: str) -> tuple[str, str, str]:
     """``tether.jobs.<tenant>.<model>.<version>`` -> (tenant, model, version)."""
     parts = subject.split(".")
     if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "jobs":
-        raise InvalidRequest(f"job subject must be tether.jobs.<tenant>.<model>.<version>, got {subject!r}")
-    return decode_token(parts[2]), decode_token(parts[3]), decode_token(parts[4])
+        raise InvalidRequest(
+            f"job subject must be tether.jobs.<tenant>.<model>.<version>, got {subject!r}", field="subject"
+        )
+    try:
+        return decode_token(parts[2]), decode_token(parts[3]), decode_token(parts[4])
+    except InvalidRequest as exc:
+        exc.field = "subject"
+        raise
 
 
 def infer_subject(tenant: str) -> str:

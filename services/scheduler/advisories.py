@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from services.scheduler import outcomes
-from services.scheduler.intake import ticket_from
+from services.scheduler.intake import stored_ns_of, ticket_from
 from services.scheduler.pull import PullConsumer
 from streams import ADVISORIES, ADVISORIES_CONSUMER, JOBS, MAX_DELIVERIES_SUBJECT
 from tether.errors import DeadLettered
@@ -142,7 +142,8 @@ class MaxDeliveries:
             if _gone(exc):
                 return None
             raise
-        stored_at = raw.time.timestamp() if getattr(raw, "time", None) else 0.0
+        stored_ns = stored_ns_of(raw.time)
+        stored_at = stored_ns / 1e9
         if noticed_at is not None and stored_at > noticed_at + CLOCK_SKEW_S:
             log.warning("stale max-deliveries notice ignored: JOBS was recreated", extra={"stream_seq": seq})
             return None
@@ -151,7 +152,7 @@ class MaxDeliveries:
             raw.data or b"",
             dict(raw.headers or {}),
             seq=seq,
-            enqueued_at=stored_at,
+            stored_ns=stored_ns,
             settings=self._settings,
         )
         row = await self._store.get(t.job_id)

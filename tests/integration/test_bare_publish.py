@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 from nats.aio.client import Client
@@ -70,7 +71,35 @@ async def test_without_any_id_a_generated_id_appears_in_the_result(echo_system, 
         await asyncio.sleep(0.05)
     await sub.unsubscribe()
     assert seen and seen[0]["result"] == "anonymous"
-    assert seen[0]["jobId"] == f"job-{ack.seq}"
+    assert re.fullmatch(rf"job-{ack.seq}-[0-9a-f]+", seen[0]["jobId"]), seen[0]["jobId"]
+
+
+async def test_a_generated_id_never_names_a_job_a_client_ran_under_that_name(echo_system, nc: Client) -> None:
+    """A client may call its job ``job-2``; the id-less job stored at sequence 2 still runs, under its own id."""
+    js = nc.jetstream()
+    seen: dict[str, dict] = {}
+
+    async def collect(msg) -> None:
+        r = json.loads(msg.data)
+        seen[r["jobId"]] = r
+
+    sub = await nc.subscribe(subjects.RESULTS_ALL, cb=collect)
+    first = await js.publish("tether.jobs.demo.echo.1", b'{"jobId": "job-2", "input": "named by its client"}')
+    assert first.seq == 1
+    for _ in range(100):
+        if "job-2" in seen:
+            break
+        await asyncio.sleep(0.05)
+    second = await js.publish("tether.jobs.demo.echo.1", b'{"input": "no id"}')
+    assert second.seq == 2
+    for _ in range(100):
+        if len(seen) == 2:
+            break
+        await asyncio.sleep(0.05)
+    await sub.unsubscribe()
+    assert seen["job-2"]["result"] == "named by its client"
+    [other] = [r for job_id, r in seen.items() if job_id != "job-2"]
+    assert other["result"] == "no id" and other["jobId"].startswith("job-2-")
 
 
 async def test_model_ids_with_dots_slashes_and_colons_round_trip_in_subjects() -> None:

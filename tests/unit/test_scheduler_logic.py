@@ -246,13 +246,13 @@ def test_delivery_of_reads_what_nats_py_metadata_reads(reply: str) -> None:
     from services.scheduler.intake import delivery_of
 
     meta = Msg.Metadata._from_reply(reply)
-    seq, deliveries, enqueued_at = delivery_of(reply)
+    seq, deliveries, stored_ns = delivery_of(reply)
     assert (seq, deliveries) == (meta.sequence.stream, meta.num_delivered)
-    assert enqueued_at == pytest.approx(meta.timestamp.timestamp(), abs=1e-6)
+    assert stored_ns / 1e9 == pytest.approx(meta.timestamp.timestamp(), abs=1e-6)
 
 
 @pytest.mark.parametrize("reply", [None, "", "_INBOX.abc", "$JS.ACK.JOBS.x.y", "$JS.ACK.JOBS.c.a.b.c.d.e"])
 def test_delivery_of_anything_else_is_zeros(reply: str | None) -> None:
     from services.scheduler.intake import delivery_of
 
-    assert delivery_of(reply) == (0, 0, 0.0)
+    assert delivery_of(reply) == (0, 0, 0)
