@@ -180,6 +180,7 @@ async def _connected(s: Any, fn: Any) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from tether import dlq
@@ -197,7 +198,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             for col in ("model", "tenant", "attempts", "error"):
                 table.add_column(col)
             for r in rows:
-                table.add_row(*(str(r[c]) for c in ("jobId", "model", "tenant", "attempts", "error")))
+                table.add_row(*(escape(str(r[c])) for c in ("jobId", "model", "tenant", "attempts", "error")))
             Console().print(table)
             return 0
         if args.dlq_cmd == "show":

@@ -11,6 +11,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from tether.connection import connect
@@ -79,7 +80,7 @@ def _pct(x: float | None) -> str:
 
 def model_line(m: dict[str, Any]) -> str:
     """``smollm2-135m-instruct:1`` when warm, ``big:1 (loading 45%)`` while loading."""
-    name = f"{m['modelId']}:{m['version']}"
+    name = escape(f"{m['modelId']}:{m['version']}")  # ids are text, not rich markup
     if m.get("state") == "loading":
         progress = m.get("progress")
         return f"{name} (loading {round(100 * progress)}%)" if progress is not None else f"{name} (loading)"
@@ -100,10 +101,10 @@ def render(snap: dict[str, Any]) -> Group:
     for w in snap["workers"]:
         style = _HEALTH_STYLE.get(w["health"], "")
         workers.add_row(
-            w["workerId"],
+            escape(w["workerId"]),
             f"[{style}]{w['health']}[/]" + (" (draining)" if w["draining"] else ""),
             w["tier"],
-            w["region"],
+            escape(w["region"] or ""),
             ", ".join(model_line(m) for m in w["models"] if m["state"] in ("warm", "loading")) or "-",
             f"{w['queueDepth']}/{w['capacity']}",
             f"{w['heartbeatAgeS']:.1f}s",
@@ -116,8 +117,8 @@ def render(snap: dict[str, Any]) -> Group:
     for m in snap["models"]:
         lat = latency.get(m["modelId"], {})
         models.add_row(
-            f"{m['modelId']}:{m['version']}",
-            m["task"] or "-",
+            escape(f"{m['modelId']}:{m['version']}"),
+            escape(m["task"] or "-"),
             str(m["replicas"]),
             str(m["queueDepth"]),
             str(lat.get("p50", "-")),
@@ -137,7 +138,7 @@ def render(snap: dict[str, Any]) -> Group:
         for col in ("model", "region", "state", "failures in window"):
             b.add_column(col)
         for r in rows:
-            b.add_row(f"{r['model_id']}:{r['version']}", r["region"], r["state"], str(r["failures"]))
+            b.add_row(escape(f"{r['model_id']}:{r['version']}"), escape(r["region"]), r["state"], str(r["failures"]))
         parts.append(b)
     return Group(*parts, summary)
 
@@ -173,7 +174,7 @@ async def show_status(settings: Settings, *, watch: bool = False, as_json: bool 
 async def jobs_list(settings: Settings, *, status: str | None, limit: int) -> int:
     store = open_store(settings.store_url)
     async with store:
-        rows = await store.list_jobs(limit=limit, status=status)
+        rows = await store.list_jobs(limit=limit, status=status.upper() if status else None)
     t = Table(title=f"jobs ({settings.store_url})")
     add_id_column(t, "job", (r["job_id"] for r in rows))
     for col in ("tenant", "model", "status", "attempts"):
@@ -182,12 +183,12 @@ async def jobs_list(settings: Settings, *, status: str | None, limit: int) -> in
     t.add_column("created")
     for r in rows:
         t.add_row(
-            r["job_id"],
-            r["tenant_id"],
-            f"{r['model_id']}:{r['version']}",
+            escape(r["job_id"]),
+            escape(r["tenant_id"]),
+            escape(f"{r['model_id']}:{r['version']}"),
             r["status"],
             str(r["attempts"]),
-            r["worker_id"] or "",
+            escape(r["worker_id"] or ""),
             _clock(r["created_at"]),
         )
     Console().print(t)

@@ -147,7 +147,9 @@ async def job_view(store: JobStore | None, js: JetStreamContext, job_id: str) ->
             }
         )
     if final is not None:
-        out.setdefault("status", final.status.value.upper())
+        out["status"] = final.status.value.upper()  # the one final result: the row may not say so yet
+        if out.get("finishedAt") is None:
+            out["finishedAt"] = final.finished_at
         out.setdefault("tenantId", final.tenant_id)
         out.setdefault("modelId", final.model_id)
         out.setdefault("version", final.version)

@@ -162,14 +162,20 @@ class Gateway:
         try:
             reply = await self._infer(req, headers, on_job, t0)
         except TetherError as exc:
-            self.slis.record(req.model_id, exc.code)
+            self.slis.record(self._sli_model(req), exc.code)
             raise
         except Exception:  # a crash is an outcome too: the success rate must not skip it
-            self.slis.record(req.model_id, "internal")
+            self.slis.record(self._sli_model(req), "internal")
             raise
         cold = bool(reply.usage and reply.usage.cold_start)
         self.slis.record(reply.model_id, "ok", reply.latency_ms, cold=cold)
         return reply
+
+    def _sli_model(self, req: InferRequest) -> str:
+        """The model label of a failed request: a model no worker announced (any string a client sends)
+        is counted as ``_unknown``, so clients cannot add series to /metrics without bound."""
+        key = (req.model_id, req.version)
+        return req.model_id if self.fleet.knows_model(*key) or key in self.config.aliases else "_unknown"
 
     async def _infer(
         self, req: InferRequest, headers: dict[str, str] | None, on_job: OnJob | None, t0: float

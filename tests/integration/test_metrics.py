@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
 
 from services.gateway.http.metrics import escape
@@ -75,7 +76,7 @@ async def test_metrics_are_valid_prometheus_text_with_the_slis(hs: HttpSystem) -
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
     s = parse(r.text)
     assert s[("tether_gateway_requests_total", (("model", "echo"), ("outcome", "ok")))] == 4
-    assert s[("tether_gateway_requests_total", (("model", "nope"), ("outcome", "model_unknown")))] == 1
+    assert s[("tether_gateway_requests_total", (("model", "_unknown"), ("outcome", "model_unknown")))] == 1
     assert s[("tether_gateway_cold_starts_total", (("model", "echo"),))] == 1
     assert s[("tether_gateway_request_duration_seconds_count", (("model", "echo"),))] == 4
     assert s[("tether_sli_stale_cache_ratio", ())] == 0.25
@@ -89,3 +90,25 @@ def test_label_values_are_escaped() -> None:
     assert parse('# HELP x_total h\n# TYPE x_total counter\nx_total{m="a\\"b"} 1\n') == {
         ("x_total", (("m", 'a\\"b'),)): 1.0
     }
+
+
+async def test_made_up_model_ids_do_not_add_series(hs: HttpSystem) -> None:
+    """A client can send any model id; each unknown one must not become a series of its own."""
+    for i in range(50):
+        r = await hs.client.post("/infer", json={"tenantId": "acme", "modelId": f"m{i}", "input": "x"}, headers=hs.auth)
+        assert r.status_code == 404
+    text = (await hs.client.get("/metrics", headers=hs.auth)).text
+    unknown = [line for line in text.splitlines() if line.startswith("tether_gateway_requests_total{")
+               and 'outcome="model_unknown"' in line]
+    assert len(unknown) == 1 and 'model="_unknown"' in unknown[0], unknown[:5]
+
+
+async def test_a_tenant_id_with_rich_markup_does_not_break_the_job_listing(
+    hs: HttpSystem, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tether.status import jobs_list
+
+    r = await hs.client.post("/infer", json={"tenantId": "[/]", "modelId": "echo", "input": "x"})
+    assert r.status_code == 200, r.text
+    assert await jobs_list(settings, status="completed", limit=10) == 0  # lower case works too
+    assert "[/]" in capsys.readouterr().out

@@ -113,8 +113,12 @@ def render(gateway: Any, depths: dict[tuple[str, str], int]) -> str:
     fleet = gateway.fleet
     health: Counter[str] = Counter({str(h): 0 for h in Health})
     warm: Counter[tuple[str, str]] = Counter()
+    now = fleet.now()
     for entry in fleet.workers():
-        health[str(fleet.health(entry))] += 1
+        state_now = fleet.health(entry, now)
+        health[str(state_now)] += 1
+        if state_now is Health.OFFLINE or entry.presence.draining:
+            continue  # as GET /models and the dashboard count replicas: no job goes there
         for key, state in entry.served.items():
             warm[key] += state is ModelState.WARM
     e.family(

@@ -21,7 +21,7 @@ const pct = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed
 
 function kpis(s) {
   const items = [["requests", s.requests], ["success rate", pct(s.successRate)],
-    ["throttle rate", pct(s.throttleRate)], ["shed rate", pct(s.shedRate)], ["gateways", s.gateways]];
+    ["throttle rate", pct(s.throttleRate)], ["shed rate", pct(s.shedRate)], ["stale-cache rate", pct(s.staleCacheRate)], ["gateways", s.gateways]];
   document.getElementById("kpis").replaceChildren(...items.map(([label, value]) => {
     const d = el("div", { class: "kpi", "data-kpi": label });
     d.append(el("b", {}, String(value)), el("span", {}, label));
