@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
-from tether.errors import MAX_FIELD, InvalidRequest
+from tether.errors import InvalidRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
 #: A job id's longest form: its result subject (up to 3 characters per byte, encoded) stays far
@@ -329,11 +329,9 @@ def parse(model: type[_M], data: Any) -> _M:
 
 
 def _field_of(exc: ValidationError) -> str:
-    """The field path, cut to ``MAX_FIELD``: it is echoed in the message too, and an unknown key of any
-    length must not make the error larger than NATS carries (it would be no answer at all)."""
+    """The field path (an unknown key of any length: ``TetherError.to_wire`` bounds what travels)."""
     loc = exc.errors()[0]["loc"]
-    field = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "-" in p))) or "body"
-    return field if len(field) <= MAX_FIELD else field[:MAX_FIELD] + "..."
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "-" in p))) or "body"
 
 
 def _describe(exc: ValidationError) -> str:

@@ -31,8 +31,12 @@ MAX_MESSAGE = 4096
 MAX_FIELD = 128
 
 
-def _bounded(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+def _bounded(text: str, limit: int, *, cut_already: bool = False) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were cut (``cut_already``: leave a text
+    this cut once alone, e.g. a message bounded when its error was made)."""
+    if len(text) <= limit or (cut_already and len(text) <= limit + 48 and text.endswith(" more characters)")):
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class TetherError(Exception):
@@ -47,6 +51,7 @@ class TetherError(Exception):
         field: str | None = None,
         retry_after_s: float | None = None,
     ) -> None:
+        message = _bounded(message, MAX_MESSAGE)  # stored, logged and sent: never unbounded
         super().__init__(message)
         self.message = message
         self.job_id = job_id
@@ -57,7 +62,8 @@ class TetherError(Exception):
         """The wire form; message and field bounded (``MAX_MESSAGE``, ``MAX_FIELD``), so an error that
         quotes what it refused is never too large to travel (it would be no answer at all)."""
         out: dict[str, Any] = {
-            "code": self.code, "message": _bounded(self.message, MAX_MESSAGE), "retryable": self.retryable
+            "code": self.code, "message": _bounded(self.message, MAX_MESSAGE, cut_already=True),
+            "retryable": self.retryable,
         }
         if self.job_id is not None:
             out["jobId"] = self.job_id

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, replace
 
 from nats.aio.client import Client
@@ -32,6 +33,8 @@ from tether.errors import Conflict, ModelUnknown, NoCapacity
 from tether.fleet import FleetView
 
 SHED_RETRY_AFTER_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +133,15 @@ class Admission:
         return Admitted(request=req, requested=requested, degraded=degraded, quota=taken)
 
     async def depths(self) -> dict[ModelKey, int]:
-        """Queued-or-running jobs per model (empty before ``start``)."""
-        return await self._backlog.depths() if self._backlog is not None else {}
+        """Queued-or-running jobs per model, for the views; empty before ``start`` or while JetStream does
+        not answer (the views still render; shedding reads the backlog itself and fails on its own)."""
+        if self._backlog is None:
+            return {}
+        try:
+            return await self._backlog.depths()
+        except Exception as exc:
+            log.warning("queue depths unavailable", extra={"error": repr(exc)})
+            return {}
 
     async def _over_threshold(self, model: ModelKey) -> bool:
         limit = self.config.shed_depth(model)

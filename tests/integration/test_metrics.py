@@ -3,6 +3,7 @@ with counters, a duration histogram, the window SLIs (stale-cache rate included)
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import AsyncIterator
@@ -112,3 +113,25 @@ async def test_a_tenant_id_with_rich_markup_does_not_break_the_job_listing(
     assert r.status_code == 200, r.text
     assert await jobs_list(settings, status="completed", limit=10) == 0  # lower case works too
     assert "[/]" in capsys.readouterr().out
+
+
+async def test_the_views_still_answer_while_nats_is_away(hs: HttpSystem, nats_server) -> None:  # type: ignore[no-untyped-def]
+    """The fleet view is in memory: with JetStream unreachable, /models, /api/overview and /metrics
+    still render it (queue depths and other gateways' SLIs left out) instead of answering 500."""
+    import time
+
+    nats_server.stop()
+    await asyncio.sleep(0.5)  # past the backlog's cached depths
+    try:
+        for path in ("/models", "/api/overview", "/metrics"):
+            t0 = time.monotonic()
+            r = await hs.client.get(path)
+            assert r.status_code == 200, (path, r.status_code, r.text[:300])
+            assert time.monotonic() - t0 < 20
+        models = (await hs.client.get("/models")).json()["models"]
+        assert any(m["modelId"] == "echo" for m in models)
+        # an API key cannot be checked meanwhile: a retryable 503, not a crash (and not let through)
+        r = await hs.client.get("/models", headers=hs.auth)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+    finally:
+        nats_server.start()

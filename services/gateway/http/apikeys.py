@@ -21,7 +21,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from streams.kv import APIKEYS_BUCKET
-from tether.errors import InvalidRequest, Unauthorized
+from tether.errors import InvalidRequest, StoreError, Unauthorized
 
 KEY_PREFIX = "tk_"
 
@@ -76,6 +76,8 @@ class ApiKeys:
             entry = await self._kv.get("k." + digest)
         except (KeyNotFoundError, KeyDeletedError):
             return None
+        except Exception as exc:  # JetStream away: the key cannot be checked now (503, retryable), not a crash
+            raise StoreError(f"cannot check the API key now: {type(exc).__name__}: {exc}") from None
         if not entry.value:
             return None
         data = json.loads(entry.value)

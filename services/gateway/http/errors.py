@@ -93,11 +93,12 @@ def tether_error(exc: TetherError) -> JSONResponse:
 
 def openai_error_body(exc: TetherError) -> dict[str, Any]:
     status = status_of(exc)
+    wire = exc.to_wire()  # message and field bounded, as on every other entrypoint
     return {
         "error": {
-            "message": exc.message,
+            "message": wire["message"],
             "type": _OPENAI_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-            "param": exc.field,
+            "param": wire.get("field"),
             "code": exc.code,
         }
     }
