@@ -36,7 +36,7 @@ from services.worker.artifacts import resolve as resolve_artifact
 from services.worker.cancellation import CancelBoard, raise_if_cancelled
 from services.worker.control import on_evict
 from services.worker.device_support import resolve_device
-from services.worker.draining import drain_grace, grace_of, log_failure
+from services.worker.draining import announce_ended, answer_drain, drain_grace, grace_of, log_failure
 from services.worker.model_cache import CachedModel, ModelCache
 from services.worker.params import generation_params
 from services.worker.presence import PresenceBuilder, PresencePublisher
@@ -222,14 +222,7 @@ class Worker:
             await self.cache.close()
             self.presence.health.close()
             if self.nc is not None:
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(
-                        subjects.event_subject("worker", ended),
-                        codec.encode(
-                            {"kind": "worker", "workerId": self.worker_id, "state": ended.upper(), "ts": time.time()}
-                        ),
-                        headers={**telemetry.child_headers(None), codec.CONTENT_TYPE: codec.JSON},
-                    )
+                await announce_ended(self.nc, self.worker_id, ended)
             if self.nc is not None and self._own_nc:
                 await drain_and_close(self.nc)
         finally:  # a drain waiting on it (SIGTERM during an ordered drain) must not wait forever
@@ -247,13 +240,8 @@ class Worker:
         """``tether.control.drain.<worker>`` (or ``.all``): drain within the given grace, then stop."""
         grace = grace_of(msg)
         log.warning("drain ordered", extra={"worker": self.worker_id, "grace_s": grace})
-        if msg.reply and self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.publish(
-                    msg.reply,
-                    codec.encode({"workerId": self.worker_id, "draining": True, "inflight": len(self._jobs)}),
-                    headers={codec.CONTENT_TYPE: codec.JSON},
-                )
+        if self.nc is not None:
+            await answer_drain(self.nc, msg, self.worker_id, len(self._jobs))
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self.drain(grace))
             self._drain_task.add_done_callback(log_failure)

@@ -25,10 +25,10 @@ from tether import codec, subjects
 REASON = "client disconnected"
 
 
-async def cancel_abandoned(gateway: Gateway, req: InferRequest, job_id: str) -> bool:
-    """Cancel ``job_id`` unless it has an idempotency key or another request here waits for it; True if sent."""
+async def cancel_abandoned(gateway: Gateway, req: InferRequest, job_id: str) -> None:
+    """Cancel ``job_id`` unless it has an idempotency key or another request here waits for it."""
     if req.idempotency_key is not None or gateway.waiting_on(job_id) or gateway.nc is None:
-        return False
+        return
     cancel = CancelRequest(job_id=job_id, reason=REASON)
     with contextlib.suppress(Exception):
         await gateway.nc.publish(
@@ -36,8 +36,6 @@ async def cancel_abandoned(gateway: Gateway, req: InferRequest, job_id: str) -> 
             codec.encode(cancel.wire()),
             headers={codec.CONTENT_TYPE: codec.JSON},
         )
-        return True
-    return False
 
 
 async def infer_while_connected(
