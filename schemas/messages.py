@@ -99,6 +99,20 @@ class JobSubmission(_Wire):
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     submitted_at: float | None = None
 
+    @staticmethod
+    def wire_of(req: InferRequest, job_id: str, submitted_at: float) -> dict[str, Any]:
+        """The wire form of the submission of validated request ``req``: what
+        ``JobSubmission(job_id=..., input=req.input, ...).wire()`` gives, without validating
+        again what ``req`` already holds (the gateway does this for every job)."""
+        body = req.model_dump(by_alias=True, exclude_none=True, mode="json", include=_SUBMITTED)
+        body["jobId"] = job_id
+        body["submittedAt"] = submitted_at
+        return body
+
+
+#: The request's fields a submission carries (tenant, model and version travel in its subject).
+_SUBMITTED = frozenset({"input", "params", "idempotency_key"})
+
 
 class ErrorInfo(_Internal):
     code: str

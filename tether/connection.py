@@ -7,10 +7,12 @@ certificate. Credentials travel in the URL: ``tls://user:password@host:4222``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import re
+import secrets
 import ssl
 from collections.abc import Callable
 
@@ -120,6 +122,33 @@ class TetherClient(Client):
             handler(msg)
         except Exception:
             log.exception("message handler failed", extra={"subject": msg.subject})
+
+    async def _request_new_style(
+        self, subject: str, payload: bytes, timeout: float = 1, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """nats-py's request, waiting with ``asyncio.timeout`` instead of ``asyncio.wait_for``.
+
+        On Python 3.11 ``wait_for`` swallows a cancel that lands as the reply arrives
+        (CPython issue 86296): a background loop writing to a KV bucket (SLI snapshots, leases)
+        then went on running after its role's ``close()`` cancelled it, and the close waited
+        for it forever. Awaiting the future itself never loses a cancel.
+        """
+        if self.is_draining_pubs:
+            raise nats_errors.ConnectionDrainingError
+        if not self._resp_sub_prefix:
+            await self._init_request_sub()
+        token = self._nuid.next()
+        token.extend(secrets.token_hex(2).encode())
+        key = token.decode()
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._resp_map.pop(key, None))
+        self._resp_map[key] = future
+        await self.publish(subject, payload, reply=(self._resp_sub_prefix + token).decode(), headers=headers)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise nats_errors.TimeoutError from None
 
     async def _send_publish(
         self, subject: str, reply: str, payload: bytes, payload_size: int, headers: dict[str, str] | None

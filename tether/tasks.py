@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
+#: How long a cancelled task may take to end (its clean-up) before it is cancelled again.
+RECANCEL_S = 5.0
+
+
 class TaskGroup:
     """Keeps strong references to tasks, logs their crashes, cancels the rest on ``close()``."""
 
@@ -52,12 +56,21 @@ class TaskGroup:
         return not pending
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for t in tasks:
+        """Cancel every task and wait for them to end.
+
+        A task still running ``RECANCEL_S`` after its cancel lost it (a library's ``wait_for``
+        on Python 3.11 can swallow one) and is cancelled again, and again, until it ends: a
+        close never waits forever on a loop that missed its cancel.
+        """
+        pending = set(self._tasks)
+        for t in pending:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+            for t in pending:
+                log.warning("task still running after its cancel; cancelled again",
+                            extra={"group": self.name, "task": t.get_name()})
+                t.cancel()
 
 
 async def closing_on_failure(start: Awaitable[None], close: Callable[[], Awaitable[None]]) -> None:

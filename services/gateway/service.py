@@ -230,18 +230,11 @@ class Gateway:
         )
         deadline = asyncio.get_running_loop().time() + timeout  # the publish and the wait share it
         try:
-            sub = JobSubmission(
-                job_id=job_id,
-                input=req.input,
-                params=req.params,
-                idempotency_key=req.idempotency_key,
-                submitted_at=time.time(),
-            )
             try:
                 ack = await publish_job(
                     self._publisher,  # type: ignore[arg-type]
                     subjects.job_subject(req.tenant_id, req.model_id, req.version),
-                    codec.encode(sub.wire(), codec.MSGPACK),
+                    codec.encode(JobSubmission.wire_of(req, job_id, time.time()), codec.MSGPACK),
                     {**hop, codec.CONTENT_TYPE: codec.MSGPACK, "Nats-Msg-Id": job_id},
                     job_id=job_id,
                     budget_s=timeout,
@@ -254,10 +247,11 @@ class Gateway:
                 existing = await fetch_final(self.js, job_id)  # type: ignore[arg-type]
                 if existing is not None:
                     return self._reply(existing, t0, admitted)
+            # one timer that fails the future, not asyncio.timeout_at's context (every request waits here)
+            timer = asyncio.get_running_loop().call_at(deadline, _expire, fut)
             try:
-                async with asyncio.timeout_at(deadline):
-                    result = await fut
-            except TimeoutError:
+                result = await fut
+            except _Expired:
                 raise WaitTimeout(
                     f"no result within {timeout:.0f}s; the job continues and its result will be on "
                     f"{subjects.result_subject(job_id)}",
@@ -272,6 +266,8 @@ class Gateway:
                     f"will be on {subjects.result_subject(job_id)}",
                     job_id=job_id,
                 ) from None
+            finally:
+                timer.cancel()
             return self._reply(result, t0, admitted)
         finally:
             futs = self._pending.get(job_id)
@@ -328,6 +324,15 @@ class Gateway:
         for f in futs:
             if not f.done():
                 f.set_result(result)
+
+
+class _Expired(Exception):
+    """A request's wait for its result ran out (set on its future by its timer)."""
+
+
+def _expire(fut: asyncio.Future[ResultMessage]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
 
 
 def tenant_from_subject(subject: str, body: Any) -> Any:

@@ -74,6 +74,9 @@ SERVABLE = (ModelState.WARM, ModelState.EVICTED)
 
 #: Scores this close are a tie, broken at random (float noise must not pick one worker for good).
 TIE = 1e-9
+#: The terms in ``terms()``'s order (``Weights``'s fields).
+_TERMS = ("region", "device", "load", "warm", "reliability", "rtt")
+_NO_TERMS = (0.0,) * len(_TERMS)
 
 
 def terms(
@@ -175,6 +178,7 @@ class AffinityPlacement:
         best: WorkerEntry | None = None
         best_avoided: WorkerEntry | None = None
         best_score = best_avoided_score = -1.0
+        best_t = best_avoided_t = _NO_TERMS
         ties = 0
         for entry in entries:
             p = entry.presence
@@ -198,35 +202,32 @@ class AffinityPlacement:
                 excluded["full"] = excluded.get("full", 0) + 1
                 continue
             rtt_s = self._rtt(wid)
+            # the terms of ``terms()``, inline; kept for whoever wins, so the winner's are not recomputed
+            t = (
+                1.0 if p.region == needs.region else 0.0,
+                1.0 if needs.device_class is None or needs.device_class == p.device_class else 0.0,
+                1.0 / (1.0 + max(0, p.queue_depth + inflight.get(wid, 0)) / max(1, p.capacity)),
+                1.0 if entry.served.get(key) is ModelState.WARM else 0.0,
+                self._reliability(wid),
+                1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010),
+            )
             score = (
-                (w.region if p.region == needs.region else 0.0)
-                + (w.device if needs.device_class is None or needs.device_class == p.device_class else 0.0)
-                + w.load / (1.0 + max(0, p.queue_depth + inflight.get(wid, 0)) / max(1, p.capacity))
-                + (w.warm if entry.served.get(key) is ModelState.WARM else 0.0)
-                + w.reliability * self._reliability(wid)
-                + w.rtt * (1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010))
+                w.region * t[0] + w.device * t[1] + w.load * t[2] + w.warm * t[3] + w.reliability * t[4] + w.rtt * t[5]
             )
             if wid in avoid:
                 if score > best_avoided_score:
-                    best_avoided, best_avoided_score = entry, score
+                    best_avoided, best_avoided_score, best_avoided_t = entry, score, t
             elif score > best_score + TIE:
-                best, best_score, ties = entry, score, 1
+                best, best_score, best_t, ties = entry, score, t, 1
             elif score >= best_score - TIE:  # a tie: each of the tied wins with equal chance
                 ties += 1
                 if self._rng.random() * ties < 1.0:
-                    best = entry
-        winner, score = (best, best_score) if best is not None else (best_avoided, best_avoided_score)
-        if winner is None:
-            return None
-        t = terms(
-            winner,
-            needs,
-            inflight=inflight.get(winner.worker_id, 0),
-            reliability=self._reliability(winner.worker_id),
-            rtt_s=self._rtt(winner.worker_id),
-            model_state=self.fleet.model_state(winner, needs.model_id, needs.version),
-        )
-        return winner, score, t
+                    best, best_t = entry, t
+        if best is not None:
+            return best, best_score, dict(zip(_TERMS, best_t, strict=True))
+        if best_avoided is not None:
+            return best_avoided, best_avoided_score, dict(zip(_TERMS, best_avoided_t, strict=True))
+        return None
 
     def _tier_exclusion(self, entry: WorkerEntry, min_tier: int | None) -> str | None:
         """Why a worker may not take this job because of its hardware tier (None: it may)."""

@@ -30,13 +30,14 @@ class Reporter:
         self._nc = nc
         self.worker_id = worker_id
         self._coalesce_s = coalesce_s
-        self._acks: dict[str, list[DispatchAck]] = {}
+        self._acks: dict[str, list[tuple[str, int, TetherError | None]]] = {}  # (job, attempt, refusal)
         self._reports: dict[str, list[AttemptReport]] = {}
         self._wake = asyncio.Event()
         self.sent = 0
 
-    def ack(self, report_to: str, ack: DispatchAck) -> None:
-        self._acks.setdefault(report_to, []).append(ack)
+    def ack(self, report_to: str, job_id: str, attempt: int, refusal: TetherError | None) -> None:
+        """Accept (``refusal`` None) or refuse an attempt; the ``DispatchAck`` is built only if it is sent."""
+        self._acks.setdefault(report_to, []).append((job_id, attempt, refusal))
         self._wake.set()
 
     def report(self, report_to: str, report: AttemptReport) -> None:
@@ -72,7 +73,17 @@ class Reporter:
             done = {(r.job_id, r.attempt) for r in reports.get(report_to, ())}
             batch = ReportBatch(
                 worker_id=self.worker_id,
-                acks=[a for a in acks.get(report_to, ()) if (a.job_id, a.attempt) not in done],
+                acks=[
+                    DispatchAck(
+                        accepted=refusal is None,
+                        worker_id=self.worker_id,
+                        job_id=job_id,
+                        attempt=attempt,
+                        error=ErrorInfo.model_validate(refusal.to_wire()) if refusal else None,
+                    )
+                    for job_id, attempt, refusal in acks.get(report_to, ())
+                    if (job_id, attempt) not in done
+                ],
                 reports=reports.get(report_to, []),
             )
             with contextlib.suppress(Exception):  # the scheduler's watchdog covers a lost report

@@ -22,9 +22,7 @@ from nats.js import JetStreamContext
 
 from schemas import (
     Dispatch,
-    DispatchAck,
     DispatchBatch,
-    ErrorInfo,
     ModelState,
     ResultMessage,
     ResultStatus,
@@ -280,16 +278,7 @@ class Worker:
         for d in batch.items:
             slot = self.cache.get((d.model_id, d.version))
             refusal = self._refusal(d, slot)
-            self.reporter.ack(
-                d.report_to,
-                DispatchAck(
-                    accepted=refusal is None,
-                    worker_id=self.worker_id,
-                    job_id=d.job_id,
-                    attempt=d.attempt,
-                    error=ErrorInfo.model_validate(refusal.to_wire()) if refusal else None,
-                ),
-            )
+            self.reporter.ack(d.report_to, d.job_id, d.attempt, refusal)
             if refusal is None and slot is not None:
                 self.quota.acquire(d.tenant_id)  # held from acceptance, so a burst is counted at once
                 cancel = self.cancels.register(d.job_id, d.attempt)  # now: a cancel may follow at once

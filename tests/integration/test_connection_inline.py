@@ -68,3 +68,45 @@ async def test_unsubscribed_handlers_are_not_called_and_queue_groups_share(nc: C
         assert len(a) == before
     finally:
         await other.close()
+
+
+async def _never_reply(msg: Msg) -> None:
+    """A subscriber that never answers (no "no responders" reply either)."""
+
+
+async def _cancel_as_the_reply_lands(client: Client) -> asyncio.Task[Msg]:
+    """A request whose reply and cancel arrive in the same loop turn (a KV write while its role closes)."""
+    await client.subscribe("t.no-one-answers", cb=_never_reply)
+    await client.flush()
+    task = asyncio.create_task(client.request("t.no-one-answers", b"x", timeout=5))
+    await _until(lambda: bool(client._resp_map))  # published, waiting for its reply
+    fut = next(iter(client._resp_map.values()))
+    fut.set_result(Msg(client, subject="_INBOX.x", data=b"reply"))
+    task.cancel()
+    await asyncio.wait([task])
+    return task
+
+
+async def test_a_cancel_landing_with_the_reply_is_not_swallowed(nc: Client, settings: Settings) -> None:
+    assert (await _cancel_as_the_reply_lands(nc)).cancelled()
+    # nats-py's own request loses that cancel on Python 3.11 (asyncio.wait_for): what TetherClient fixes
+    plain = await nats.connect(settings.nats_url)
+    try:
+        lost = await _cancel_as_the_reply_lands(plain)
+        assert lost.cancelled() or lost.result().data == b"reply"
+    finally:
+        await plain.close()
+
+
+async def test_a_request_nobody_answers_still_times_out_with_nats_timeout(nc: Client) -> None:
+    await nc.subscribe("t.silent", cb=_never_reply)
+    await nc.flush()
+    started = asyncio.get_running_loop().time()
+    try:
+        await nc.request("t.silent", b"x", timeout=0.3)
+    except nats.errors.TimeoutError:
+        pass
+    else:
+        raise AssertionError("no timeout")
+    assert 0.25 < asyncio.get_running_loop().time() - started < 3
+    assert not nc._resp_map  # the waiting future is gone with it

@@ -102,14 +102,14 @@ async def test_a_lost_dispatch_ack_cancels_the_attempt_it_gives_up_on(settings: 
     send_ack = worker.reporter.ack  # type: ignore[attr-defined]
     dropped: list[object] = []
 
-    def drop_first(report_to: str, ack: object) -> None:
+    def drop_first(report_to: str, *ack: object) -> None:
         if not dropped:
             dropped.append(ack)
             # attempt 1 keeps its 0.5 s window (its wait has begun); a later attempt's ack is not dropped,
             # and on a slow machine it can take longer than 0.5 s: one late ack would be a second cancel
             settings.dispatch_ack_s = 30.0
             return
-        send_ack(report_to, ack)
+        send_ack(report_to, *ack)  # type: ignore[arg-type]
 
     worker.reporter.ack = drop_first  # type: ignore[attr-defined]
     cancels: list[dict[str, Any]] = []

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from jsonschema import Draft202012Validator
 
-from schemas import generate
+from schemas import InferRequest, JobSubmission, generate
 from schemas.messages import PUBLIC_MESSAGES
 from tether import codec, subjects
 from tether.errors import InvalidRequest
@@ -307,3 +307,28 @@ def test_non_finite_floats_from_msgpack_are_refused_in_every_message(bad: float)
         ResultMessage.model_validate(
             {"jobId": "j", "status": "completed", "tenantId": "t", "modelId": "m", "version": "1", "finishedAt": bad}
         )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tenantId": "t", "modelId": "m", "input": "hello"},
+        {"tenantId": "t", "modelId": "m", "version": "2", "input": "x", "idempotencyKey": "k-1"},
+        {
+            "tenantId": "t",
+            "modelId": "m",
+            "input": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "params": {"maxNewTokens": 5, "temperature": 0.5, "stop": ["\n"], "timeoutS": 3, "minTier": 2},
+        },
+    ],
+)
+def test_a_submission_built_from_a_request_is_what_validating_it_again_gives(body: dict) -> None:
+    req = InferRequest.model_validate(body)
+    again = JobSubmission(
+        job_id="j-1",
+        input=req.input,
+        params=req.params,
+        idempotency_key=req.idempotency_key,
+        submitted_at=1700000000.25,
+    ).wire()
+    assert JobSubmission.wire_of(req, "j-1", 1700000000.25) == again
