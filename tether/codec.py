@@ -38,10 +38,13 @@ _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 #: orjson (Rust) decodes and encodes a message several times faster than the ``json`` module, and every
 #: job is decoded and encoded as JSON several times (request, result, reply, placement); the ``json``
 #: module above stays the reference for what orjson does not take the same way. orjson reads an integer
-#: past 64 bits as a float: a run of 20 digits sends the text to ``json``, which keeps it exact (found by
-#: mapping every digit to ``0`` and looking for twenty of them: a quarter of a regex search's cost).
+#: past 64 bits as a float: a run of 19 digits (from -2**63 - 1 down, 19 digits are past them too) sends
+#: the text to ``json``, which keeps it exact (found by mapping every digit to ``0`` and looking for
+#: nineteen of them: a quarter of a regex search's cost). orjson also takes nesting ``json`` refuses (it
+#: allows 1,024 levels, ``json`` about 990): text that could nest that deep goes to ``json`` as well.
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))
-_TWENTY_DIGITS = b"0" * 20
+_LONG_DIGIT_RUN = b"0" * 19
+_MAX_OPENINGS = 900
 
 
 def content_type_of(headers: Mapping[str, str] | None) -> str:
@@ -66,7 +69,11 @@ def decode(data: bytes, content_type: str = JSON) -> Any:
             return msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise InvalidRequest(f"malformed msgpack: {str(exc) or type(exc).__name__}", field="body") from None
-    if isinstance(data, (bytes, bytearray)) and _TWENTY_DIGITS not in data.translate(_DIGITS_AS_ZERO):
+    if (
+        isinstance(data, (bytes, bytearray))
+        and _LONG_DIGIT_RUN not in data.translate(_DIGITS_AS_ZERO)
+        and (len(data) < 2 * _MAX_OPENINGS or data.count(b"[") + data.count(b"{") < _MAX_OPENINGS)
+    ):
         try:  # what orjson accepts, json reads the same way (values, duplicate keys, escapes)
             return orjson.loads(data)
         except orjson.JSONDecodeError:

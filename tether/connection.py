@@ -143,7 +143,11 @@ class TetherClient(Client):
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda _: self._resp_map.pop(key, None))
         self._resp_map[key] = future
-        await self.publish(subject, payload, reply=(self._resp_sub_prefix + token).decode(), headers=headers)
+        try:
+            await self.publish(subject, payload, reply=(self._resp_sub_prefix + token).decode(), headers=headers)
+        except BaseException:
+            future.cancel()  # nobody will wait for it: its entry goes too
+            raise
         try:
             async with asyncio.timeout(timeout):
                 return await future

@@ -57,6 +57,8 @@ def test_any_bytes_decode_as_the_json_module_reads_them(data: bytes) -> None:
         (b'{"n": -98765432109876543210}', {"n": -98765432109876543210}),
         (b'{"input": "a\nb"}', {"input": "a\nb"}),  # a raw newline inside a string, as the seed's curl sends
         (b"1e400", float("inf")),
+        (b"-9223372036854775809", -9223372036854775809),  # 19 digits, past 64 bits: exact too
+        (b"-9999999999999999999", -9999999999999999999),
         (b'"\\ud83d\\ude00"', "\U0001f600"),
     ],
 )
@@ -65,7 +67,9 @@ def test_inputs_orjson_reads_otherwise_decode_as_before(data: bytes, expected: o
     assert got == expected and type(got) is type(expected)
 
 
-@pytest.mark.parametrize("data", [b"NaN", b'{"x": Infinity}', b'"\\ud800"', b"\xff", b"[" * 5000 + b"]" * 5000])
+@pytest.mark.parametrize(
+    "data", [b"NaN", b'{"x": Infinity}', b'"\\ud800"', b"\xff", b"[" * 5000 + b"]" * 5000, b"[" * 1010 + b"]" * 1010]
+)
 def test_what_is_not_json_is_refused(data: bytes) -> None:
     with pytest.raises(InvalidRequest, match="malformed JSON"):
         codec.decode(data)
@@ -75,3 +79,9 @@ def test_values_orjson_cannot_write_are_written_by_the_json_module() -> None:
     assert codec.decode(codec.encode({"big": 2**70, 1: "int key"})) == {"big": 2**70, "1": "int key"}
     assert codec.compact_json({"big": 2**70}) == '{"big":1180591620717411303424}'
     assert codec.encode({"x": float("nan")}) == b'{"x":null}'  # JSON has no NaN
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-(10**19) + 1, max_value=-(2**63) - 1) | st.integers(min_value=2**63, max_value=10**19))
+def test_integers_just_past_64_bits_stay_exact(value: int) -> None:
+    assert codec.decode(codec.encode({"v": value})) == {"v": value}
