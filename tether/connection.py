@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 _NAME_SPACE = re.compile(rb"[\x09-\x0d\x1c-\x20]")
 
 
+#: Header names as read off the wire -> as parsed (False: skipped, as nats-py skips it); bounded.
+_READ_NAMES: dict[bytes, str | bool] = {}
+
 #: A message handler that runs to completion without awaiting (it may start tasks).
 InlineHandler = Callable[[Msg], None]
 #: Header names nats-py accepts (an RFC 7230 token); names seen once are remembered.
@@ -75,14 +78,20 @@ class TetherClient(Client):
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
         out: dict[str, str] = {}
+        names = _READ_NAMES
         for line in raw.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
+            raw_name, sep, value = line.partition(b":")
             if not sep:
                 continue
-            name = name.strip()
-            if _NAME_SPACE.search(name) or not name.isascii():
+            name = names.get(raw_name)
+            if name is None:  # first seen: checked once (False: a name nats-py skips)
+                stripped = raw_name.strip()
+                name = False if _NAME_SPACE.search(stripped) or not stripped.isascii() else stripped.decode("ascii")
+                if len(names) < 1024:
+                    names[raw_name] = name
+            if name is False:
                 continue
-            out[name.decode("ascii")] = value.strip().decode("utf-8", "replace")
+            out[name] = value.strip().decode("utf-8", "replace")
         return out
 
     def __init__(self) -> None:
