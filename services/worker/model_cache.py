@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from schemas import ModelState, ServedModel
@@ -268,18 +268,10 @@ class ModelCache:
 
     # ------------------------------------------------------------------ use and shutdown
 
-    @contextlib.asynccontextmanager
-    async def use(self, key: Key) -> AsyncIterator[ModelRuntime]:
-        """Hold a warm runtime for one job: it is not evicted while held."""
-        runtime = await self.ensure(key)
-        entry = self.models[key]
-        entry.inflight += 1
-        entry.last_used = time.monotonic()
-        try:
-            yield runtime
-        finally:
-            entry.inflight -= 1
-            entry.last_used = time.monotonic()
+    def use(self, key: Key) -> _Held:
+        """``async with cache.use(key) as runtime``: hold a warm runtime for one job; it is not
+        evicted while held. (A class, not ``asynccontextmanager``: every job enters one.)"""
+        return _Held(self, key)
 
     async def close(self) -> None:
         await self._tasks.close()
@@ -288,3 +280,25 @@ class ModelCache:
             if runtime is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(runtime.close)
+
+
+class _Held:
+    __slots__ = ("_cache", "_entry", "_key")
+
+    def __init__(self, cache: ModelCache, key: Key) -> None:
+        self._cache = cache
+        self._key = key
+        self._entry: CachedModel | None = None
+
+    async def __aenter__(self) -> ModelRuntime:
+        runtime = await self._cache.ensure(self._key)
+        entry = self._entry = self._cache.models[self._key]
+        entry.inflight += 1
+        entry.last_used = time.monotonic()
+        return runtime
+
+    async def __aexit__(self, *exc: object) -> None:
+        entry = self._entry
+        if entry is not None:
+            entry.inflight -= 1
+            entry.last_used = time.monotonic()
