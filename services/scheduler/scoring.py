@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from schemas import ModelState
+from schemas import ModelState, Presence
 from services.scheduler.placement import Choice
 from tether.fleet import FleetView, WorkerEntry
 from tether.tiers import TierDecision, TierThresholds, assign_tier
@@ -88,16 +88,25 @@ def terms(
     rtt_s: float | None,
     model_state: ModelState,
 ) -> dict[str, float]:
-    p = entry.presence
-    depth = p.queue_depth + inflight
-    return {
-        "region": 1.0 if p.region == needs.region else 0.0,
-        "device": 1.0 if needs.device_class in (None, p.device_class) else 0.0,
-        "load": 1.0 / (1.0 + max(0, depth) / max(1, p.capacity)),
-        "warm": 1.0 if model_state is ModelState.WARM else 0.0,
-        "reliability": reliability,
-        "rtt": 1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010),
-    }
+    values = term_values(
+        entry.presence, needs, inflight=inflight, reliability=reliability, rtt_s=rtt_s,
+        warm=model_state is ModelState.WARM,
+    )
+    return dict(zip(_TERMS, values, strict=True))
+
+
+def term_values(
+    p: Presence, needs: JobNeeds, *, inflight: int, reliability: float, rtt_s: float | None, warm: bool
+) -> tuple[float, float, float, float, float, float]:
+    """The terms, in ``_TERMS``'s order, as a tuple (the hot loop scores every candidate with it)."""
+    return (
+        1.0 if p.region == needs.region else 0.0,
+        1.0 if needs.device_class is None or needs.device_class == p.device_class else 0.0,
+        1.0 / (1.0 + max(0, p.queue_depth + inflight) / max(1, p.capacity)),
+        1.0 if warm else 0.0,
+        reliability,
+        1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010),
+    )
 
 
 def total(t: Mapping[str, float], w: Weights) -> float:
@@ -201,15 +210,10 @@ class AffinityPlacement:
             if inflight.get(wid, 0) >= max(1, p.capacity):  # it would refuse: full with our jobs alone
                 excluded["full"] = excluded.get("full", 0) + 1
                 continue
-            rtt_s = self._rtt(wid)
-            # the terms of ``terms()``, inline; kept for whoever wins, so the winner's are not recomputed
-            t = (
-                1.0 if p.region == needs.region else 0.0,
-                1.0 if needs.device_class is None or needs.device_class == p.device_class else 0.0,
-                1.0 / (1.0 + max(0, p.queue_depth + inflight.get(wid, 0)) / max(1, p.capacity)),
-                1.0 if entry.served.get(key) is ModelState.WARM else 0.0,
-                self._reliability(wid),
-                1.0 if rtt_s is None else 1.0 / (1.0 + rtt_s / 0.010),
+            # kept for whoever wins, so the winner's terms are not computed again
+            t = term_values(
+                p, needs, inflight=inflight.get(wid, 0), reliability=self._reliability(wid), rtt_s=self._rtt(wid),
+                warm=entry.served.get(key) is ModelState.WARM,
             )
             score = (
                 w.region * t[0] + w.device * t[1] + w.load * t[2] + w.warm * t[3] + w.reliability * t[4] + w.rtt * t[5]

@@ -7,11 +7,11 @@ from typing import Any
 from schemas import InferParams
 from services.worker.runtimes.base import GenerationParams
 
-_NONE = InferParams()
+_NO_PARAMS = InferParams()
 
 
 def generation_params(wire: dict[str, Any] | None, *, default_max_new_tokens: int = 64) -> GenerationParams:
-    p = InferParams.model_validate(wire) if wire else _NONE  # most jobs send none: no validation for them
+    p = InferParams.model_validate(wire) if wire else _NO_PARAMS  # most jobs send none: no validation for them
     g = GenerationParams(max_new_tokens=p.max_new_tokens or default_max_new_tokens)
     if p.temperature is not None:
         g.temperature = p.temperature
