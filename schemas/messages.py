@@ -111,7 +111,7 @@ class JobSubmission(_Wire):
 
 
 #: The request's fields a submission carries (tenant, model and version travel in its subject).
-_SUBMITTED = frozenset({"input", "params", "idempotency_key"})
+_SUBMITTED = frozenset(JobSubmission.model_fields.keys() & InferRequest.model_fields.keys())
 
 
 class ErrorInfo(_Internal):

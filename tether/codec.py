@@ -107,10 +107,7 @@ def encode(obj: Any, content_type: str = JSON) -> bytes:
 
 def compact_json(obj: Any) -> str:
     """``obj`` as compact JSON text (for JSON stored in a column)."""
-    try:
-        return orjson.dumps(obj).decode()
-    except TypeError:
-        return _JSON_ENCODER.encode(obj)
+    return encode(obj).decode()
 
 
 def _json_failure(exc: Exception) -> str:
