@@ -272,7 +272,13 @@ async def test_reservations_unique_on_correlation_and_retry_token(store: JobStor
     # ... and a plain duplicate insert is refused by the key
     with pytest.raises(StoreError):
         await store._batcher.submit([Stmt(dup, params)])
+    # a retry token names one attempt: the same token under another correlation id is refused too
+    with pytest.raises(StoreError):
+        await store._batcher.submit([Stmt(dup, ("j1", 9, "w9", "sched-b", "RESERVED", T0 + 2, "other", *params[7:]))])
     assert len(await store.reservations("j1")) == 1
+    indexes = await store.backend.query("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='attempts'")
+    assert "attempts_by_token" in {r["name"] for r in indexes}
+    assert "attempts_reservation" not in {r["name"] for r in indexes}  # migration 5 replaced it
 
 
 async def test_reserve_refuses_finished_job(store: JobStore) -> None:

@@ -6,7 +6,7 @@ through the group-commit batcher. A job row is *leased* by the scheduler that
 reserved it (``scheduler_id``, ``lease_until``); another scheduler may take
 the job over only once the lease has lapsed, so two schedulers never run the
 same attempt. Each attempt row is also that attempt's reservation (worker, expiry,
-release); reservations are unique on ``(correlation_id, retry_token)``, and the
+release); reservations are unique on the retry token (so on ``(correlation_id, retry_token)``), and the
 ``reservations`` view shows them in their own shape.
 """
 

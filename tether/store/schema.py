@@ -119,6 +119,18 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS attempts_expiring ON attempts(expires_at) WHERE released_at IS NULL",
         ),
     ),
+    (
+        5,
+        "reservations unique on the retry token alone, an index that grows at its end",
+        (
+            # A retry token names one attempt of one job, so unique tokens make the pairs
+            # (correlation_id, retry_token) unique too. Tokens start with the time-ordered job id:
+            # each reservation lands on the index's last page, where the old index, led by a random
+            # correlation id, wrote a page of its own per reservation into every commit.
+            "DROP INDEX IF EXISTS attempts_reservation",
+            "CREATE UNIQUE INDEX IF NOT EXISTS attempts_by_token ON attempts(retry_token)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]
