@@ -130,6 +130,25 @@ async def wait_ready(url: str, timeout: float = 60) -> None:
     raise TimeoutError("system not ready")
 
 
+async def wait_benchmarked(home: Path, url: str, timeout: float = 120) -> None:
+    """Until every worker has reported its start-up admission benchmark (unless it is switched off):
+    its allocation probe writes up to 1 GB page by page, which would otherwise share the cores with
+    the first measurements."""
+    from tether.settings import Settings
+    from tether.status import snapshot
+
+    settings = Settings.from_env(home=home, nats_url=url)
+    if not settings.admission_bench:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = (await snapshot(settings))["workers"]
+        if workers and all(w["gflops"] is not None for w in workers):
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the worker did not report its admission benchmark")
+
+
 async def run(args: argparse.Namespace) -> None:
     home = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     port = free_port()
@@ -145,6 +164,7 @@ async def run(args: argparse.Namespace) -> None:
     responder = None
     try:
         await wait_ready(url)
+        await wait_benchmarked(home, url)
         responder = subprocess.Popen([sys.executable, "-c", RESPONDER, url], stdout=subprocess.PIPE)
         assert responder.stdout is not None
         responder.stdout.readline()

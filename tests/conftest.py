@@ -24,6 +24,10 @@ from tether.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Workers skip the start-up admission benchmark unless a test asks for it (``admission_bench``): its
+# allocation probe commits up to 1 GB page by page, seconds of CPU per worker start that every test
+# starting a worker (in-process, or a role process that inherits this) would otherwise pay.
+os.environ.setdefault("TETHER_ADMISSION_BENCH", "0")
 
 #: How long the test process may take to exit once the session is over.
 EXIT_GRACE_S = 60.0
@@ -100,6 +104,7 @@ def settings(tmp_path: Path, nats_server: NatsServer) -> Settings:
         request_timeout_s=30.0,
         queue_wait_s=10.0,
         dispatch_ack_s=2.0,
+        admission_bench=False,  # see TETHER_ADMISSION_BENCH above
     )
 
 

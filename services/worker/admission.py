@@ -8,11 +8,18 @@ Two figures, both measured on the device and in the dtype the worker will serve 
 
 The worker reports them in its heartbeats; the scheduler turns them into a tier
 (``services/scheduler/tiers.py``).
+
+It runs on a thread, which a task's cancel cannot stop, so it takes a ``stop``
+event the worker sets when it closes: the matmul loop and the allocation probe
+(which writes its pages one slice at a time) check it and raise
+``BenchmarkStopped``, so a worker stopped during its first seconds does not go
+on committing memory, and its process does not wait for a probe to end.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -23,6 +30,16 @@ MATMUL_SECONDS = 0.25
 ALLOC_FLOOR_MB = 64
 ALLOC_CAP_MB = {"cpu": 1024, "cuda": 16384}  # page faults make large CPU probes slow (~2 s per GB)
 _PAGE = 4096
+_SLICE = 64 * 1024 * 1024  # the allocation probe checks ``stop`` between slices of this many bytes
+
+
+class BenchmarkStopped(Exception):
+    """The worker closed while its benchmark ran; no figures."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise BenchmarkStopped("the admission benchmark was stopped")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +52,12 @@ class BenchmarkResult:
 
 
 def matmul_gflops(
-    device: str = "cpu", dtype: str = "float32", *, n: int = MATMUL_N, seconds: float = MATMUL_SECONDS
+    device: str = "cpu",
+    dtype: str = "float32",
+    *,
+    n: int = MATMUL_N,
+    seconds: float = MATMUL_SECONDS,
+    stop: threading.Event | None = None,
 ) -> float:
     import torch
 
@@ -47,6 +69,7 @@ def matmul_gflops(
         _sync(device)
         runs, started = 0, time.perf_counter()
         while True:
+            _check(stop)
             a @ b
             runs += 1
             _sync(device)
@@ -56,7 +79,13 @@ def matmul_gflops(
     return 2.0 * n**3 * runs / elapsed / 1e9
 
 
-def largest_allocation_mb(device: str = "cpu", *, floor_mb: int = ALLOC_FLOOR_MB, cap_mb: int | None = None) -> float:
+def largest_allocation_mb(
+    device: str = "cpu",
+    *,
+    floor_mb: int = ALLOC_FLOOR_MB,
+    cap_mb: int | None = None,
+    stop: threading.Event | None = None,
+) -> float:
     """The largest buffer (doubling from ``floor_mb``, at most ``cap_mb``) allocated with every page touched."""
     import torch
 
@@ -66,7 +95,9 @@ def largest_allocation_mb(device: str = "cpu", *, floor_mb: int = ALLOC_FLOOR_MB
     while size <= cap_mb and size <= _available_mb(device) * 0.5:
         try:
             buf = torch.empty(size * 1024 * 1024, dtype=torch.uint8, device=device)
-            buf[::_PAGE].fill_(1)  # one write per page commits it without writing every byte
+            for start in range(0, buf.numel(), _SLICE):
+                _check(stop)
+                buf[start : start + _SLICE : _PAGE].fill_(1)  # a write per page commits it, not every byte
             ok = int(buf[-_PAGE].item()) == 1
             del buf
         except (RuntimeError, MemoryError):
@@ -97,10 +128,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_benchmark(device: str = "cpu", dtype: str = "float32", *, cap_mb: int | None = None) -> BenchmarkResult:
+def run_benchmark(
+    device: str = "cpu", dtype: str = "float32", *, cap_mb: int | None = None, stop: threading.Event | None = None
+) -> BenchmarkResult:
+    """Both figures; raises ``BenchmarkStopped`` soon after ``stop`` is set."""
     started = time.perf_counter()
-    gflops = matmul_gflops(device, dtype)
-    alloc = largest_allocation_mb(device, cap_mb=cap_mb)
+    gflops = matmul_gflops(device, dtype, stop=stop)
+    alloc = largest_allocation_mb(device, cap_mb=cap_mb, stop=stop)
     result = BenchmarkResult(
         gflops=round(gflops, 2),
         max_alloc_mb=alloc,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from enum import StrEnum
 
@@ -28,7 +29,7 @@ from schemas import (
     ResultStatus,
     Usage,
 )
-from services.worker.admission import BenchmarkResult, run_benchmark
+from services.worker.admission import BenchmarkResult, BenchmarkStopped, run_benchmark
 from services.worker.artifacts import artifact_cache
 from services.worker.artifacts import resolve as resolve_artifact
 from services.worker.cancellation import CancelBoard, raise_if_cancelled
@@ -119,6 +120,7 @@ class Worker:
         self.cancels = CancelBoard()
         self.chunks: ChunkPublisher | None = None
         self.benchmark: BenchmarkResult | None = None
+        self._benchmark_stop = threading.Event()  # set by close(): the benchmark's thread stops early
         self._ready = asyncio.Event()
         self._tasks = TaskGroup(f"worker:{worker_id}")
         self._jobs = TaskGroup(f"worker-jobs:{worker_id}")
@@ -207,6 +209,7 @@ class Worker:
             return
         ended = "drained" if self.state is WorkerState.DRAINING else "stopped"
         self.state = WorkerState.STOPPED
+        self._benchmark_stop.set()
         try:
             for sub in [self._sub, *self._control_subs]:
                 if sub is not None:
@@ -259,7 +262,10 @@ class Worker:
         """The start-up benchmark, in the dtype the worker serves, off the event loop."""
         specs = [m.spec for m in self.cache.models.values() if m.spec.runtime == "transformers"]
         dtype = next((s.dtype for s in specs if s.dtype != "auto"), "float32")
-        self.benchmark = await asyncio.to_thread(run_benchmark, self.device, dtype)
+        try:
+            self.benchmark = await asyncio.to_thread(run_benchmark, self.device, dtype, stop=self._benchmark_stop)
+        except BenchmarkStopped:
+            return
         await self.herald.beat()
 
     # ---- assignments --------------------------------------------------------------------------

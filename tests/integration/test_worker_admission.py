@@ -5,6 +5,7 @@ refused at start on a machine without CUDA."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ async def test_jobs_asking_for_a_higher_tier_are_not_placed_on_a_tier_1_worker(
 ) -> None:
     monkeypatch.setenv("TETHER_TIER2_GFLOPS", "1e9")  # nothing here reaches tier 2
     monkeypatch.setenv("TETHER_TIER_MIN_GFLOPS", "0.01")
-    settings.queue_wait_s = 2.0
+    settings.queue_wait_s, settings.admission_bench = 2.0, True
     system = await start_system(settings, ["echo"])
     try:
         gflops = await _wait_benchmarked(system)
@@ -152,7 +153,7 @@ async def test_a_worker_under_the_minimum_is_not_admitted(
     settings: Settings, nc: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("TETHER_TIER_MIN_GFLOPS", "1e9")
-    settings.queue_wait_s = 2.0
+    settings.queue_wait_s, settings.admission_bench = 2.0, True
     system = await start_system(settings, ["echo"])
     try:
         await _wait_benchmarked(system)
@@ -171,3 +172,32 @@ def test_worker_with_quantize_and_no_cuda_refuses_to_start(tmp_path: Path) -> No
     proc = run_tether("worker", "--quantize", "8bit", "--models", f"tiny:1={tiny}", env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "CUDA" in proc.stderr and "--quantize 8bit" in proc.stderr
+
+
+def _benchmark_threads() -> list[int]:
+    """Threads whose stack is inside the admission benchmark right now."""
+    out = []
+    for ident, frame in sys._current_frames().items():
+        f = frame
+        while f is not None:
+            if f.f_code.co_filename.endswith("services/worker/admission.py"):
+                out.append(ident)
+                break
+            f = f.f_back
+    return out
+
+
+async def test_a_worker_closed_during_its_benchmark_stops_the_benchmark_thread(settings: Settings) -> None:
+    settings.admission_bench = True
+    system = await start_system(settings, ["echo"])
+    worker = system.workers[0]
+    deadline = time.monotonic() + 30
+    while not _benchmark_threads():  # its thread has started measuring
+        assert worker.benchmark is None and time.monotonic() < deadline, "the benchmark never ran"
+        await asyncio.sleep(0.005)
+    await system.close()
+    deadline = time.monotonic() + 10  # one 64 MB slice or one matmul at most; the probe alone runs seconds
+    while _benchmark_threads():
+        assert time.monotonic() < deadline, "the benchmark thread went on after the worker closed"
+        await asyncio.sleep(0.01)
+    assert worker.benchmark is None  # stopped, so no figures were reported

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from services.worker.admission import largest_allocation_mb, matmul_gflops, run_benchmark
+from services.worker.admission import BenchmarkStopped, largest_allocation_mb, matmul_gflops, run_benchmark
 from tether.tiers import TierThresholds, assign_tier, meets
 
 T = TierThresholds(min_gflops=5, min_alloc_mb=256, tier2_gflops=500, tier3_gflops=5000, tier3_alloc_mb=8192)
@@ -28,6 +30,27 @@ def test_gflops_scale_with_the_work_done() -> None:
 def test_allocation_probe_stops_at_the_cap() -> None:
     assert largest_allocation_mb("cpu", floor_mb=16, cap_mb=64) == 64.0
     assert largest_allocation_mb("cpu", floor_mb=16, cap_mb=8) == 0.0
+
+
+def test_a_set_stop_event_ends_the_benchmark_without_figures() -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(BenchmarkStopped):
+        matmul_gflops("cpu", "float32", n=16, seconds=10.0, stop=stop)
+    with pytest.raises(BenchmarkStopped):
+        largest_allocation_mb("cpu", floor_mb=16, cap_mb=64, stop=stop)
+
+
+def test_a_stop_set_while_the_allocation_probe_runs_ends_it_part_way() -> None:
+    # 64 + 128 + ... + 1024 MB, every page written: far longer than the 20 ms before the stop
+    stop = threading.Event()
+    timer = threading.Timer(0.02, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(BenchmarkStopped):
+            run_benchmark("cpu", "float32", cap_mb=1024, stop=stop)
+    finally:
+        timer.cancel()
 
 
 @pytest.mark.parametrize(
