@@ -70,6 +70,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         arm()
 
 
+@pytest.fixture(scope="session")
+def gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One GGUF conversion cache for the session: the first SmolLM2 load converts (about 35 s
+    here), every later one, in any test module, loads the converted checkpoint."""
+    return tmp_path_factory.mktemp("gguf-cache")
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(store_dir=tmp_path / "jetstream", log_file=tmp_path / "nats-server.log", die_with_parent=True)
@@ -134,8 +141,11 @@ class System:
                     stack.push_async_callback(role.close)  # type: ignore[attr-defined]
 
 
-async def start_system(settings: Settings, models: list[str], *, workers: int = 1) -> System:
-    """Workers signed with development keys allowlisted under ``settings.home`` (``ensure_dev_trust``)."""
+async def start_system(
+    settings: Settings, models: list[str], *, workers: int = 1, convert_cache: Path | None = None
+) -> System:
+    """Workers signed with development keys allowlisted under ``settings.home`` (``ensure_dev_trust``);
+    ``convert_cache``: where built-in GGUF models keep their converted checkpoints."""
     from services.gateway.service import Gateway
     from services.scheduler.service import Scheduler
     from services.worker.runtimes.catalog import parse_model_spec
@@ -146,7 +156,8 @@ async def start_system(settings: Settings, models: list[str], *, workers: int = 
     try:  # a start that fails half-way closes what it had started: no threads left to hang the exit
         keys = [i for i in ensure_dev_trust(settings, extra_workers=workers - 1) if i.role == "worker"]
         for i in range(workers):
-            w = Worker(settings, identity=keys[i], specs=[parse_model_spec(m) for m in models])
+            cache = str(convert_cache) if convert_cache else None
+            w = Worker(settings, identity=keys[i], specs=[parse_model_spec(m, convert_cache=cache) for m in models])
             system.workers.append(w)
             await w.start()
             await w.wait_ready()

@@ -87,8 +87,13 @@ class JetPublisher:
         stream: str,
         headers: dict[str, str] | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        keep_late: bool = False,
     ) -> Ack:
-        """Store ``payload`` on ``subject`` in ``stream``; the stream's acknowledgement, or an error."""
+        """Store ``payload`` on ``subject`` in ``stream``; the stream's acknowledgement, or an error.
+
+        ``keep_late``: a timeout raises ``AckTimeout``, whose ``late`` future still receives the
+        acknowledgement should it come after all (the caller ``forget()``s it when done).
+        """
         if not self._prefix:
             await self._start()
         token = format(next(self._tokens), "x")
@@ -96,6 +101,7 @@ class JetPublisher:
         fut: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = fut
         timer = loop.call_later(timeout, _expire, fut)
+        late: asyncio.Future[Msg] | None = None
         try:
             await self._nc.publish(
                 subject,
@@ -104,10 +110,38 @@ class JetPublisher:
                 headers={**(headers or {}), EXPECTED_STREAM: stream},
             )
             msg = await fut
+        except nats.errors.TimeoutError:
+            if keep_late and self._waiting.get(token) is fut:  # expired, not answered: wait on for it
+                late = self._waiting[token] = loop.create_future()
+                raise AckTimeout(self, token, late) from None
+            raise
         finally:
             timer.cancel()
-            self._waiting.pop(token, None)
+            if late is None:
+                self._waiting.pop(token, None)
         return _read_ack(msg)
+
+    def _forget(self, token: str, late: asyncio.Future[Msg]) -> None:
+        if self._waiting.get(token) is late:
+            del self._waiting[token]
+
+
+class AckTimeout(nats.errors.TimeoutError):
+    """No acknowledgement within the timeout; ``late`` gets it if it still comes (the publish reached
+    a server that stalled, say). ``forget()`` stops waiting for it."""
+
+    def __init__(self, publisher: JetPublisher, token: str, late: asyncio.Future[Msg]) -> None:
+        super().__init__()
+        self._publisher = publisher
+        self._token = token
+        self.late = late
+
+    def ack(self) -> Ack | None:
+        """The late acknowledgement, if it has come (an error reply raises as ``publish`` would)."""
+        return _read_ack(self.late.result()) if self.late.done() else None
+
+    def forget(self) -> None:
+        self._publisher._forget(self._token, self.late)
 
 
 def _expire(fut: asyncio.Future[Msg]) -> None:

@@ -9,6 +9,7 @@ finish still leave one result in the stream.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from nats.errors import MaxPayloadError
@@ -20,40 +21,79 @@ from schemas import ResultMessage
 from streams import RESULTS
 from tether import codec, subjects
 from tether.errors import PayloadTooLarge
-from tether.jetpub import JetPublisher
+from tether.jetpub import Ack, AckTimeout, JetPublisher
 
 DEDUPE_PREFIX = "result:"
+
+
+#: After a try without an acknowledgement, how long a retry waits for that try's late acknowledgement
+#: (once the server answers again) before sending the result a second time.
+LATE_ACK_GRACE_S = 0.5
 
 
 async def publish_final(
     js: JetStreamContext, result: ResultMessage, headers: dict[str, str], *, budget_s: float = 30.0
 ) -> bool:
-    """Store ``result`` in RESULTS, retrying through brief outages. False when one was already there."""
+    """Store ``result`` in RESULTS, retrying through brief outages. False when one was already there
+    (possibly this call's own earlier try, whose acknowledgement was lost).
+
+    A try that times out may still reach the stream (a server that stalled, bytes sent on
+    reconnect): JetStream would store a resend once, but core subscribers of the subject would
+    get the result twice. So before sending again a retry looks for the result in RESULTS and
+    waits ``LATE_ACK_GRACE_S`` for the earlier tries' late acknowledgements, and sends only when
+    neither shows the result arrived.
+    """
     hdrs = {**headers, codec.CONTENT_TYPE: codec.JSON, "Nats-Msg-Id": DEDUPE_PREFIX + result.job_id}
     payload = codec.encode(result.wire())
     subject = subjects.result_subject(result.job_id)
     publisher = JetPublisher.of(js)
-    t0 = time.monotonic()
-    try:  # the common case: one publish, no retry machinery
-        ack = await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs)
-        return not ack.duplicate
-    except Exception as exc:
-        _raise_if_permanent(exc, len(payload))
-        if time.monotonic() - t0 >= budget_s:
+    unanswered: list[AckTimeout] = []
+
+    async def send() -> Ack:
+        try:
+            return await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs, keep_late=True)
+        except AckTimeout as timeout:
+            unanswered.append(timeout)
             raise
-    async for attempt in AsyncRetrying(
-        stop=stop_after_delay(max(0.0, budget_s - (time.monotonic() - t0))),
-        wait=wait_exponential_jitter(initial=0.05, max=2.0),
-        retry=retry_if_exception(lambda e: not isinstance(e, PayloadTooLarge)),
-        reraise=True,
-    ):
-        with attempt:
-            try:
-                ack = await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs)
-            except Exception as exc:
-                _raise_if_permanent(exc, len(payload))
+        except Exception as exc:
+            _raise_if_permanent(exc, len(payload))
+            raise
+
+    t0 = time.monotonic()
+    try:
+        try:  # the common case: one publish, no retry machinery
+            return not (await send()).duplicate
+        except Exception:
+            if time.monotonic() - t0 >= budget_s:
                 raise
-    return not ack.duplicate
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(max(0.0, budget_s - (time.monotonic() - t0))),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            retry=retry_if_exception(lambda e: not isinstance(e, PayloadTooLarge)),
+            reraise=True,
+        ):
+            with attempt:
+                if unanswered:
+                    if await fetch_final(js, result.job_id) is not None:  # also: the server answers again
+                        return False
+                    late = await _late_ack(unanswered, LATE_ACK_GRACE_S)
+                    if late is not None:
+                        return not late.duplicate
+                ack = await send()
+        return not ack.duplicate
+    finally:
+        for timeout in unanswered:
+            timeout.forget()
+
+
+async def _late_ack(unanswered: list[AckTimeout], grace_s: float) -> Ack | None:
+    """The first late acknowledgement of an earlier try, waiting up to ``grace_s`` for one."""
+    await asyncio.wait([t.late for t in unanswered], timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+    for t in unanswered:
+        ack = t.ack()
+        if ack is not None:
+            return ack
+    return None
 
 
 #: JetStream's "message larger than the stream allows".

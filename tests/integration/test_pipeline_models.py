@@ -187,7 +187,7 @@ async def test_minilm_list_input_returns_one_vector_each(mnc: Client) -> None:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def smollm2_nc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Client]:
+async def smollm2_nc(tmp_path_factory: pytest.TempPathFactory, gguf_cache: Path) -> AsyncIterator[Client]:
     home = tmp_path_factory.mktemp("smollm2-system")
     server = NatsServer(store_dir=home / "jetstream", log_file=home / "nats-server.log")
     server.start()
@@ -195,7 +195,7 @@ async def smollm2_nc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
     conn: Client | None = None
     try:
         started = time.perf_counter()
-        system = await start_system(_settings(home, server), [SMOLLM2])
+        system = await start_system(_settings(home, server), [SMOLLM2], convert_cache=gguf_cache)
         slot = next(iter(system.workers[0].slots.values()))  # type: ignore[attr-defined]
         assert slot.state == "warm", slot.detail
         print(f"\n{SMOLLM2} system up in {time.perf_counter() - started:.1f}s")
