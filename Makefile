@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
+# pytest-xdist processes for `make test` (each test file runs whole in one of them); 0 runs them in this one
+TEST_WORKERS ?= 2
 
 .PHONY: install run test lint schemas bench clean
 
@@ -28,7 +30,7 @@ test: install
 	$(PY) -m schemas.generate --check
 	$(PY) -m services.gateway.http.openapi_file --check
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check .

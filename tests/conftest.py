@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
 import hypothesis  # noqa: F401  # imported early: CPython 3.11.7 can raise "AST constructor recursion
 import pytest  # depth mismatch" when pytest's assertion rewriter compiles it late (at session finish)
 import pytest_asyncio
@@ -71,10 +72,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One GGUF conversion cache for the session: the first SmolLM2 load converts (about 35 s
-    here), every later one, in any test module, loads the converted checkpoint."""
-    return tmp_path_factory.mktemp("gguf-cache")
+def gguf_cache(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """One GGUF conversion cache for the run: the first SmolLM2 load converts (about 35 s here),
+    every later one, in any test module or pytest-xdist worker, loads the converted checkpoint.
+    Load under ``first_load_lock(gguf_cache)`` so two workers do not both convert."""
+    base = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):  # an xdist worker: its base is one per worker, under the run's
+        base = base.parent
+    cache = base / "gguf-cache"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+def first_load_lock(cache: Path) -> filelock.FileLock:
+    """Held while loading a model into ``cache``: whoever waits loads what the holder converted."""
+    return filelock.FileLock(str(cache) + ".lock", thread_local=False)  # acquired on a thread, released on the loop
 
 
 @pytest.fixture

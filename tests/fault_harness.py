@@ -53,7 +53,7 @@ from tether.trust import allowlist_line, append_allowlist
 
 #: What each role logs once it serves (JSON log lines; ``msg`` field).
 READY_MARKS = {"scheduler": '"scheduler started"', "gateway": '"gateway started"', "worker": '"model warm"'}
-READY_S = 60.0  # five Python processes starting on two shared cores
+READY_S = 120.0  # five Python processes starting on two shared cores, beside another test worker
 
 
 @dataclass(slots=True)

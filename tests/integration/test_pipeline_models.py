@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
-from tests.conftest import System, start_system
+from tests.conftest import System, first_load_lock, start_system
 from tests.tiny_models import build_tiny_gpt2
 from tether import client, codec, subjects
 from tether.connection import connect
@@ -195,7 +195,12 @@ async def smollm2_nc(tmp_path_factory: pytest.TempPathFactory, gguf_cache: Path)
     conn: Client | None = None
     try:
         started = time.perf_counter()
-        system = await start_system(_settings(home, server), [SMOLLM2], convert_cache=gguf_cache)
+        lock = first_load_lock(gguf_cache)  # another xdist worker may be converting it right now
+        await asyncio.to_thread(lock.acquire)
+        try:
+            system = await start_system(_settings(home, server), [SMOLLM2], convert_cache=gguf_cache)
+        finally:
+            lock.release()
         slot = next(iter(system.workers[0].slots.values()))  # type: ignore[attr-defined]
         assert slot.state == "warm", slot.detail
         print(f"\n{SMOLLM2} system up in {time.perf_counter() - started:.1f}s")

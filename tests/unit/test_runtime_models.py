@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from services.worker.runtimes import GenerationParams, RunRequest, Task, TransformersRuntime, build_runtime
 from services.worker.runtimes.catalog import builtin_spec
+from tests.conftest import first_load_lock
 from tether import errors
 
 
@@ -32,7 +34,8 @@ def _loaded(model_id: str, convert_cache: Path | None = None) -> Iterator[Transf
     runtime = build_runtime(replace(spec, engine="naive"))  # the plain runtime; the engine has its own tests
     assert isinstance(runtime, TransformersRuntime)
     started = time.perf_counter()
-    runtime.load()
+    with first_load_lock(convert_cache) if convert_cache else contextlib.nullcontext():
+        runtime.load()
     print(f"\n{model_id} loaded in {time.perf_counter() - started:.1f}s")
     yield runtime
     runtime.close()
