@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import filelock
 import hypothesis  # noqa: F401  # imported early: CPython 3.11.7 can raise "AST constructor recursion
@@ -35,9 +36,43 @@ EXIT_GRACE_S = 60.0
 _exit_status = 0
 
 
+#: An xdist worker waits this long at its session's end for threads still running to finish.
+WORKER_THREAD_GRACE_S = 30.0
+_workers_left_threads: list[str] = []  # in the xdist controller: what its workers reported
+
+
+def _threads_left(grace_s: float) -> list[str]:
+    """Non-daemon threads other than this one still running after up to ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [t for t in threading.enumerate() if not t.daemon and t is not threading.current_thread()]
+        if not alive or time.monotonic() >= deadline:
+            return [t.name for t in alive]
+        alive[0].join(0.1)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Serially, a thread left running is caught at exit (``pytest_unconfigure``). An xdist worker
+    that does not exit is killed without its status reaching the run, so each worker reports the
+    threads it leaves to the controller (``workeroutput``), which fails the run."""
     global _exit_status
-    _exit_status = int(exitstatus)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        left = _threads_left(WORKER_THREAD_GRACE_S)
+        if left:
+            workeroutput["threads_left"] = left
+    elif _workers_left_threads:
+        print(f"\ntest workers left threads running: {_workers_left_threads}", file=sys.stderr, flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _exit_status = int(session.exitstatus)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist: a worker has finished; note the threads it reported left running."""
+    left = getattr(node, "workeroutput", {}).get("threads_left")
+    if left:
+        _workers_left_threads.append(f"{node.gateway.id}: {', '.join(left)}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats.errors
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
@@ -21,7 +22,7 @@ from schemas import ResultMessage
 from streams import RESULTS
 from tether import codec, subjects
 from tether.errors import PayloadTooLarge
-from tether.jetpub import Ack, AckTimeout, JetPublisher
+from tether.jetpub import DEFAULT_TIMEOUT_S, Ack, AckTimeout, JetPublisher
 
 DEDUPE_PREFIX = "result:"
 
@@ -47,36 +48,47 @@ async def publish_final(
     payload = codec.encode(result.wire())
     subject = subjects.result_subject(result.job_id)
     publisher = JetPublisher.of(js)
-    unanswered: list[AckTimeout] = []
+    unanswered: list[AckTimeout] = []  # tries whose acknowledgement may still come
+    timed_out = False  # some try went unanswered (its ack may have come just as it gave up)
+    t0 = time.monotonic()
 
     async def send() -> Ack:
+        nonlocal timed_out
+        left = budget_s - (time.monotonic() - t0)
         try:
-            return await publisher.publish(subject, payload, stream=RESULTS, headers=hdrs, keep_late=True)
-        except AckTimeout as timeout:
-            unanswered.append(timeout)
+            return await publisher.publish(
+                subject, payload, stream=RESULTS, headers=hdrs, keep_late=True,
+                timeout=max(0.1, min(DEFAULT_TIMEOUT_S, left)),
+            )
+        except nats.errors.TimeoutError as exc:
+            timed_out = True
+            if isinstance(exc, AckTimeout):
+                unanswered.append(exc)
             raise
         except Exception as exc:
             _raise_if_permanent(exc, len(payload))
             raise
 
-    t0 = time.monotonic()
     try:
         try:  # the common case: one publish, no retry machinery
             return not (await send()).duplicate
+        except PayloadTooLarge:
+            raise
         except Exception:
             if time.monotonic() - t0 >= budget_s:
                 raise
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(max(0.0, budget_s - (time.monotonic() - t0))),
             wait=wait_exponential_jitter(initial=0.05, max=2.0),
-            retry=retry_if_exception(lambda e: not isinstance(e, PayloadTooLarge)),
+            # Exceptions only: a cancel (a BaseException) ends the call instead of being retried
+            retry=retry_if_exception(lambda e: isinstance(e, Exception) and not isinstance(e, PayloadTooLarge)),
             reraise=True,
         ):
             with attempt:
-                if unanswered:
+                if timed_out:
                     if await fetch_final(js, result.job_id) is not None:  # also: the server answers again
                         return False
-                    late = await _late_ack(unanswered, LATE_ACK_GRACE_S)
+                    late = await _late_ack(unanswered, LATE_ACK_GRACE_S, len(payload))
                     if late is not None:
                         return not late.duplicate
                 ack = await send()
@@ -86,11 +98,20 @@ async def publish_final(
             timeout.forget()
 
 
-async def _late_ack(unanswered: list[AckTimeout], grace_s: float) -> Ack | None:
-    """The first late acknowledgement of an earlier try, waiting up to ``grace_s`` for one."""
+async def _late_ack(unanswered: list[AckTimeout], grace_s: float, size: int) -> Ack | None:
+    """The first late acknowledgement of an earlier try, waiting up to ``grace_s`` for one. A late
+    error reply is that try's answer: it is dropped (the caller sends again), or raised if permanent."""
+    if not unanswered:
+        return None
     await asyncio.wait([t.late for t in unanswered], timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
-    for t in unanswered:
-        ack = t.ack()
+    for t in list(unanswered):
+        try:
+            ack = t.ack()
+        except Exception as exc:
+            _raise_if_permanent(exc, size)
+            t.forget()
+            unanswered.remove(t)
+            continue
         if ack is not None:
             return ack
     return None

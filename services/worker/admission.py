@@ -92,21 +92,24 @@ def largest_allocation_mb(
     if cap_mb is None:
         cap_mb = ALLOC_CAP_MB["cuda" if device.startswith("cuda") else "cpu"]
     best, size = 0, floor_mb
-    while size <= cap_mb and size <= _available_mb(device) * 0.5:
-        try:
-            buf = torch.empty(size * 1024 * 1024, dtype=torch.uint8, device=device)
-            for start in range(0, buf.numel(), _SLICE):
-                _check(stop)
-                buf[start : start + _SLICE : _PAGE].fill_(1)  # a write per page commits it, not every byte
-            ok = int(buf[-_PAGE].item()) == 1
-            del buf
-        except (RuntimeError, MemoryError):
-            break
-        if not ok:
-            break
-        best, size = size, size * 2
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+    try:
+        while size <= cap_mb and size <= _available_mb(device) * 0.5:
+            try:
+                buf = torch.empty(size * 1024 * 1024, dtype=torch.uint8, device=device)
+                for start in range(0, buf.numel(), _SLICE):
+                    _check(stop)
+                    buf[start : start + _SLICE : _PAGE].fill_(1)  # a write per page commits it, not every byte
+                ok = int(buf[-_PAGE].item()) == 1
+            except (RuntimeError, MemoryError):
+                break
+            finally:
+                buf = None  # freed before the next, larger try (or at a stop)
+            if not ok:
+                break
+            best, size = size, size * 2
+    finally:  # stopped part-way too: a GPU's cached blocks go back to the device
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return float(best)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -10,10 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(script: str, *args: str) -> str:
+def _run(script: str, *args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         [sys.executable, f"bench/{script}", "--n-latency", "20", "--n-throughput", "300", *args],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=240,
@@ -29,7 +31,7 @@ def _rate(out: str, label: str) -> float:
 
 
 def test_pipeline_bench_prints_latency_throughput_and_cpu_per_job() -> None:
-    out = _run("pipeline.py")
+    out = _run("pipeline.py", env={"TETHER_ADMISSION_BENCH": "1"})  # as deployed: it waits for the probe
     assert _rate(out, "raw request/reply") > 0
     assert _rate(out, "tether.infer") > 0
     assert "were errors" not in out  # an error reply is not a job done (bench/pipeline.py `failed`)

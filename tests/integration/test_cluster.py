@@ -86,6 +86,7 @@ async def clustered(tmp_path: Path, cluster: list[NatsServer]) -> AsyncIterator[
     url = _url(cluster)
     await _jetstream_ready(cluster)
     settings = Settings(
+        admission_bench=False,  # as the conftest settings: no start-up probe on the shared cores
         home=tmp_path,
         nats_url=url,
         heartbeat_s=0.5,

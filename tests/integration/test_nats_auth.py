@@ -229,6 +229,7 @@ async def test_every_role_runs_a_job_under_its_own_user(tmp_path: Path, monkeypa
     server.start()
     monkeypatch.setenv("TETHER_NATS_CA", str(conf_dir / "ca.pem"))
     base = Settings(
+        admission_bench=False,  # as the conftest settings: no start-up probe on the shared cores
         home=tmp_path, heartbeat_s=0.5, store=f"sqlite:///{tmp_path / 'tether.db'}", insecure=True,
         request_timeout_s=30.0, queue_wait_s=10.0,
     )

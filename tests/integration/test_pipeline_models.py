@@ -36,6 +36,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 
 def _settings(home: Path, server: NatsServer) -> Settings:
     return Settings(
+        admission_bench=False,  # as the conftest settings: no start-up probe on the shared cores
         home=home,
         nats_url=server.url,
         heartbeat_s=HEARTBEAT_S,

@@ -190,14 +190,16 @@ def _benchmark_threads() -> list[int]:
 async def test_a_worker_closed_during_its_benchmark_stops_the_benchmark_thread(settings: Settings) -> None:
     settings.admission_bench = True
     system = await start_system(settings, ["echo"])
-    worker = system.workers[0]
-    deadline = time.monotonic() + 30
-    while not _benchmark_threads():  # its thread has started measuring
-        assert worker.benchmark is None and time.monotonic() < deadline, "the benchmark never ran"
-        await asyncio.sleep(0.005)
-    await system.close()
-    deadline = time.monotonic() + 10  # one 64 MB slice or one matmul at most; the probe alone runs seconds
-    while _benchmark_threads():
-        assert time.monotonic() < deadline, "the benchmark thread went on after the worker closed"
-        await asyncio.sleep(0.01)
-    assert worker.benchmark is None  # stopped, so no figures were reported
+    try:
+        worker = system.workers[0]
+        deadline = time.monotonic() + 30
+        while not _benchmark_threads():  # its thread has started measuring (it runs about 2 s here)
+            assert worker.benchmark is None and time.monotonic() < deadline, "the benchmark never ran"
+            await asyncio.sleep(0.005)
+        await worker.close()  # type: ignore[attr-defined]
+        closed = time.monotonic()
+        while _benchmark_threads():  # one matmul or one 64 MB slice, not the rest of the probe
+            assert time.monotonic() - closed < 1.0, "the benchmark thread went on after the worker closed"
+            await asyncio.sleep(0.01)
+    finally:
+        await system.close()

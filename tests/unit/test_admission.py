@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -42,15 +43,21 @@ def test_a_set_stop_event_ends_the_benchmark_without_figures() -> None:
 
 
 def test_a_stop_set_while_the_allocation_probe_runs_ends_it_part_way() -> None:
-    # 64 + 128 + ... + 1024 MB, every page written: far longer than the 20 ms before the stop
-    stop = threading.Event()
-    timer = threading.Timer(0.02, stop.set)
-    timer.start()
-    try:
-        with pytest.raises(BenchmarkStopped):
-            run_benchmark("cpu", "float32", cap_mb=1024, stop=stop)
-    finally:
-        timer.cancel()
+    # 64 + 128 + ... + 1024 MB, every page written: far longer than the 50 ms before the stop
+    stop, raised = threading.Event(), []
+
+    def probe() -> None:
+        try:
+            largest_allocation_mb("cpu", floor_mb=64, cap_mb=1024, stop=stop)
+        except BenchmarkStopped as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    time.sleep(0.05)
+    stop.set()
+    thread.join(30)
+    assert raised, "the probe ran to its end instead of stopping"
 
 
 @pytest.mark.parametrize(

@@ -124,9 +124,10 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "reservations unique on the retry token alone, an index that grows at its end",
         (
             # A retry token names one attempt of one job, so unique tokens make the pairs
-            # (correlation_id, retry_token) unique too. Tokens start with the time-ordered job id:
-            # each reservation lands on the index's last page, where the old index, led by a random
-            # correlation id, wrote a page of its own per reservation into every commit.
+            # (correlation_id, retry_token) unique too. Tokens start with the job id, time-ordered
+            # when the gateway made it: such reservations land on the index's last page, where the
+            # old index, led by a client's random correlation id, wrote a page of its own per
+            # reservation into every commit.
             "DROP INDEX IF EXISTS attempts_reservation",
             "CREATE UNIQUE INDEX IF NOT EXISTS attempts_by_token ON attempts(retry_token)",
         ),
