@@ -20,6 +20,8 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whit
 #: A job id's longest form: its result subject (up to 3 characters per byte, encoded) stays far
 #: inside nats-server's control-line limit.
 MAX_JOB_ID = 200
+#: The most jobs a worker may announce it runs at once (``Presence.capacity``).
+MAX_WORKER_CAPACITY = 65_536
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_JOB_ID, pattern=r"^[^\s*>]+$")]
 
 
@@ -198,7 +200,9 @@ class Presence(_Internal):
     worker_id: str
     region: str
     device_class: str
-    capacity: int = Field(ge=1)  # a worker that can take no job at all does not announce itself
+    # a worker that can take no job at all does not announce itself; one claiming more than it
+    # could hold would draw jobs it can only refuse
+    capacity: int = Field(ge=1, le=MAX_WORKER_CAPACITY)
     queue_depth: int = Field(ge=0)
     models: list[ServedModel]
     heartbeat_s: float = Field(gt=0.0, allow_inf_nan=False)

@@ -29,6 +29,7 @@ from schemas import (
     ResultStatus,
     Usage,
 )
+from schemas.messages import MAX_WORKER_CAPACITY
 from services.worker.admission import BenchmarkResult, BenchmarkStopped, run_benchmark
 from services.worker.artifacts import artifact_cache
 from services.worker.artifacts import resolve as resolve_artifact
@@ -86,6 +87,8 @@ class Worker:
         if worker_id is not None and worker_id != self.identity.node_id:
             raise ValueError(f"worker id {worker_id!r} does not belong to key {self.identity.node_id}")
         worker_id = self.worker_id = self.identity.node_id
+        if not 1 <= settings.worker_concurrency <= MAX_WORKER_CAPACITY:  # its heartbeats would be refused
+            raise ValueError(f"worker_concurrency must be 1..{MAX_WORKER_CAPACITY}, not {settings.worker_concurrency}")
         self.state = WorkerState.NEW
         self.device = resolve_device(next((s.device for s in specs if s.runtime == "transformers"), "cpu"))
         self.presence = PresenceBuilder(

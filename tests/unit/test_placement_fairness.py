@@ -87,7 +87,9 @@ def test_a_failing_worker_still_scores_below_the_fleet_mean() -> None:
 # ---- presence numbers ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "value"), [("capacity", 0), ("queueDepth", -4), ("heartbeatS", 0.0)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("capacity", 0), ("capacity", 2**63), ("queueDepth", -4), ("heartbeatS", 0.0)]
+)
 def test_presence_with_impossible_numbers_is_invalid(field: str, value: float) -> None:
     with pytest.raises(ValidationError):
         Presence.model_validate(wire("w") | {field: value})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,11 @@ def test_the_models_flag_reaches_the_processes_tether_up_starts(monkeypatch: pyt
     import os
 
     assert os.environ["TETHER_MODELS"] == "echo,other"  # children inherit the environment
+
+
+@pytest.mark.parametrize("concurrency", [0, 65_537])
+def test_a_worker_refuses_a_concurrency_its_heartbeats_could_not_announce(tmp_path: Path, concurrency: int) -> None:
+    from services.worker.service import Worker
+
+    with pytest.raises(ValueError, match="worker_concurrency"):
+        Worker(Settings(home=tmp_path, worker_concurrency=concurrency), specs=[])
