@@ -41,11 +41,16 @@ WORKER_THREAD_GRACE_S = 30.0
 _workers_left_threads: list[str] = []  # in the xdist controller: what its workers reported
 
 
+def _running(but: threading.Thread) -> list[threading.Thread]:
+    """Non-daemon threads still running, other than ``but``."""
+    return [t for t in threading.enumerate() if not t.daemon and t is not but]
+
+
 def _threads_left(grace_s: float) -> list[str]:
     """Non-daemon threads other than this one still running after up to ``grace_s``."""
     deadline = time.monotonic() + grace_s
     while True:
-        alive = [t for t in threading.enumerate() if not t.daemon and t is not threading.current_thread()]
+        alive = _running(threading.current_thread())
         if not alive or time.monotonic() >= deadline:
             return [t.name for t in alive]
         alive[0].join(0.1)
@@ -83,7 +88,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     def watchdog() -> None:
         time.sleep(EXIT_GRACE_S)
-        alive = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+        alive = [t.name for t in _running(threading.main_thread())]
         print(
             f"\nthe test process did not exit within {EXIT_GRACE_S:.0f} s of the session's end; "
             f"threads still running: {alive}",

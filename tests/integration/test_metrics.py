@@ -124,8 +124,6 @@ async def test_a_tenant_id_with_rich_markup_does_not_break_the_job_listing(
 async def test_the_views_still_answer_while_nats_is_away(hs: HttpSystem, nats_server) -> None:  # type: ignore[no-untyped-def]
     """The fleet view is in memory: with JetStream unreachable, /models, /api/overview and /metrics
     still render it (queue depths and other gateways' SLIs left out) instead of answering 500."""
-    import time
-
     nats_server.stop()
     await asyncio.sleep(0.5)  # past the backlog's cached depths
     try:
