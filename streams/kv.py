@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from streams.apply import apply_buckets
 from streams.definitions import cluster_replicas
@@ -89,3 +90,30 @@ async def apply_kv(js: JetStreamContext, buckets: tuple[KeyValueConfig, ...], *,
     ones to these declarations (a longer queue wait lengthens ``tether_resume``'s TTL, a longer RESULTS
     retention ``tether_idempotency``'s, a larger cluster their replicas)."""
     await apply_buckets(js, buckets, update=update)
+
+
+async def live_entries(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
+    """Every live key of ``bucket`` with its value, read without a watcher.
+
+    nats-py's ``KeyValue.keys()`` and a fresh ``watchall()`` can end their initial pass before the
+    first entry arrives: they send the "no more" marker when the consumer's ``num_pending`` is 0 and
+    nothing has been received yet, which is also true while the entries are still on the wire. A
+    caller then sees an empty bucket (an API key "not found" right after it was listed). Here the
+    subjects come from the stream's own state (one ``STREAM.INFO`` with a subject filter) and each
+    value from a get, so every key stored before the call is seen. A key deleted or purged is left
+    out. Meant for small buckets (API keys, gateway snapshots, trust entries): nats-server lists at
+    most 100,000 subjects in one reply.
+    """
+    kv = await js.key_value(bucket)
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
+    out: dict[str, bytes] = {}
+    for subject in sorted((info.state.subjects or {}).keys()):
+        key = subject.removeprefix(prefix)
+        try:
+            entry = await kv.get(key)
+        except (KeyNotFoundError, KeyDeletedError):  # deleted, purged or expired since the listing
+            continue
+        if entry.value:
+            out[key] = entry.value
+    return out

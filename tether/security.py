@@ -96,10 +96,11 @@ async def start_trust(trust: TrustStore, js: JetStreamContext, settings: Setting
     from streams import TRUST_BUCKET
 
     try:
-        kv = await js.key_value(TRUST_BUCKET)
-    except BucketNotFoundError:
-        kv = None
-    await trust.start(kv, reload_s=settings.trust_reload_s)
+        await js.key_value(TRUST_BUCKET)
+    except BucketNotFoundError:  # not declared on this server: the file alone decides
+        await trust.start(None, reload_s=settings.trust_reload_s)
+        return
+    await trust.start(js, bucket=TRUST_BUCKET, reload_s=settings.trust_reload_s)
 
 
 def ensure_dev_trust(settings: Settings, extra_workers: int = 0) -> list[Identity]:

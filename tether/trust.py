@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from streams import TRUST_BUCKET
+from streams.kv import live_entries
 from tether.identity import PUBLIC_KEY_BYTES, ROLES, decode_public_key, encode_public_key
 from tether.tasks import TaskGroup
 
@@ -267,41 +270,44 @@ class TrustStore:
     # -- background reloading ----------------------------------------------
 
     async def start(
-        self, kv: KeyValue | None = None, *, reload_s: float = 2.0, resync_s: float = KV_RESYNC_S
+        self,
+        js: JetStreamContext | None = None,
+        *,
+        bucket: str = TRUST_BUCKET,
+        reload_s: float = 2.0,
+        resync_s: float = KV_RESYNC_S,
     ) -> None:
         """Load the KV bucket's entries now, then keep following it and the file in the background.
 
-        The bucket is also read in full every ``resync_s``: nats-py's watcher stops delivering
-        for good after a nats-server restart, and a revocation must not wait for a process restart.
+        The watcher is opened before the bucket is read, so no update falls between the two; the
+        initial read does not use the watcher's own first pass, which can end before its entries
+        arrive (``streams.kv.live_entries``). The bucket is also read in full every ``resync_s``:
+        nats-py's watcher stops delivering for good after a nats-server restart, and a revocation
+        must not wait for a process restart.
         """
         if self._started:
             return
         self._started = True
-        if kv is not None:
-            watcher = await kv.watchall()
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # initial values, then None
-                self._apply_entry(entry)
+        if js is not None:
+            watcher = await (await js.key_value(bucket)).watchall()
+            self._load_kv(await live_entries(js, bucket))
             self._tasks.spawn(self._follow_kv(watcher), name="trust-kv")
-            self._tasks.spawn(self._resync_kv(kv, resync_s), name="trust-kv-resync")
+            self._tasks.spawn(self._resync_kv(js, bucket, resync_s), name="trust-kv-resync")
         self._tasks.spawn(self._follow_file(reload_s), name="trust-file")
 
-    async def _resync_kv(self, kv: KeyValue, every_s: float) -> None:
+    def _load_kv(self, entries: dict[str, bytes]) -> None:
+        self._kv = {name: p for name in entries if (p := _parse_kv_key(name))}
+        self._rebuild()
+
+    async def _resync_kv(self, js: JetStreamContext, bucket: str, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
             try:
-                watcher = await kv.watchall()
-                fresh = []
-                while (entry := await watcher.updates(timeout=5.0)) is not None:
-                    fresh.append(entry)
-                await watcher.stop()
+                entries = await live_entries(js, bucket)
             except Exception as exc:  # NATS away: the last known lists stay in force
                 log.warning("trust bucket resync failed", extra={"error": repr(exc)})
                 continue
-            self._kv.clear()
-            for entry in fresh:
-                if entry.value is not None and entry.operation is None and (p := _parse_kv_key(entry.key)):
-                    self._kv[entry.key] = p
-            self._rebuild()
+            self._load_kv(entries)
 
     def _apply_entry(self, entry: KeyValue.Entry) -> None:
         self.apply_kv(entry.key, entry.value is not None and entry.operation is None)

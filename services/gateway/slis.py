@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
 
-from streams.kv import GATEWAYS_BUCKET
+from streams.kv import GATEWAYS_BUCKET, live_entries
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +183,4 @@ async def publish_snapshots(js: JetStreamContext, gateway_id: str, slis: Slis, *
 
 async def read_snapshots(js: JetStreamContext) -> list[dict[str, Any]]:
     """Every live gateway's snapshot (entries expire after ``GATEWAY_SNAPSHOT_TTL_S``)."""
-    kv = await js.key_value(GATEWAYS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
-    out = []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value:
-            out.append(json.loads(entry.value))
-    return out
+    return [json.loads(value) for value in (await live_entries(js, GATEWAYS_BUCKET)).values()]

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from streams import TRUST_BUCKET
+from streams.kv import live_entries
 from tests.proc_helpers import run_tether, tether_env
 from tether.connection import connect
 from tether.identity import Identity
@@ -63,8 +64,7 @@ def test_allow_and_deny_into_the_kv_bucket(tmp_path: Path, nats_server: NatsServ
     async def keys() -> list[str]:
         nc = await connect(nats_server.url, name="test")
         try:
-            kv = await nc.jetstream().key_value(TRUST_BUCKET)
-            return sorted(await kv.keys())
+            return sorted(await live_entries(nc.jetstream(), TRUST_BUCKET))
         finally:
             await nc.close()
 

@@ -34,7 +34,7 @@ async def test_a_deny_written_after_a_server_restart_still_takes_effect(tmp_path
         js = nc.jetstream()
         await apply(js, topology(settings))
         kv = await js.key_value(TRUST_BUCKET)
-        await trust.start(kv, reload_s=0.5, resync_s=1.0)
+        await trust.start(js, bucket=TRUST_BUCKET, reload_s=0.5, resync_s=1.0)
         before, after = Identity.generate("worker"), Identity.generate("worker")
         await kv.put(kv_key("deny", before.public_key), b"x")
         assert await _until(lambda: trust.is_denied(before.public_key), 5)

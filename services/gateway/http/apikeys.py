@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from streams.kv import APIKEYS_BUCKET
+from streams.kv import APIKEYS_BUCKET, live_entries
 from tether.errors import InvalidRequest, StoreError, Unauthorized
 
 KEY_PREFIX = "tk_"
@@ -53,12 +53,13 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 class ApiKeys:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self._kv = kv
+        self._js = js
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> ApiKeys:
-        return cls(await js.key_value(APIKEYS_BUCKET))
+        return cls(await js.key_value(APIKEYS_BUCKET), js)
 
     async def add(self, tenant: str, name: str = "") -> tuple[str, ApiKey]:
         """Create a key for ``tenant``; the clear key is returned once and never stored."""
@@ -84,19 +85,10 @@ class ApiKeys:
         return ApiKey(digest=digest, tenant=data["tenant"], name=data.get("name", ""), created_at=data["createdAt"])
 
     async def list(self) -> list[ApiKey]:
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return []
         out = []
-        for k in keys:
-            try:
-                entry = await self._kv.get(k)
-            except (KeyNotFoundError, KeyDeletedError):
-                continue
-            if entry.value:
-                data = json.loads(entry.value)
-                out.append(ApiKey(k.removeprefix("k."), data["tenant"], data.get("name", ""), data["createdAt"]))
+        for k, value in (await live_entries(self._js, APIKEYS_BUCKET)).items():
+            data = json.loads(value)
+            out.append(ApiKey(k.removeprefix("k."), data["tenant"], data.get("name", ""), data["createdAt"]))
         return sorted(out, key=lambda a: a.created_at)
 
     async def revoke(self, digest_prefix: str) -> int:
