@@ -7,6 +7,7 @@ the same server, with the same config file, as a deployment.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -52,6 +53,16 @@ def die_with_parent() -> None:
         return
     if os.getppid() == 1:  # the parent died before the request took effect
         os._exit(1)
+
+
+log = logging.getLogger(__name__)
+
+#: How many ports ``NatsServer.start`` tries when it picks the port itself.
+PORT_TRIES = 3
+
+
+class _ExitedEarly(RuntimeError):
+    """nats-server exited before or right after listening (its port was taken, or its config is bad)."""
 
 
 def free_port() -> int:
@@ -108,13 +119,29 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
-        """Start the server; a no-op while it runs (``with NatsServer(...).start()`` starts one, not two)."""
+        """Start the server; a no-op while it runs (``with NatsServer(...).start()`` starts one, not two).
+
+        A port this picks itself (``port`` 0) can be taken by another process between the pick and
+        nats-server's bind (two test processes picking at once): a server that exits at once on such
+        a port is started again on a fresh one, up to ``PORT_TRIES`` times. A port given is used as is.
+        """
         if self.proc is not None and self.proc.poll() is None:
             return self
-        if self.port == 0:
-            self.port = free_port()
-        elif _listening(self.host, self.port):  # another server (or a left-over one): not ours to use
-            raise RuntimeError(f"port {self.port} on {self.host} is in use already; stop what listens there")
+        picked = self.port == 0
+        for attempt in range(PORT_TRIES if picked else 1):
+            if picked:
+                self.port = free_port()
+            elif _listening(self.host, self.port):  # another server (or a left-over one): not ours to use
+                raise RuntimeError(f"port {self.port} on {self.host} is in use already; stop what listens there")
+            try:
+                return self._launch(timeout)
+            except _ExitedEarly as exc:
+                if attempt + 1 >= (PORT_TRIES if picked else 1):
+                    raise RuntimeError(str(exc)) from exc
+                log.warning("nats-server exited at once; trying another port", extra={"port": self.port})
+        raise AssertionError("unreachable")
+
+    def _launch(self, timeout: float) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         cmd = [server_binary()]
         if self.config is not None:
@@ -138,6 +165,7 @@ class NatsServer:
             if self.proc.poll() is not None:  # it listened only for a moment, or something else answered
                 raise RuntimeError(f"nats-server exited with code {self.proc.returncode} right after starting")
         except BaseException as exc:  # too slow, a signal, ...: never leave it running in its own session
+            exited = self.proc is not None and self.proc.poll() is not None
             self.stop()
             if not isinstance(exc, TimeoutError | RuntimeError):
                 raise
@@ -146,7 +174,10 @@ class NatsServer:
                 if isinstance(exc, TimeoutError)
                 else str(exc)
             )
-            raise RuntimeError(why + (f" (its log: {self.log_file})" if self.log_file else "")) from exc
+            why += f" (its log: {self.log_file})" if self.log_file else ""
+            if exited:  # it never served (its port taken, most likely): the caller may try another port
+                raise _ExitedEarly(why) from exc
+            raise RuntimeError(why) from exc
         return self
 
     @property
