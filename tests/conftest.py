@@ -21,7 +21,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from tether.connection import connect
-from tether.natsserver import NatsServer
+from tether.natsserver import NatsServer, colocated_gomaxprocs
 from tether.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,7 +131,10 @@ def first_load_lock(cache: Path) -> filelock.FileLock:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(store_dir=tmp_path / "jetstream", log_file=tmp_path / "nats-server.log", die_with_parent=True)
+    server = NatsServer(
+        store_dir=tmp_path / "jetstream", log_file=tmp_path / "nats-server.log", die_with_parent=True,
+        gomaxprocs=colocated_gomaxprocs(),  # it shares the machine with the roles, as under `tether up`
+    )
     server.start()
     try:
         yield server
@@ -145,7 +148,10 @@ def module_nats(
 ) -> Iterator[tuple[Path, NatsServer]]:
     """One nats-server (and home dir) shared by a test module's tests, for module-scoped systems."""
     home = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    server = NatsServer(store_dir=home / "jetstream", log_file=home / "nats-server.log", die_with_parent=True)
+    server = NatsServer(
+        store_dir=home / "jetstream", log_file=home / "nats-server.log", die_with_parent=True,
+        gomaxprocs=colocated_gomaxprocs(),
+    )
     server.start()
     try:
         yield home, server

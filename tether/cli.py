@@ -70,6 +70,7 @@ def cmd_nats(args: argparse.Namespace) -> int:
         server_name=args.name,
         cluster_port=args.cluster_port or 0,
         routes=[r.strip() for r in (args.routes or "").split(",") if r.strip()],
+        gomaxprocs=s.nats_gomaxprocs or 0,  # a server of its own: Go's default unless configured
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -65,6 +65,25 @@ class _ExitedEarly(RuntimeError):
     """nats-server exited before or right after listening (its port was taken, or its config is bad)."""
 
 
+def colocated_gomaxprocs(cpus: int | None = None) -> int:
+    """GOMAXPROCS for a nats-server that shares its machine with Tether's Python roles: half the cores.
+
+    With one P per core, Go's scheduler keeps idle threads spinning in search of work between
+    messages; on a small machine that spinning takes the CPU the gateway, scheduler and worker need
+    (measured with ``bench/pipeline.py`` on 2 cores: nats-server's CPU per job fell by about 40%,
+    the Python roles' by 15-30%). Half the cores is still more than the server uses here.
+    """
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 2) // 2)
+
+
+def server_env(gomaxprocs: int) -> dict[str, str] | None:
+    """The environment for nats-server: this process's, with ``GOMAXPROCS`` when one is asked for
+    and the environment does not already name one (None: inherit unchanged)."""
+    if gomaxprocs <= 0 or os.environ.get("GOMAXPROCS"):
+        return None
+    return {**os.environ, "GOMAXPROCS": str(gomaxprocs)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,6 +131,9 @@ class NatsServer:
     cluster_name: str = "tether"
     cluster_host: str | None = None  # defaults to ``host``
     die_with_parent: bool = False  # Linux: SIGTERM it when the process that started it dies, even by SIGKILL
+    #: Go's GOMAXPROCS for the server (0: Go's default, one per core). A GOMAXPROCS already in the
+    #: environment wins. See ``colocated_gomaxprocs``.
+    gomaxprocs: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -149,15 +171,17 @@ class NatsServer:
         cmd += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         cmd += self.cluster_args() + self.extra_args
         pre = die_with_parent if self.die_with_parent else None
+        env = server_env(self.gomaxprocs)
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "ab") as out:  # the child has its own copy of the descriptor
                 self.proc = subprocess.Popen(
-                    cmd, stdout=out, stderr=out, start_new_session=True, preexec_fn=pre
+                    cmd, stdout=out, stderr=out, start_new_session=True, preexec_fn=pre, env=env
                 )
         else:
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=pre
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=pre,
+                env=env,
             )
         try:
             wait_for_port(self.host, self.port, timeout, self.proc)

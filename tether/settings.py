@@ -48,6 +48,9 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(".tether"))
     nats_url: str | None = None  # None: `tether up` starts its own server
     nats_port: int = DEFAULT_NATS_PORT
+    # GOMAXPROCS of the nats-server `tether up` / `tether nats` starts; None: half the cores under
+    # `tether up` (it shares the machine with the roles), Go's own default under `tether nats`; 0: Go's
+    nats_gomaxprocs: int | None = None
     store: str = ""  # "" -> sqlite file under home; "sqlite:///path" or "rqlite://host:4001"
     region: str = "local"
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
@@ -96,6 +99,7 @@ class Settings:
             home=Path(_env("TETHER_HOME", ".tether")),
             nats_url=os.environ.get("TETHER_NATS_URL") or None,
             nats_port=_int("TETHER_NATS_PORT", DEFAULT_NATS_PORT),
+            nats_gomaxprocs=_int("TETHER_NATS_GOMAXPROCS", 0) if os.environ.get("TETHER_NATS_GOMAXPROCS") else None,
             store=_env("TETHER_STORE", ""),
             region=_env("TETHER_REGION", "local"),
             heartbeat_s=_float("TETHER_HEARTBEAT_S", DEFAULT_HEARTBEAT_S),

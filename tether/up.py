@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tether.natsserver import NatsServer, die_with_parent
+from tether.natsserver import NatsServer, colocated_gomaxprocs, die_with_parent
 from tether.settings import DEFAULT_NATS_PORT, Settings
 
 DEMO_MODELS = ["echo", "smollm2-135m-instruct", "all-minilm-l6-v2"]
@@ -100,6 +100,7 @@ async def up(settings: Settings, *, demo: bool = True, ready_timeout: float = 60
             port=settings.nats_port,
             log_file=logs / "nats-server.log",
             die_with_parent=True,
+            gomaxprocs=colocated_gomaxprocs() if settings.nats_gomaxprocs is None else settings.nats_gomaxprocs,
         )
         try:
             server.start()  # stops what it started if it fails

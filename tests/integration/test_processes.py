@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from tests.proc_helpers import (
 from tether import client
 from tether.connection import connect
 from tether.errors import TetherError
-from tether.natsserver import free_port
+from tether.natsserver import colocated_gomaxprocs, free_port
 from tether.workerid import worker_identity, worker_key_path
 
 READY_S = 90.0  # a loaded 2-core machine starts four processes and imports torch-free code
@@ -82,6 +83,9 @@ def test_tether_up_serves_the_cli_and_stops_without_orphans(tmp_path: Path, proc
     children = procs.record_children(up)
     names = sorted(" ".join(c.cmdline()[-2:]) for c in children)
     assert sum("nats-server" in c.name() for c in children) == 1, names
+    server_env = next(c for c in children if "nats-server" in c.name()).environ()
+    if "GOMAXPROCS" not in os.environ:  # it shares the machine with the roles: half the cores' worth of Ps
+        assert server_env.get("GOMAXPROCS") == str(colocated_gomaxprocs()), server_env.get("GOMAXPROCS")
     assert sum("tether.cli" in " ".join(c.cmdline()) for c in children) == 3, names
 
     # the seed pilot's own curl example, as written but for the port

@@ -33,6 +33,17 @@ def test_the_models_flag_reaches_the_processes_tether_up_starts(monkeypatch: pyt
     assert os.environ["TETHER_MODELS"] == "echo,other"  # children inherit the environment
 
 
+@pytest.mark.parametrize(("value", "gomaxprocs"), [(None, None), ("", None), ("0", 0), ("3", 3)])
+def test_nats_gomaxprocs_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, gomaxprocs: int | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("TETHER_NATS_GOMAXPROCS", raising=False)
+    else:
+        monkeypatch.setenv("TETHER_NATS_GOMAXPROCS", value)
+    assert Settings.from_env().nats_gomaxprocs == gomaxprocs
+
+
 @pytest.mark.parametrize("concurrency", [0, 65_537])
 def test_a_worker_refuses_a_concurrency_its_heartbeats_could_not_announce(tmp_path: Path, concurrency: int) -> None:
     from services.worker.service import Worker
