@@ -6,7 +6,10 @@ Wire format (msgpack): ``[body, signature]`` where
 - ``signature`` = Ed25519 over ``CONTEXT + body`` (``CONTEXT = b"tether-envelope-v1\\x00"``).
 
 The signature covers the exact body bytes, so there is no re-encoding on the
-verifier side. ``CONTEXT`` keeps these signatures from being valid for any other
+verifier side. Version 2 (``seal_pairwise``) is the same but for its last element: a keyed
+BLAKE2b-512 tag under the key only the sender and one receiver can derive
+(``tether.pairwise``), for messages meant for that receiver alone; only a ``Verifier`` given
+the receiver's ``PairKeys`` accepts it. ``CONTEXT`` keeps these signatures from being valid for any other
 use of the same key, and ``purpose`` (``presence``, ``model``, ``dispatch``,
 ``manifest``, ...) keeps an envelope sealed for one purpose from being accepted
 for another.
@@ -21,6 +24,7 @@ one Verifier per event loop / thread.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import os
@@ -39,11 +43,13 @@ from nacl.signing import VerifyKey
 from tether.errors import SignatureInvalid
 from tether.identity import PUBLIC_KEY_BYTES, ROLE_PREFIX, Identity, encode_public_key, worker_id_for
 from tether.nonces import Added, NonceCache
+from tether.pairwise import PairKeys, tag
 from tether.trust import KeyLike, TrustStore, parse_allowlist
 
 log = logging.getLogger(__name__)
 
 VERSION: Final = 1
+VERSION_PAIRWISE: Final = 2  # tagged with a pairwise key (tether.pairwise), not signed
 CONTEXT: Final = b"tether-envelope-v1\x00"
 NONCE_BYTES: Final = 16
 SIGNATURE_BYTES: Final = 64
@@ -120,6 +126,20 @@ def seal(identity: Identity, payload: bytes, purpose: str, *, timestamp: float |
     return _packb([body, sig])
 
 
+def seal_pairwise(
+    keys: PairKeys, peer: bytes, payload: bytes, purpose: str, *, timestamp: float | None = None
+) -> bytes:
+    """Tag ``payload`` for ``purpose`` with the key ``keys.identity`` shares with ``peer`` (version 2).
+
+    Only ``peer`` (and the sender) can check it; ValueError for a ``peer`` that is not a usable key.
+    """
+    _check_purpose(purpose)
+    identity = keys.identity
+    ts = time.time() if timestamp is None else float(timestamp)
+    body = _packb([VERSION_PAIRWISE, purpose, identity.public_key, ts, os.urandom(NONCE_BYTES), bytes(payload)])
+    return _packb([body, tag(keys.key_for(peer), CONTEXT + body)])
+
+
 def _malformed(message: str) -> EnvelopeRejected:
     return EnvelopeRejected("malformed", message)
 
@@ -144,7 +164,7 @@ def _parse(data: bytes) -> tuple[Envelope, bytes]:
     if type(fields) is not tuple or len(fields) != 6:
         raise _malformed("body must have 6 fields")
     version, purpose, pk, ts, nonce, payload = fields
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in (VERSION, VERSION_PAIRWISE):
         raise _malformed(f"unsupported envelope version {version!r}")
     if type(purpose) is not str or not _PURPOSE_RE.match(purpose):
         raise _malformed("bad purpose field")
@@ -191,8 +211,11 @@ class Verifier:
         max_cached_keys: int = 10_000,
         fresh: bool = True,
         clock: Callable[[], float] = time.time,
+        pair_keys: PairKeys | None = None,
     ) -> None:
         self.fresh = fresh
+        #: The receiver's own pairwise keys: version-2 envelopes are accepted only with them.
+        self.pair_keys = pair_keys
         self.trust = trust if trust is not None else TrustStore()
         for k in allowed:
             self.trust.add_allowed(k)
@@ -365,7 +388,15 @@ class Verifier:
             raise self.reject("id_mismatch", f"node id {expect_node_id!r} does not belong to the signing key")
         if self.fresh and pk + env.nonce in self.nonces:
             raise self.reject("replayed", "nonce already seen")
-        return Pending(env, CONTEXT + body, vk, ts + skew, now)
+        mac_key = None
+        if env.version == VERSION_PAIRWISE:
+            if self.pair_keys is None:
+                raise self.reject("malformed", "a pairwise-tagged envelope is not accepted here (signatures only)")
+            try:
+                mac_key = self.pair_keys.key_for(pk)
+            except ValueError as exc:
+                raise self.reject("malformed", f"sender key: {exc}") from None
+        return Pending(env, CONTEXT + body, vk, ts + skew, now, mac_key)
 
 
 @dataclass(slots=True)
@@ -377,10 +408,14 @@ class Pending:
     key: VerifyKey
     expires_at: float  # when its nonce may be forgotten
     now: float
+    mac_key: bytes | None = None  # a version-2 envelope: the pairwise key its tag is checked with
 
 
 def signature_ok(pending: Pending) -> bool:
-    """Does the signature verify? Pure and thread-safe; libsodium runs without the GIL."""
+    """Does the signature (or a version-2 envelope's tag) verify? Pure and thread-safe; libsodium
+    runs without the GIL."""
+    if pending.mac_key is not None:
+        return hmac.compare_digest(tag(pending.mac_key, pending.signed), pending.envelope.signature)
     try:
         pending.key.verify(pending.signed, pending.envelope.signature)
     except BadSignatureError:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -42,9 +43,16 @@ class AttemptWatch:
 
 
 class Dispatcher:
-    def __init__(self, nc: Client, scheduler_id: str, signer: DispatchSigner) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        scheduler_id: str,
+        signer: DispatchSigner,
+        worker_key: Callable[[str], bytes | None] = lambda _: None,
+    ) -> None:
         self._nc = nc
         self._signer = signer
+        self._worker_key = worker_key  # a worker's public key (from its signed heartbeats), for the seal
         self.scheduler_id = scheduler_id
         self.report_to = subjects.report_subject(scheduler_id)
         self._watches: dict[tuple[str, int], AttemptWatch] = {}
@@ -99,7 +107,7 @@ class Dispatcher:
         try:
             await self._nc.publish(
                 subjects.dispatch_subject(worker_id),
-                self._signer.seal(worker_id, codec.encode(batch.wire(), codec.MSGPACK)),
+                self._signer.seal(worker_id, codec.encode(batch.wire(), codec.MSGPACK), self._worker_key(worker_id)),
                 headers={
                     **telemetry.child_headers(items[0].trace),
                     codec.CONTENT_TYPE: self._signer.content_type,

@@ -130,7 +130,7 @@ class Scheduler:
         buckets = (*kv_buckets(self.settings, nc._server_info), resume_bucket(self.settings, nc._server_info))
         await apply_kv(self.js, buckets, update=True)  # its settings own retention, as for the streams
         signer = DispatchSigner(node_identity(self.settings, "scheduler"))
-        self.dispatcher = Dispatcher(nc, self.scheduler_id, signer)
+        self.dispatcher = Dispatcher(nc, self.scheduler_id, signer, self._worker_key)
         await self.dispatcher.start()
         keep_s = self.settings.queue_wait_s + self.settings.job_lease_s  # a parked job's resume prefix
         self.attempts = AttemptRunner(
@@ -167,6 +167,11 @@ class Scheduler:
         log.info(
             "scheduler started", extra={"scheduler": self.scheduler_id, "workers": len(self.fleet.workers())}
         )
+
+    def _worker_key(self, worker_id: str) -> bytes | None:
+        """The public key that signs ``worker_id``'s heartbeats (None: not known, or unsigned)."""
+        entry = self.fleet.get(worker_id)
+        return entry.signer if entry is not None else None
 
     async def drain(self, grace_s: float = 30.0) -> None:
         """Stop taking jobs, let in-flight ones finish within ``grace_s``, hand back the rest."""

@@ -132,7 +132,7 @@ class Worker:
         self._own_nc = False
         self._sub = None
         self.reporter: Reporter | None = None
-        self.dispatch_gate = DispatchGate.from_settings(settings, worker_id)
+        self.dispatch_gate = DispatchGate.from_settings(settings, self.identity)
         self.dispatch_gate.not_before = self.presence.started_at - NOT_BEFORE_MARGIN_S
         self._unreported: set[tuple[str, int]] = set()  # accepted attempts not yet reported
         self.fleet_box = FleetBox.load(fleet_key_path(settings.keys_dir))

@@ -13,8 +13,9 @@ from nats.aio.msg import Msg
 
 from schemas import Dispatch, DispatchBatch, ReportBatch
 from tests.conftest import System, start_system
-from tether import codec, subjects
+from tether import client, codec, subjects
 from tether.dispatch_auth import DispatchSigner
+from tether.envelope import VERSION_PAIRWISE, open_envelope
 from tether.identity import Identity
 from tether.settings import Settings
 from tether.signed import ENVELOPE
@@ -158,3 +159,60 @@ async def test_a_dispatch_captured_before_a_restart_is_refused_by_the_new_proces
         await probe.refused(data, "stale")
     finally:
         await again.close()
+
+
+# ---- pairwise-tagged dispatches (the scheduler's usual seal: tether.pairwise) ----------------------
+
+
+def _trusted(settings: Settings) -> DispatchSigner:
+    return DispatchSigner(Identity.load(settings.keys_dir / "scheduler.key"))
+
+
+def _worker_key(probe: Probe) -> bytes:
+    return probe.worker.identity.public_key  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_the_scheduler_tags_each_dispatch_for_its_worker(probe: Probe, nc: Client) -> None:
+    seen: list[Msg] = []
+
+    async def on_dispatch(msg: Msg) -> None:
+        seen.append(msg)
+
+    await nc.subscribe(probe.subject, cb=on_dispatch)
+    await nc.flush()
+    reply = await client.infer(nc, model="echo", input="tagged")
+    assert reply["result"] == "tagged"
+    assert seen, "no dispatch seen"
+    env = open_envelope(seen[0].data)
+    assert env.version == VERSION_PAIRWISE and env.purpose == f"dispatch.{probe.worker.worker_id}"  # type: ignore[attr-defined]
+    assert probe.rejections == {}
+
+
+async def test_a_trusted_pairwise_assignment_runs_once_and_its_replay_is_refused(
+    probe: Probe, settings: Settings
+) -> None:
+    data = _trusted(settings).seal(probe.worker.worker_id, batch("j-pair", probe.report_to), _worker_key(probe))  # type: ignore[attr-defined]
+    assert open_envelope(data).version == VERSION_PAIRWISE
+    await probe.accepted(data)
+    probe.reports.clear()
+    probe.results.clear()
+    await probe.refused(data, "replayed")
+
+
+async def test_a_pairwise_tag_under_another_workers_key_is_refused(probe: Probe, settings: Settings) -> None:
+    """Sealed for this worker's purpose, but tagged with the key shared with someone else."""
+    other = Identity.generate("worker").public_key
+    data = _trusted(settings).seal(probe.worker.worker_id, batch("j-wrong-key", probe.report_to), other)  # type: ignore[attr-defined]
+    await probe.refused(data, "bad_signature")
+
+
+async def test_a_tampered_pairwise_assignment_is_refused(probe: Probe, settings: Settings) -> None:
+    data = _trusted(settings).seal(probe.worker.worker_id, batch("j-tampered", probe.report_to), _worker_key(probe))  # type: ignore[attr-defined]
+    body, tag = msgpack.unpackb(data)
+    await probe.refused(msgpack.packb([body, bytes([tag[0] ^ 1]) + tag[1:]]), "bad_signature")
+
+
+async def test_a_pairwise_assignment_from_an_untrusted_scheduler_is_refused(probe: Probe) -> None:
+    rogue = DispatchSigner(Identity.generate("scheduler"))  # it can derive a key with the worker, but is not allowed
+    data = rogue.seal(probe.worker.worker_id, batch("j-rogue-pair", probe.report_to), _worker_key(probe))  # type: ignore[attr-defined]
+    await probe.refused(data, "unknown_key")
